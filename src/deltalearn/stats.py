@@ -1,0 +1,34 @@
+"""Small statistics every report needs: means with standard errors and paired differences.
+
+The paired difference against the base model on the *same* prompts is far more sensitive than comparing two
+separate means (tiny-lab notes: s.e. of a paired binary difference is sqrt(fixed + broken) / n).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and its standard error (sample s.d. / sqrt(n)); se is 0 for n < 2."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(values) / n
+    if n < 2:
+        return m, 0.0
+    var = sum((v - m) ** 2 for v in values) / (n - 1)
+    return m, math.sqrt(var / n)
+
+
+def paired_diff(base: Sequence[float], new: Sequence[float]) -> tuple[float, float]:
+    """Mean of (new - base) over the same items, with its standard error. For 0/1 scores this equals
+    (fixed - broken) / n with se close to sqrt(fixed + broken) / n."""
+    if len(base) != len(new):
+        raise ValueError(f"paired_diff needs the same items: {len(base)} vs {len(new)} scores")
+    return mean_se([b2 - b1 for b1, b2 in zip(base, new)])
+
+
+def fmt_pm(mean: float, se: float, digits: int = 2) -> str:
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
