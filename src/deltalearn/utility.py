@@ -1,11 +1,17 @@
 """Utilities mu(x, y): measurable response quality, used both to build data and to evaluate (one definition).
 
 - `bold_sections(y)`: the paper's stylistic utility (Section 3, Experiment 1): the number of Markdown bold
-  section headers, i.e. lines whose whole content is a bold span such as `**Header**` or `__Header__`
-  (optionally after `#` marks or a list marker, optionally ending in a colon). Bold words inside a sentence,
-  unclosed `**`, and empty bold spans do not count.
-- `bold_spans(y)`: every closed bold span anywhere (to see "emit ** everywhere" degeneration).
-- `distinct_headers(y)`: header lines with distinct text (to see repetition loops).
+  section-header *lines*. A line is a header when its whole content is one bold span, `**Header**` or
+  `__Header__`, optionally after heading marks (`## `) or a list marker (`- `, `1. `), optionally followed by a
+  colon. As in Markdown, the bold text must not start or end with a space (`** x **` is not bold), and it may
+  not contain the marker character, so bold-italic `***x***` and two spans on one line do not count.
+  Not headers: bold words inside a sentence (`Use **salt** here`), a bold lead-in followed by text on the same
+  line (`1. **Prepare**: wash the pan` -- SmolLM2's usual list style), unclosed `**`, empty `****`, and
+  Markdown `#` headings without bold. Empty or missing text scores 0.
+- `bold_spans(y)`: every closed bold span anywhere, headers included (to see "emit ** everywhere" degeneration,
+  which a header-line count scores as a *decrease*; see shared/sections-notes.md).
+- `distinct_headers(y)`: header lines with distinct text, case-insensitive (to see repetition loops such as
+  `**Immediately**` repeated).
 - `exact_answer(y, reference)`: 1.0 when the response's final answer equals the reference.
 
 Each takes (response, reference=None) and returns a float; `UTILITIES` names them for recipes.
@@ -17,13 +23,14 @@ import re
 from typing import Callable, Optional
 
 # A header line: optional heading hashes or list marker, then one bold span, then an optional colon.
+# The span's text starts and ends with a non-space (CommonMark's flanking rule, simplified).
 _HEADER = re.compile(
-    r"""^\s*(?:\#{1,6}\s+|(?:[-*+]|\d+[.)])\s+)?   # optional '## ' or '- ' / '1. '
-        (?:\*\*(?P<a>[^*\n]*?\S[^*\n]*?)\*\*|__(?P<b>[^_\n]*?\S[^_\n]*?)__)   # **text** or __text__
+    r"""^\s*(?:\#{1,6}\s+|(?:[-*+]|\d+[.)])\s+)?           # optional '## ' or '- ' / '1. '
+        (?:\*\*(?P<a>(?=\S)[^*\n]*[^*\s])\*\*|__(?P<b>(?=\S)[^_\n]*[^_\s])__)   # **text** or __text__
         \s*:?\s*$""",
     re.VERBOSE,
 )
-_SPAN = re.compile(r"\*\*(?=\S)([^*\n]+?)(?<=\S)\*\*|__(?=\S)([^_\n]+?)(?<=\S)__")
+_SPAN = re.compile(r"\*\*(?=[^*\s])([^*\n]*?[^*\s])\*\*|__(?=[^_\s])([^_\n]*?[^_\s])__")
 
 
 def header_lines(response: str) -> list[str]:
