@@ -1,0 +1,221 @@
+"""Per-sequence log-probs of response tokens: the one place where logits become the numbers the losses see.
+
+Two paths compute the same thing:
+- `sequence_logps(logits, input_ids, loss_mask, reduction)`: from full [B, L, V] logits (simple, for any head).
+- `ResponseLogProbs`: the lean path used for training and the reference pass. It runs the decoder, keeps hidden
+  states only at response positions, and applies the LM head there in chunks with log-softmax fused into the
+  gather (`_LinearLogProb`), so no [B, L, V] tensor is ever made: memory no longer scales with vocab x length
+  (the full-vocab logits were most of the peak memory of a plain DPO step; see benchmarks/).
+
+Position t's logits predict token t+1, so a token is scored when `loss_mask` is true at its own position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class SeqBatch:
+    input_ids: torch.Tensor  # [n, L] long, right-padded
+    attention_mask: torch.Tensor  # [n, L] long
+    loss_mask: torch.Tensor  # [n, L] bool: True at response tokens that are trained
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device) -> "SeqBatch":
+        return SeqBatch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device))
+
+
+def collate(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> SeqBatch:
+    """(prompt_ids, response_ids) pairs -> a right-padded batch. Right padding keeps every real token's position
+    and attention identical to an unpadded forward, so results do not depend on batch-mates."""
+    width = max(len(p) + len(r) for p, r in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (p, r) in enumerate(seqs):
+        n = len(p) + len(r)
+        ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
+        attn[i, :n] = 1
+        mask[i, len(p):n] = True
+    return SeqBatch(ids, attn, mask)
+
+
+def reduce_logps(sums: torch.Tensor, counts: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "sum":
+        return sums
+    if reduction == "mean":
+        return sums / counts.clamp(min=1)
+    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
+                   reduction: str = "sum") -> torch.Tensor:
+    """Per-sequence log-prob of the masked tokens from full logits [n, L, V]."""
+    targets = input_ids[:, 1:]
+    mask = loss_mask[:, 1:]
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    sums = (logp * mask).sum(-1)
+    return reduce_logps(sums, mask.sum(-1), reduction)
+
+
+class _LinearLogProb(torch.autograd.Function):
+    """log softmax(h @ W^T)[target] for selected rows, in chunks, recomputing logits in backward.
+
+    Saves only h, W, targets and the log-sum-exp per row, so memory is O(rows x hidden), not O(rows x vocab).
+    Matmuls run in `compute_dtype` (bf16 under autocast: AMX / tensor cores); softmax math is fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk: int, compute_dtype: torch.dtype):
+        w = weight.to(compute_dtype)
+        out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+        lse = torch.empty_like(out)
+        for s in range(0, h.shape[0], chunk):
+            logits = (h[s:s + chunk].to(compute_dtype) @ w.T).float()
+            lse[s:s + chunk] = torch.logsumexp(logits, dim=-1)
+            out[s:s + chunk] = logits.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - lse[s:s + chunk]
+        ctx.save_for_backward(h, weight, targets, lse)
+        ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, weight, targets, lse = ctx.saved_tensors
+        cd, chunk = ctx.compute_dtype, ctx.chunk
+        w = weight.to(cd)
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        for s in range(0, h.shape[0], chunk):
+            hc = h[s:s + chunk].to(cd)
+            g = grad_out[s:s + chunk].float()
+            # d/dlogits of (logit[t] - lse) is onehot(t) - softmax; scaled by the incoming gradient.
+            d = torch.exp((hc @ w.T).float() - lse[s:s + chunk, None]).mul_(-g[:, None])
+            d.scatter_add_(-1, targets[s:s + chunk, None], g[:, None])
+            d = d.to(cd)
+            if grad_h is not None:
+                grad_h[s:s + chunk] = (d @ w).to(h.dtype)
+            if grad_w is not None:
+                grad_w += (d.T @ hc).float()
+        return grad_h, (grad_w.to(weight.dtype) if grad_w is not None else None), None, None, None
+
+
+def _autocast_dtype(device_type: str, fallback: torch.dtype) -> torch.dtype:
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return fallback
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The HF causal LM under DDP / peft wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def supports_lean_head(model: nn.Module) -> bool:
+    """The lean path assumes logits = hidden @ W^T with no bias, scaling or soft-capping."""
+    lm = _unwrap(model)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    cfg = getattr(lm, "config", None)
+    return (head is not None and isinstance(head, nn.Linear) and head.bias is None
+            and hasattr(lm, "get_decoder")
+            and not getattr(cfg, "final_logit_softcapping", None) and getattr(cfg, "logit_scale", 1.0) in (1.0, None))
+
+
+class ResponseLogProbs(nn.Module):
+    """Wraps a causal LM so that forward(batch) returns (sum of response-token log-probs [n], token counts [n]).
+
+    Being an nn.Module, it can be handed to accelerate.prepare (DDP/FSDP hooks then see the forward).
+    """
+
+    def __init__(self, model: nn.Module, *, lean: bool = True, chunk: int = 1024):
+        super().__init__()
+        self.model = model
+        self.lean = lean and supports_lean_head(model)
+        self.chunk = chunk
+
+    def forward(self, input_ids, attention_mask, loss_mask):
+        mask = loss_mask[:, 1:]
+        counts = mask.sum(-1)
+        if not self.lean:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return sequence_logps(logits, input_ids, loss_mask, "sum"), counts
+        lm = _unwrap(self.model)
+        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+        rows, cols = mask.nonzero(as_tuple=True)  # hidden position j predicts token j+1
+        h = hidden[rows, cols]
+        targets = input_ids[rows, cols + 1]
+        weight = lm.get_output_embeddings().weight
+        token_lp = _LinearLogProb.apply(h, weight, targets, self.chunk,
+                                        _autocast_dtype(input_ids.device.type, h.dtype))
+        sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+        return sums.index_add(0, rows, token_lp), counts
+
+
+@torch.no_grad()
+def batched_logps(model: nn.Module, seqs: list[tuple[list[int], list[int]]], *, pad_id: int, batch_size: int = 8,
+                  precision: str = "auto", lean: bool = True, progress: bool = False, desc: str = "log-probs"):
+    """(sums [N], counts [N]) for many sequences, in length-sorted batches (little padding), no grad."""
+    from deltalearn.precision import autocast_context
+
+    device = next(model.parameters()).device
+    scorer = ResponseLogProbs(model, lean=lean)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
+    sums = torch.full((len(seqs),), float("-inf"))
+    counts = torch.zeros(len(seqs), dtype=torch.long)
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=desc, unit="batch")
+    was_training = model.training
+    model.eval()
+    try:
+        for idx in batches:
+            b = collate([seqs[i] for i in idx], pad_id).to(device)
+            with autocast_context(precision, device):
+                s, c = scorer(b.input_ids, b.attention_mask, b.loss_mask)
+            sums[idx] = s.float().cpu()
+            counts[idx] = c.cpu()
+    finally:
+        model.train(was_training)
+    return sums, counts
+
+
+def pair_logps(model, tokenizer, rows: list[dict], *, max_len: int = 1024, reduction: str = "mean",
+               batch_size: int = 8, precision: str = "auto", system_prompt: str | None = None,
+               source: str | None = None):
+    """Log-probs of the chosen and rejected responses of each row (no grad): tensors [N], NaN where the prompt
+    alone exceeds max_len (the row cannot be scored)."""
+    from deltalearn.tokenize import encode_pairs
+
+    encoded, kept, _ = encode_pairs(tokenizer, rows, max_len=max_len, system_prompt=system_prompt, source=source)
+    seqs = [(e.prompt, e.chosen) for e in encoded] + [(e.prompt, e.rejected) for e in encoded]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sums, counts = batched_logps(model, seqs, pad_id=pad, batch_size=batch_size, precision=precision)
+    vals = reduce_logps(sums, counts, reduction)
+    chosen = torch.full((len(rows),), float("nan"))
+    rejected = torch.full((len(rows),), float("nan"))
+    k = torch.tensor(kept, dtype=torch.long)
+    chosen[k] = vals[: len(encoded)]
+    rejected[k] = vals[len(encoded):]
+    return chosen, rejected
+
+
+def full_logits_reference(model: nn.Module, batch: SeqBatch, reduction: str = "sum") -> torch.Tensor:
+    """The plain path (model forward -> full logits -> log_softmax -> gather), kept for tests and as a fallback."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    return sequence_logps(logits, batch.input_ids, batch.loss_mask, reduction)
+
+
+__all__ = ["SeqBatch", "collate", "sequence_logps", "reduce_logps", "ResponseLogProbs", "batched_logps",
+           "pair_logps", "supports_lean_head", "full_logits_reference"]

@@ -1,0 +1,125 @@
+"""The reference-model log-prob cache: computed once in a no-grad pass, kept on disk, reused across runs.
+
+The key is a hash of exactly what determines the numbers: the reference model's identity, the precision of the
+pass, and the *token ids* of every prompt/chosen/rejected sequence (which already encode the data, tokenizer,
+chat template and max_len truncation). The cache stores sums *and* token counts per sequence, so one cache serves
+both reductions (dpo's sum and dpo_norm's mean) and the loss can never read the wrong one.
+
+File: `<cache_dir>/<key>.safetensors` with tensors chosen_sum, chosen_n, rejected_sum, rejected_n, written
+atomically (temp file + rename). Rows are filled with -inf first; any -inf left after the pass is an error, never
+a silent zero. In multi-process runs each rank scores a strided shard, shards are merged with a MAX all-reduce
+(not SUM, which double-counts padded duplicates), and only the main process writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deltalearn.models import cache_home
+from deltalearn.tokenize import EncodedPair
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return cache_home() / "ref_logps"
+
+
+def cache_key(encoded: list[EncodedPair], *, model_fingerprint: str, precision: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CACHE_VERSION, "model": model_fingerprint, "precision": precision}).encode())
+    for e in encoded:
+        for part in (e.prompt, e.chosen, e.rejected):
+            h.update(np.asarray(part, dtype=np.int64).tobytes())
+            h.update(b"|")
+    return h.hexdigest()[:32]
+
+
+def load(path: Path, n: int) -> dict[str, torch.Tensor] | None:
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        return None
+    t = load_file(str(path))
+    if any(k not in t for k in ("chosen_sum", "chosen_n", "rejected_sum", "rejected_n")):
+        raise ValueError(f"{path}: reference cache is missing tensors; delete it to recompute")
+    if t["chosen_sum"].shape[0] != n:
+        raise ValueError(f"{path}: reference cache has {t['chosen_sum'].shape[0]} rows, the data has {n}")
+    missing = torch.isinf(t["chosen_sum"]) | torch.isinf(t["rejected_sum"])
+    if missing.any():
+        raise ValueError(f"{path}: reference cache has {int(missing.sum())} rows without values "
+                         f"(first: {int(missing.nonzero()[0])}); delete it to recompute")
+    return t
+
+
+def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                  metadata={k: str(v) for k, v in meta.items()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def compute(model, encoded: list[EncodedPair], *, pad_id: int, precision: str, batch_size: int,
+            accelerator=None, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Score every pair's chosen and rejected response under `model` (no grad)."""
+    from deltalearn.logps import batched_logps
+
+    n = len(encoded)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    mine = list(range(rank, n, world))
+    seqs = [(encoded[i].prompt, encoded[i].chosen) for i in mine] + [(encoded[i].prompt, encoded[i].rejected)
+                                                                     for i in mine]
+    sums, counts = batched_logps(model, seqs, pad_id=pad_id, batch_size=batch_size, precision=precision,
+                                 progress=progress and rank == 0, desc="reference log-probs")
+    out = {k: torch.full((n,), float("-inf")) for k in ("chosen_sum", "chosen_n", "rejected_sum", "rejected_n")}
+    idx = torch.tensor(mine, dtype=torch.long)
+    k = len(mine)
+    out["chosen_sum"][idx], out["rejected_sum"][idx] = sums[:k], sums[k:]
+    out["chosen_n"][idx], out["rejected_n"][idx] = counts[:k].float(), counts[k:].float()
+    if world > 1:
+        device = accelerator.device
+        for key in out:
+            t = out[key].to(device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            out[key] = t.cpu()
+    missing = torch.isinf(out["chosen_sum"]) | torch.isinf(out["rejected_sum"])
+    if missing.any():
+        raise RuntimeError(f"reference pass left {int(missing.sum())} rows unscored")
+    return out
+
+
+def reference_logps(model_loader, encoded: list[EncodedPair], *, model_fingerprint: str, precision: str,
+                    pad_id: int, batch_size: int = 16, cache_dir: str | Path | None = None, accelerator=None,
+                    progress: bool = True) -> tuple[dict[str, torch.Tensor], Path, bool]:
+    """Cached reference log-probs. `model_loader()` is called only on a cache miss, and the model it returns is
+    dropped before this returns. Returns (tensors, cache path, hit)."""
+    key = cache_key(encoded, model_fingerprint=model_fingerprint, precision=precision)
+    path = Path(cache_dir or default_cache_dir()) / f"{key}.safetensors"
+    hit = load(path, len(encoded))
+    if hit is not None:
+        return hit, path, True
+    model = model_loader()
+    tensors = compute(model, encoded, pad_id=pad_id, precision=precision, batch_size=batch_size,
+                      accelerator=accelerator, progress=progress)
+    del model
+    if accelerator is None or accelerator.is_main_process:
+        save(path, tensors, {"model": model_fingerprint, "precision": precision, "rows": len(encoded),
+                             "version": CACHE_VERSION})
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return tensors, path, False

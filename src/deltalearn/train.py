@@ -1,0 +1,438 @@
+"""The training loop: DPO / dpo_norm / IPO / SimPO, and SFT on the chosen side, in one readable loop.
+
+Shape of a run (top to bottom in `train`):
+1. tokenize every pair once (deltalearn.tokenize owns the prompt/response boundary);
+2. reference log-probs from the on-disk cache, or one no-grad pass that fills it; the reference model is freed;
+3. for each optimizer step: take the step's global batch of pairs (a fixed, seeded order, so a resumed run sees
+   exactly the same data), give each process its strided share, sort that share by length into micro-batches
+   (less padding), and accumulate gradients scaled by 1 / global batch: the result depends only on the global
+   batch, not on how it is split into micro-batches or processes (tests check 1x4 == 4x1 and 2 processes == 1);
+4. clip, AdamW step, cosine-with-warmup schedule, log one metrics row, checkpoint every `save_every` steps;
+5. save the final model (safetensors + tokenizer) and a COMPLETED marker.
+
+Checkpoints are safetensors (weights, optimizer moments, RNG) plus JSON: nothing is unpickled on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deltalearn import models, refcache
+from deltalearn.io import DataError, JsonlAppender, read_json, read_table, write_json_atomic
+from deltalearn.logps import ResponseLogProbs, collate, reduce_logps
+from deltalearn.losses import LossType, preference_loss, sft_loss
+from deltalearn.precision import autocast_context, use_bf16
+from deltalearn.recipe import ConfigError, TrainConfig, resolve_train
+from deltalearn.tokenize import encode_pairs
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_pair_rows(pairs, loss: LossType) -> tuple[list[dict], str | None]:
+    """Rows from a list or a file/folder; SFT needs only prompt + chosen."""
+    source = None
+    if isinstance(pairs, (str, os.PathLike)):
+        source = str(pairs)
+        rows = read_table(pairs)
+    else:
+        rows = list(pairs)
+    if not rows:
+        raise DataError(source, "no pairs to train on")
+    if not loss.uses_rejected:
+        rows = [r if "rejected" in r else {**r, "rejected": r.get("chosen", "")} for r in rows]
+    return rows, source
+
+
+def step_indices(n: int, batch_size: int, step: int, seed: int, shuffle: bool) -> list[int]:
+    """The global batch of optimizer step `step`: epoch e uses a permutation seeded by (seed, e)."""
+    per_epoch = n // batch_size
+    epoch, pos = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    return order[pos * batch_size:(pos + 1) * batch_size].tolist()
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
+    """Linear warmup, then cosine decay to min_lr_ratio x lr (the reference configs' schedule)."""
+    warmup = math.ceil(total_steps * warmup_ratio)
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints: safetensors + JSON, no pickle
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, accelerator) -> None:
+    from safetensors.torch import save_file
+
+    if accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
+        accelerator.save_state(str(path))  # sharded engines own their state format
+    elif accelerator.is_main_process:
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(trainable, str(tmp / "trainable.safetensors"))
+        opt = optimizer.state_dict()
+        tensors, scalars = {}, {}
+        for idx, st in opt["state"].items():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
+                else:
+                    scalars[f"{idx}.{k}"] = v
+        save_file(tensors or {"_empty": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
+        save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        write_json_atomic(tmp / "state.json", {
+            "step": step, "param_groups": opt["param_groups"], "optimizer_scalars": scalars,
+            "scheduler": scheduler.state_dict(), "python_rng": random.getstate(),
+            "numpy_rng": np.random.get_state()[1].tolist(),
+        })
+        (tmp / "COMPLETE").write_text("ok\n")
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int:
+    from safetensors.torch import load_file
+
+    if accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
+        accelerator.load_state(str(path))
+        return int(path.name.split("-")[-1])
+    state = read_json(path / "state.json")
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise DataError(path, f"checkpoint has parameters the model lacks (first: {missing[0]}); "
+                        "was it made with another model or LoRA setting?")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t)
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    opt_state: dict = {}
+    for key, v in list(tensors.items()) + list(state["optimizer_scalars"].items()):
+        if key == "_empty":
+            continue
+        idx, name = key.split(".", 1)
+        opt_state.setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
+    py = state["python_rng"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    return int(state["step"])
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    ckpts = [p for p in (out_dir / "checkpoints").glob("step-*") if (p / "COMPLETE").exists()
+             or (p / "pytorch_model.bin").exists() or any(p.glob("*.safetensors"))]
+    ckpts = [p for p in ckpts if not p.name.endswith(".tmp")]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """After resuming from step N, drop logged rows past N so no step appears twice."""
+    if not path.exists():
+        return
+    from deltalearn.io import truncate_torn_tail
+
+    truncate_torn_tail(path)
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _make_accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def _apply_lora(model, cfg: TrainConfig):
+    try:
+        import peft
+    except ImportError:
+        raise ConfigError("train.lora needs the peft extra: pip install 'deltalearn[peft]'") from None
+    lcfg = peft.LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                           target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+    return peft.get_peft_model(model, lcfg)
+
+
+def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: str | Path | None = None,
+          accelerator=None) -> dict:
+    """Preference-tune (or SFT) `cfg.model` on `pairs`; see the module docstring. Returns the run summary."""
+    cfg = resolve_train(copy.deepcopy(cfg))
+    if not cfg.model:
+        raise ConfigError("train.model is required")
+    out = Path(out_dir)
+    if (out / "COMPLETED").exists() and resume is None:
+        return read_json(out / "train_summary.json")
+    if resume is not None and not Path(resume).exists():
+        raise ConfigError(f"resume path does not exist: {resume} (refusing to start a fresh run silently)")
+    loss_type = LossType(cfg.loss)
+    acc = accelerator or _make_accelerator()
+    rank, world, device = acc.process_index, acc.num_processes, acc.device
+    per_rank = cfg.batch_size // world if cfg.batch_size % world == 0 else 0
+    if per_rank == 0 or per_rank % cfg.micro_batch_size:
+        raise ConfigError(f"train.batch_size ({cfg.batch_size}) must be a multiple of micro_batch_size "
+                          f"({cfg.micro_batch_size}) x processes ({world})")
+    t_start = time.time()
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # 1. tokenize
+    rows, source = load_pair_rows(pairs, loss_type)
+    if cfg.max_pairs:
+        rows = rows[: cfg.max_pairs]
+    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    encoded, kept, enc_stats = encode_pairs(tokenizer, rows, max_len=cfg.max_len, source=source)
+    n = len(encoded)
+    if n < cfg.batch_size:
+        raise DataError(source, f"{n} usable pairs is fewer than one global batch (batch_size={cfg.batch_size}); "
+                        f"lower train.batch_size or add data ({enc_stats.dropped_prompt_too_long} dropped: prompt "
+                        f"longer than max_len={cfg.max_len})")
+    steps_per_epoch = n // cfg.batch_size
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    precision = "bf16" if use_bf16(cfg.precision, device) else "fp32"
+
+    # 2. reference log-probs (cached on disk, model freed), or a live reference
+    ref = None
+    ref_info: dict = {}
+    t_ref = time.time()
+    ref_name = cfg.reference or cfg.model
+    live_ref = None
+    if loss_type.needs_reference and cfg.ref_cache:
+        fp = f"{ref_name}@{models.resolve(ref_name).fingerprint}"
+
+        def loader():
+            m, _ = models.load_model(ref_name, device=device, with_tokenizer=False,
+                                     trust_remote_code=cfg.trust_remote_code)
+            return m
+
+        ref, path, hit = refcache.reference_logps(loader, encoded, model_fingerprint=fp, precision=precision,
+                                                  pad_id=pad_id, batch_size=max(cfg.micro_batch_size * 2, 8),
+                                                  cache_dir=cfg.ref_cache_dir, accelerator=acc if world > 1 else None,
+                                                  progress=progress)
+        ref_info = {"ref_cache": str(path), "ref_cache_hit": hit}
+    ref_seconds = time.time() - t_ref
+
+    # 3. policy, optimizer, schedule
+    model, _ = models.load_model(cfg.model, with_tokenizer=False, trust_remote_code=cfg.trust_remote_code)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if cfg.lora:
+        model = _apply_lora(model, cfg)
+    if loss_type.needs_reference and not cfg.ref_cache:
+        if cfg.lora and cfg.reference is None:
+            live_ref = "adapter-disabled"
+        else:
+            live_ref, _ = models.load_model(ref_name, device=device, with_tokenizer=False)
+            live_ref.eval().requires_grad_(False)
+    model.train()
+    scorer = ResponseLogProbs(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.warmup_ratio,
+                                                                      cfg.min_lr_ratio))
+    scorer, optimizer = acc.prepare(scorer, optimizer)
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    start_step = 0
+    ckpt = Path(resume) if resume is not None else latest_checkpoint(out)
+    if ckpt is not None:
+        start_step = _load_checkpoint(ckpt, acc.unwrap_model(scorer).model, optimizer, scheduler, acc)
+        if acc.is_main_process:
+            _truncate_metrics(metrics_path, start_step)
+    elif acc.is_main_process and metrics_path.exists():
+        metrics_path.unlink()  # a fresh start: no stale rows from an earlier, unfinished run
+    if acc.is_main_process:
+        write_json_atomic(out / "train_config.json", {**_asdict(cfg), "pairs_source": source, "pairs": n,
+                                                      "processes": world, "precision_resolved": precision})
+
+    log = JsonlAppender(metrics_path, fsync=False) if acc.is_main_process else None
+    bar = None
+    if progress and acc.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start_step, desc=f"train {cfg.loss}", unit="step")
+    reduction = loss_type.reduction
+    loss_value = float("nan")
+    t_train = time.time()
+    tokens_seen = 0
+    for step in range(start_step, total_steps):
+        t0 = time.time()
+        gidx = step_indices(n, cfg.batch_size, step, cfg.seed, cfg.shuffle)
+        mine = gidx[rank::world]
+        # length-sorted micro-batches: the loss is a sum over pairs, so grouping does not change it
+        mine.sort(key=lambda i: -(len(encoded[i].chosen) + len(encoded[i].rejected)))
+        micro = [mine[s:s + cfg.micro_batch_size] for s in range(0, len(mine), cfg.micro_batch_size)]
+        sft_tokens = sum(len(encoded[i].chosen) for i in gidx)  # trained tokens in the whole global batch
+        agg = torch.zeros(7, dtype=torch.float64)  # loss, r_c, r_r, acc, lp_c, lp_r, tokens
+        for j, mb in enumerate(micro):
+            seqs = [(encoded[i].prompt, encoded[i].chosen) for i in mb]
+            if loss_type.uses_rejected:
+                seqs += [(encoded[i].prompt, encoded[i].rejected) for i in mb]
+            batch = collate(seqs, pad_id).to(device)
+            k = len(mb)
+            sync = contextlib.nullcontext() if j == len(micro) - 1 else acc.no_sync(scorer)
+            with sync:
+                with autocast_context(precision, device):
+                    sums, counts = scorer(batch.input_ids, batch.attention_mask, batch.loss_mask)
+                sums, counts = sums.float(), counts.float()
+                if loss_type.uses_rejected:
+                    pc, pr = reduce_logps(sums[:k], counts[:k], reduction), reduce_logps(sums[k:], counts[k:], reduction)
+                    rc = rr = None
+                    if loss_type.needs_reference:
+                        rc, rr = _reference_for(mb, ref, live_ref, scorer, batch, k, reduction, precision, device)
+                    losses, r_c, r_r = preference_loss(loss_type, pc, pr, rc, rr, beta=cfg.beta,
+                                                       gamma_beta_ratio=cfg.gamma_beta_ratio,
+                                                       label_smoothing=cfg.label_smoothing)
+                    loss = losses.sum() * world / cfg.batch_size
+                    if cfg.nll_coef:
+                        loss = loss + cfg.nll_coef * world * sft_loss(sums[:k], counts[:k], sft_tokens)
+                    agg += torch.tensor([losses.sum().item(), r_c.sum().item(), r_r.sum().item(),
+                                         (r_c > r_r).sum().item(), pc.sum().item(), pr.sum().item(),
+                                         batch.n_tokens], dtype=torch.float64)
+                else:
+                    loss = sft_loss(sums[:k], counts[:k], sft_tokens) * world
+                    lp = reduce_logps(sums[:k], counts[:k], "mean")
+                    agg += torch.tensor([-sums[:k].sum().item() / max(sft_tokens, 1) * cfg.batch_size, 0, 0, 0,
+                                         lp.sum().item(), 0, batch.n_tokens], dtype=torch.float64)
+                acc.backward(loss)
+        grad_norm = None
+        if cfg.grad_clip > 0:
+            grad_norm = acc.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            agg = acc.reduce(agg.to(device), reduction="sum").cpu()
+        tokens_seen += int(agg[6])
+        dt = time.time() - t0
+        b = cfg.batch_size
+        loss_value = float(agg[0] / b)
+        row = {"step": step + 1, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+               "grad_norm": float(grad_norm) if grad_norm is not None else None,
+               "tokens": int(agg[6]), "tokens_per_s": float(agg[6] / dt), "step_s": dt}
+        if loss_type.uses_rejected:
+            row.update({"rewards/chosen": float(agg[1] / b), "rewards/rejected": float(agg[2] / b),
+                        "rewards/margin": float((agg[1] - agg[2]) / b), "rewards/accuracy": float(agg[3] / b),
+                        "logps/chosen": float(agg[4] / b), "logps/rejected": float(agg[5] / b)})
+        else:
+            row["logps/chosen"] = float(agg[4] / b)
+        if log is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
+            log.write(row)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss_value:.4f}", **({"acc": f"{row['rewards/accuracy']:.2f}"}
+                                                         if "rewards/accuracy" in row else {}))
+            bar.update(1)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
+            _save_checkpoint(out / "checkpoints" / f"step-{step + 1}", acc.unwrap_model(scorer).model, optimizer,
+                             scheduler, step + 1, acc)
+    if bar is not None:
+        bar.close()
+    if log is not None:
+        log.close()
+    train_seconds = time.time() - t_train
+
+    # 5. final model + summary
+    summary = {"steps": total_steps, "resumed_from": start_step, "pairs": n, "loss": cfg.loss, "beta": cfg.beta,
+               "final_loss": loss_value, "precision": precision, "processes": world,
+               "wall_s": time.time() - t_start, "ref_s": ref_seconds, "train_s": train_seconds,
+               "tokens_per_s": tokens_seen / max(train_seconds, 1e-9), "encode_stats": enc_stats.as_dict(),
+               "model_dir": str(out / "model"), "metrics_path": str(metrics_path), **ref_info}
+    if acc.is_main_process:
+        final = acc.unwrap_model(scorer).model
+        if cfg.lora:
+            final.save_pretrained(out / "adapter")
+            final = final.merge_and_unload()
+        final.save_pretrained(out / "model", safe_serialization=True)
+        tokenizer.save_pretrained(out / "model")
+        write_json_atomic(out / "train_summary.json", summary)
+        (out / "COMPLETED").write_text("ok\n")
+    acc.wait_for_everyone()
+    return summary
+
+
+def _reference_for(mb, ref, live_ref, scorer, batch, k, reduction, precision, device):
+    """Reference log-probs (already reduced) for a micro-batch: from the cache, or a live no-grad forward."""
+    if ref is not None:
+        idx = torch.tensor(mb, dtype=torch.long)
+        rc = reduce_logps(ref["chosen_sum"][idx], ref["chosen_n"][idx], reduction).to(device)
+        rr = reduce_logps(ref["rejected_sum"][idx], ref["rejected_n"][idx], reduction).to(device)
+        return rc, rr
+    with torch.no_grad(), autocast_context(precision, device):
+        if live_ref == "adapter-disabled":
+            inner = scorer.module if hasattr(scorer, "module") else scorer
+            with inner.model.disable_adapter():
+                s, c = inner(batch.input_ids, batch.attention_mask, batch.loss_mask)
+        else:
+            s, c = ResponseLogProbs(live_ref)(batch.input_ids, batch.attention_mask, batch.loss_mask)
+    s, c = s.float(), c.float()
+    return reduce_logps(s[:k], c[:k], reduction), reduce_logps(s[k:], c[k:], reduction)
+
+
+def _asdict(cfg: TrainConfig) -> dict:
+    from deltalearn.recipe import to_dict
+
+    return to_dict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------
+
+
+def add_cli_args(p) -> None:
+    p.add_argument("recipe", nargs="?", help="recipe YAML whose train section to use (optional)")
+    p.add_argument("--pairs", required=True, help="pairs file or folder (prompt/chosen/rejected)")
+    p.add_argument("--out", required=True, help="output folder (metrics.jsonl, model/, checkpoints/)")
+    p.add_argument("--model", help="model to tune (overrides train.model)")
+    p.add_argument("--loss", choices=[t.value for t in LossType], help="overrides train.loss")
+    p.add_argument("--resume", help="resume from this checkpoint folder (default: the latest in --out)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.beta=5 (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_cli(args) -> int:
+    from deltalearn.recipe import load_recipe
+
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"train.model={args.model}")
+    if args.loss:
+        overrides.append(f"train.loss={args.loss}")
+    recipe = load_recipe(args.recipe, overrides)
+    summary = train(recipe.train, args.pairs, args.out, progress=not args.no_progress, resume=args.resume)
+    print(json.dumps({k: v for k, v in summary.items() if k != "encode_stats"}, indent=2))
+    return 0

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny real models built from a config (no network), and the embedded SmolLM2."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests use their own cache folder so they never touch a user's caches; the de-quantized SmolLM2 is reused
+# across sessions to keep the suite fast.
+os.environ.setdefault("DELTALEARN_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "test"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    """The real SmolLM2-135M-Instruct (embedded GGUF), de-quantized once into the test cache."""
+    from deltalearn.models import local_folder
+
+    return local_folder("smollm2-135m")
+
+
+def build_tiny_llama(out: Path, tokenizer_dir: str, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> str:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
+    """A 2-layer random Llama with SmolLM2's real tokenizer and chat template."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", smollm2_dir)
+
+
+def toy_pair_rows() -> list[dict]:
+    """Small real preference pairs: the chosen answer is correct and formatted, the rejected one is not."""
+    facts = [("What is the capital of France?", "The capital of France is **Paris**.", "It is Rome, I think."),
+             ("How many legs does a spider have?", "A spider has **eight** legs.", "Six."),
+             ("What color is the sky on a clear day?", "On a clear day the sky is **blue**.", "Green."),
+             ("What is 2 + 3?", "2 + 3 = **5**.", "It is 6."),
+             ("Name a mammal that can fly.", "The **bat** is a mammal that can fly.", "A penguin."),
+             ("What do bees make?", "Bees make **honey**.", "Bees make milk."),
+             ("What is the boiling point of water at sea level?", "Water boils at **100 °C** at sea level.",
+              "About 50 degrees."),
+             ("Which planet is known as the Red Planet?", "**Mars** is known as the Red Planet.", "Jupiter.")]
+    return [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
+             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in facts]
+
+
+@pytest.fixture()
+def toy_pairs() -> list[dict]:
+    return toy_pair_rows()
