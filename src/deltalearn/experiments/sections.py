@@ -1,0 +1,721 @@
+"""Experiment 1 of the paper, the stylistic delta: the number of bold section headers (and `deltalearn demo`).
+
+The paper (Section 3; paper-notes "Experiment 1") gives the student pairs whose chosen answer has k_c bold sections
+and whose rejected answer has k_r < k_c, both *below* the student's own habit, and finds that DPO pushes the count
+far past k_c while SFT on the chosen answers pulls it down towards k_c; reversed pairs push it down, tied pairs do
+nothing. Here the same experiment runs end to end on the embedded SmolLM2-135M-Instruct:
+
+1. Prompts: `data/sections_prompts.jsonl`, 312 open-ended instructions (how-to, compare, explain, plan; 78 each)
+   written for this project by its engineers, not taken from any dataset. Each row carries a fixed `split`: in
+   every category the 20 prompts with the smallest sha256 of their text are `eval` (80), the rest `train` (232).
+   tests/test_sections.py checks there is no overlap and no near-duplicate (content-word Jaccard < 0.6).
+2. The student's habit. SmolLM2 almost never writes a standalone bold header line (shared/sections-notes.md:
+   0.09 per answer), so 3 sections would be *above* its habit and the paper's setting could not be tested.
+   The student is therefore "SmolLM2 + a system prompt asking for bold section headers" (`generate.system_prompt`),
+   used for the base answers, in every training prompt, and at evaluation. The base arm measures its habit.
+3. y_k: the student's own greedy answer to each train prompt, rewritten by `with_k_sections` with exactly k header
+   lines (rule in its docstring; bold_sections(y_k) == k is asserted). Columns are named like the paper's released
+   data: `3_sections`; `3_sections_alt` is a second 3-section text of the same answer (other chunk boundaries, other
+   header wording) for the tied control, since two identical texts give no gradient at all.
+4. Arms (recipe `arms`): each picks its columns with `pair: {chosen: 3_sections, rejected: 2_sections}` and its loss
+   with `train: {loss: ...}` (SFT uses only the chosen side); `pair.control: reverse` swaps the sides. Every arm
+   starts from the same student and sees the same prompts for the same number of steps.
+5. Eval: greedy answers on the held-out prompts at a fixed `eval.max_new_tokens`, with the same system prompt:
+   mean bold sections +/- s.e., the paired difference against base on the same prompts, distinct headers (repetition
+   loops), bold spans ("emit ** everywhere", which a header count scores as a decrease) and length in tokens and
+   words (so "more sections" is not just "longer"). One `eval/<arm>.json` per arm.
+6. `results.json` (table + bar chart `sections.png`), `manifest.json`, and the Markdown table on stdout.
+
+Experiment-specific keys (the recipe's `experiment:` mapping) are `train_prompts` and `eval_prompts` (how many of
+each split to use; default all) -- see `SectionsSettings`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from deltalearn.io import DataError, read_json, write_json_atomic, write_jsonl_atomic
+from deltalearn.recipe import ConfigError, Recipe, arm_configs, load_recipe, to_dict
+from deltalearn.stats import fmt_pm, mean_se, paired_diff
+from deltalearn.utility import bold_sections, bold_spans, distinct_headers, response_words
+
+DEFAULT_PROMPTS = "builtin:sections_prompts"
+COLUMN = re.compile(r"^(?P<k>\d+)_sections(?P<alt>_alt)?$")
+METRICS = ("bold_sections", "distinct_headers", "bold_spans", "response_words", "response_tokens")
+MAX_K = 50
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SectionsSettings:
+    train_prompts: Optional[int] = None
+    """How many train-split prompts to build pairs from (default: all 232 of the built-in set)."""
+    eval_prompts: Optional[int] = None
+    """How many held-out prompts to evaluate on (default: all 80 of the built-in set)."""
+
+
+def column_k(name: str, where: str = "pair") -> tuple[int, int]:
+    """`3_sections` -> (3, 0); `3_sections_alt` -> (3, 1) (the variant passed to `with_k_sections`)."""
+    m = COLUMN.match(str(name))
+    if not m:
+        raise ConfigError(f"{where}: '{name}' is not a sections column; use K_sections or K_sections_alt "
+                          f"(e.g. 3_sections), K from 1 to {MAX_K}")
+    k = int(m.group("k"))
+    if not 1 <= k <= MAX_K:
+        raise ConfigError(f"{where}: k={k} in '{name}' must be between 1 and {MAX_K}")
+    return k, 1 if m.group("alt") else 0
+
+
+def settings_from(recipe: Recipe) -> SectionsSettings:
+    """Check everything the sections experiment needs from a recipe, before any work starts."""
+    if recipe.kind != "sections":
+        raise ConfigError(f"kind: the sections experiment runs recipes with kind: sections, got {recipe.kind!r}")
+    if not recipe.train.model:
+        raise ConfigError("train.model: name the student model (e.g. smollm2-135m)")
+    known = {"train_prompts", "eval_prompts"}
+    for key, value in recipe.experiment.items():
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            raise ConfigError(f"unknown key 'experiment.{key}'" + (f"; did you mean '{close[0]}'?" if close else
+                                                                    f"; known keys: {', '.join(sorted(known))}"))
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"experiment.{key}: expected a whole number >= 1 (or null for all), got {value!r}")
+    settings = SectionsSettings(**recipe.experiment)
+    if recipe.generate.models and list(recipe.generate.models) != [recipe.train.model]:
+        raise ConfigError("generate.models: the sections experiment builds its data from the student's own answers "
+                          f"(train.model = {recipe.train.model}); leave generate.models empty")
+    if recipe.generate.temperature != 0:
+        raise ConfigError("generate.temperature: y_k are built from greedy answers (the paper's setting); use 0")
+    if recipe.eval.system_prompt is not None and recipe.eval.system_prompt != recipe.generate.system_prompt:
+        raise ConfigError("eval.system_prompt differs from generate.system_prompt: the student is the model plus "
+                          "its system prompt, so data and eval must use the same one (leave eval.system_prompt "
+                          "empty to reuse generate's)")
+    if not recipe.arms:
+        raise ConfigError("arms: list at least one trained arm (e.g. {name: dpo-3-over-2, pair: {chosen: "
+                          "3_sections, rejected: 2_sections}}); the base model is always evaluated")
+    for arm in recipe.arms:
+        if arm.name == "base" or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", arm.name):
+            raise ConfigError(f"arms: '{arm.name}' must be a folder-safe name (letters, digits, . _ -) other than "
+                              "'base'")
+        pair, train = arm_configs(recipe, arm)
+        where = f"arms[{arm.name}].pair"
+        if pair.rule != "columns":
+            raise ConfigError(f"{where}.rule: the sections experiment pairs its own y_k columns; use rule: columns")
+        if pair.control not in ("none", "reverse"):
+            raise ConfigError(f"{where}.control: use none or reverse; a tie is chosen: 3_sections, rejected: "
+                              "3_sections_alt")
+        if pair.chosen is None:
+            raise ConfigError(f"{where}.chosen: name the chosen column, e.g. 3_sections")
+        column_k(pair.chosen, f"{where}.chosen")
+        if train.loss == "sft":
+            if pair.control == "reverse":
+                raise ConfigError(f"{where}.control: reverse has no meaning for SFT (it trains on chosen only)")
+        else:
+            if pair.rejected is None:
+                raise ConfigError(f"{where}.rejected: loss {train.loss} needs a rejected column, e.g. 2_sections")
+            column_k(pair.rejected, f"{where}.rejected")
+            if pair.rejected == pair.chosen:
+                raise ConfigError(f"{where}: chosen and rejected are both '{pair.chosen}': identical texts give zero "
+                                  "gradient; for a tie use 3_sections vs 3_sections_alt")
+    return settings
+
+
+def needed_columns(recipe: Recipe) -> list[str]:
+    cols = set()
+    for arm in recipe.arms:
+        pair, train = arm_configs(recipe, arm)
+        cols.add(pair.chosen)
+        if train.loss != "sft":
+            cols.add(pair.rejected)
+    return sorted(cols, key=lambda c: column_k(c))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# y_k: the model's own answer rewritten with exactly k bold section headers
+# ---------------------------------------------------------------------------------------------------------
+
+# A sentence ends at . ! ? (not after a digit: "1. " starts a list item) before whitespace.
+_SENTENCE_END = re.compile(r"(?<=[^\d\s][.!?])[\"')\]]*\s+(?=\S)")
+_LAST_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’-]*")
+_LEADING_MARKUP = re.compile(r"^\s*(?:#{1,6}\s+|(?:[-*+]|\d+[.)])\s+)?")
+_TITLE_STOP = frozenset(
+    "a an the and or but of to for in on at by with from into as is are be it its this that these those "
+    "you your i we our they their he she his her can will would should could may might do does not no so if "
+    "then than there here when what which who how why also just very".split())
+
+
+def _is_header(line: str) -> bool:
+    return bold_sections(line) > 0
+
+
+def _body(text: str, truncated: bool) -> str:
+    """The answer with its own header lines removed, cut back to its last full sentence when it hit the token cap
+    (a cut-off last sentence would teach stopping mid-sentence, and may hold an unclosed `**`)."""
+    lines = [ln.rstrip() for ln in (text or "").splitlines() if not _is_header(ln)]
+    body = "\n".join(lines).strip()
+    if truncated:
+        ends = list(_LAST_SENTENCE_END.finditer(body))
+        if ends and ends[-1].end() >= len(body) // 3:  # cut only when most of the answer stays
+            body = body[: ends[-1].end()]
+    return re.sub(r"\n{3,}", "\n\n", body).strip()
+
+
+def _units(body: str, k: int) -> list[tuple[str, str]]:
+    """The body as (separator-before, text) units: lines; sentences when there are fewer than k lines; and halves of
+    the longest unit, split at a word boundary, while there are still fewer than k."""
+    units: list[tuple[str, str]] = []
+    sep = ""
+    for line in body.split("\n"):
+        if not line.strip():
+            sep = "\n\n"
+            continue
+        units.append((sep or "\n", line))
+        sep = ""
+    if len(units) < k:
+        finer = []
+        for sep, line in units:
+            for j, sent in enumerate(_SENTENCE_END.split(line)):
+                if sent.strip():
+                    finer.append((sep if j == 0 else " ", sent.strip() if j else sent))
+        units = finer
+    while len(units) < k:
+        i = max(range(len(units)), key=lambda j: len(units[j][1].split()))
+        words = units[i][1].split()
+        if len(words) < 2:
+            break
+        half = len(words) // 2
+        units[i:i + 1] = [(units[i][0], " ".join(words[:half])), (" ", " ".join(words[half:]))]
+    return units
+
+
+def _boundaries(lengths: list[int], k: int, variant: int) -> list[int]:
+    """Unit indices where chunks 2..k start: those whose cumulative word count is closest to the targets.
+    variant 0 aims at equal shares (i * W / k); variant 1 moves every boundary back by half a share
+    ((i - 1/2) * W / k), so the two texts of the tied control differ in where their sections start."""
+    cum = [0]
+    for n in lengths:
+        cum.append(cum[-1] + n)
+    total, n_units = cum[-1], len(lengths)
+    cuts, prev = [], 0
+    for i in range(1, k):
+        target = (i - 0.5 * variant) * total / k
+        lo, hi = prev + 1, n_units - (k - i)  # leave at least one unit for every later chunk
+        best = min(range(lo, hi + 1), key=lambda j: (abs(cum[j] - target), j))
+        cuts.append(best)
+        prev = best
+    return cuts
+
+
+def _title(chunk: str, index: int, variant: int) -> str:
+    """A short header from the chunk's first words. variant 0: the text of a bold lead-in the chunk opens with
+    (`1. **Keep a schedule**: ...`), else its first four words less trailing stop words; variant 1: its first three
+    content words (no stop words, 3+ letters). Title case, no Markdown, at most 40 characters; `Part N` if empty."""
+    first_line = _LEADING_MARKUP.sub("", chunk.split("\n", 1)[0])
+    lead = re.match(r"\*\*([^*\n]+?)\*\*", first_line)
+    plain = first_line.replace("*", "").replace("_", " ")
+    if variant == 1:
+        words = [w for w in _WORD.findall(plain) if len(w) >= 3 and w.lower() not in _TITLE_STOP][:3]
+    else:
+        words = _WORD.findall(lead.group(1))[:5] if lead else _WORD.findall(plain)[:4]
+        while len(words) > 1 and words[-1].lower() in _TITLE_STOP:
+            words.pop()
+    title = " ".join(w[:1].upper() + w[1:] for w in words)[:40].strip()
+    return title or f"Part {index + 1}"
+
+
+def _unbold_header_lines(text: str) -> str:
+    """A chunk line that would itself read as a header (e.g. a lone `**word**` left by a word split) loses its bold
+    markers, so the only header lines are the k we add."""
+    return "\n".join(ln.replace("**", "").replace("__", "") if _is_header(ln) else ln for ln in text.split("\n"))
+
+
+def with_k_sections(text: str, k: int, *, variant: int = 0, truncated: bool = False) -> Optional[str]:
+    """`text` rewritten with exactly k bold section headers, or None when it has fewer than k words.
+
+    The rule: drop the answer's own header lines; cut a truncated answer back to its last full sentence; split the
+    rest into units (lines; else sentences; else word-halves of the longest unit); group the units into k
+    contiguous chunks of roughly equal word count; put `**Title**` on its own line before each chunk, the title
+    made from the chunk's first words (see `_title`). Bold words inside sentences and bold lead-ins of list items
+    (`1. **Soil**: ...`) are kept: they are not header lines. Invariant: bold_sections(result) == k (asserted).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    units = _units(_body(text, truncated), k)
+    if len(units) < k:
+        return None
+    cuts = [0] + _boundaries([len(u[1].split()) for u in units], k, variant) + [len(units)]
+    sections, seen = [], set()
+    for i in range(k):
+        chunk_units = units[cuts[i]:cuts[i + 1]]
+        chunk = chunk_units[0][1].lstrip() + "".join(sep + t for sep, t in chunk_units[1:])
+        chunk = _unbold_header_lines(chunk.strip())
+        title = _title(chunk, i, variant)
+        if title.lower() in seen:  # distinct headers within one answer: a repeated title gets a number
+            title = f"{title} ({i + 1})"
+        seen.add(title.lower())
+        sections.append(f"**{title}**\n{chunk}")
+    out = "\n\n".join(sections)
+    assert bold_sections(out) == k, f"with_k_sections built {bold_sections(out)} headers, wanted {k}"
+    return out
+
+
+def build_sections_table(base_rows: list[dict], columns: list[str]) -> tuple[list[dict], list[str]]:
+    """The "wide" dataset: one row per prompt with the base answer and one y_k per column. Prompts whose answer is
+    too short for the largest k are dropped (their ids are returned) so every arm trains on the same prompts."""
+    table, dropped = [], []
+    for r in base_rows:
+        row = {"id": r["id"], "prompt": r["prompt"], "response": r["response"], "truncated": r.get("truncated")}
+        for col in columns:
+            k, variant = column_k(col)
+            row[col] = with_k_sections(r["response"], k, variant=variant, truncated=bool(r.get("truncated")))
+        if any(row[c] is None for c in columns):
+            dropped.append(r["id"])
+            continue
+        table.append(row)
+    return table, dropped
+
+
+def arm_pairs(table: list[dict], chosen: str, rejected: Optional[str], *, reverse: bool,
+              system_prompt: Optional[str]) -> list[dict]:
+    """Pair rows in the project's conversational format; the prompt carries the student's system prompt."""
+    from deltalearn.tokenize import as_messages
+
+    if reverse:
+        chosen, rejected = rejected, chosen
+    rows = []
+    for r in table:
+        row = {"id": r["id"], "prompt": as_messages(r["prompt"], system_prompt=system_prompt),
+               "chosen": [{"role": "assistant", "content": r[chosen]}], "chosen_model": chosen,
+               "rule": "columns", "chosen_score": bold_sections(r[chosen])}
+        if rejected is not None:
+            row.update({"rejected": [{"role": "assistant", "content": r[rejected]}], "rejected_model": rejected,
+                        "rejected_score": bold_sections(r[rejected])})
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------------------
+
+
+def split_of(row: dict) -> str:
+    """A prompt's split: its own `split` column when present, else a stable hash of its id (1 in 4 is eval)."""
+    s = row.get("split")
+    if s in ("train", "eval"):
+        return s
+    return "eval" if int(hashlib.sha256(str(row["id"]).encode()).hexdigest(), 16) % 4 == 0 else "train"
+
+
+def load_split_prompts(recipe: Recipe, settings: SectionsSettings) -> tuple[list[dict], list[dict]]:
+    """(train, eval) prompt rows; each split in a seeded order that interleaves the categories, then cut to size."""
+    from deltalearn.prompts import load_prompts
+
+    pc = recipe.prompts
+    path = pc.path if (pc.path or pc.dataset) else DEFAULT_PROMPTS
+    rows = load_prompts(path, column=pc.column, id_column=pc.id_column or ("id" if path == DEFAULT_PROMPTS else None),
+                        dataset=pc.dataset, split=pc.split, limit=pc.limit)
+    for n, r in enumerate(rows, start=1):
+        if r.get("split") not in (None, "train", "eval"):
+            raise DataError(path, f"split must be 'train' or 'eval', got {r.get('split')!r}", row=n, field="split")
+
+    def order(r):
+        return hashlib.sha256(f"{recipe.seed}:{r['id']}".encode()).hexdigest()
+
+    train = sorted((r for r in rows if split_of(r) == "train"), key=order)[: settings.train_prompts]
+    held = sorted((r for r in rows if split_of(r) == "eval"), key=order)[: settings.eval_prompts]
+    if not train or not held:
+        raise DataError(path, f"need prompts in both splits; got {len(train)} train and {len(held)} eval")
+    def slim(r):  # id, prompt, category, and any ready-made K_sections columns (e.g. the paper's released data)
+        return {k: v for k, v in r.items() if k in ("id", "prompt", "category") or COLUMN.match(str(k))}
+
+    return [slim(r) for r in train], [slim(r) for r in held]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def score_rows(rows: list[dict]) -> dict[str, list[float]]:
+    """Per-prompt utility values of generated rows (same order as rows)."""
+    return {
+        "bold_sections": [bold_sections(r["response"]) for r in rows],
+        "distinct_headers": [distinct_headers(r["response"]) for r in rows],
+        "bold_spans": [bold_spans(r["response"]) for r in rows],
+        "response_words": [response_words(r["response"]) for r in rows],
+        "response_tokens": [float(r.get("n_tokens") or 0) for r in rows],
+    }
+
+
+def eval_record(label: str, title: str, rows: list[dict], base: Optional[dict[str, list[float]]], *,
+                settings: dict, train_summary: Optional[dict] = None) -> dict:
+    scores = score_rows(rows)
+    rec: dict[str, Any] = {"label": label, "title": title, "n": len(rows), "metrics": {}, "settings": settings,
+                           "truncated": sum(bool(r.get("truncated")) for r in rows),
+                           "evaluator": "deltalearn.experiments.sections/1"}
+    for name, vals in scores.items():
+        m, se = mean_se(vals)
+        rec["metrics"][name] = {"mean": m, "se": se, "n": len(vals)}
+    if base is not None:
+        rec["paired_vs_base"] = {}
+        for name in ("bold_sections", "distinct_headers", "bold_spans", "response_words"):
+            d, se = paired_diff(base[name], scores[name])
+            rec["paired_vs_base"][name] = {"mean": d, "se": se, "n": len(rows)}
+    if train_summary is not None:
+        rec["train"] = {k: train_summary.get(k) for k in ("steps", "pairs", "loss", "beta", "final_loss", "wall_s",
+                                                           "train_s", "ref_s", "tokens_per_s", "model_dir")}
+    rec["per_prompt"] = {"ids": [r["id"] for r in rows], **scores}
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Report: table, chart, Markdown
+# ---------------------------------------------------------------------------------------------------------
+
+TABLE_COLUMNS = ["run", "trained on", "bold sections", "Δ vs base (paired)", "distinct headers", "bold spans",
+                 "length (tokens)", "length (words)", "steps", "train s"]
+
+
+def arm_title(loss: str, chosen: Optional[str], rejected: Optional[str], reverse: bool) -> tuple[str, str]:
+    """(short run title, training data) for a table row, e.g. ('dpo_norm 3>2', 'y_3 > y_2')."""
+    if chosen is None:
+        return "base", "-"
+    if reverse:
+        chosen, rejected = rejected, chosen
+    kc = column_k(chosen)[0]
+    if loss == "sft":
+        return f"SFT on {kc}", f"y_{kc}"
+    kr = column_k(rejected)[0]
+    name = f"{loss} {kc}>{kr}" + (" (tied)" if kc == kr else " (reversed)" if reverse else "")
+    return name, f"{_short(chosen)} > {_short(rejected)}"
+
+
+def _short(column: str) -> str:
+    """`3_sections` -> `y_3`, `3_sections_alt` -> `y_3'`."""
+    k, variant = column_k(column)
+    return f"y_{k}" + ("'" if variant else "")
+
+
+def results_table(records: list[dict]) -> dict:
+    rows = []
+    for rec in records:
+        m, p = rec["metrics"], rec.get("paired_vs_base")
+        tr = rec.get("train") or {}
+        rows.append([
+            rec["title"], rec.get("trained_on", "-"),
+            fmt_pm(m["bold_sections"]["mean"], m["bold_sections"]["se"]),
+            fmt_pm(p["bold_sections"]["mean"], p["bold_sections"]["se"]) if p and rec["label"] != "base" else "-",
+            fmt_pm(m["distinct_headers"]["mean"], m["distinct_headers"]["se"]),
+            fmt_pm(m["bold_spans"]["mean"], m["bold_spans"]["se"]),
+            f"{m['response_tokens']['mean']:.0f}", f"{m['response_words']['mean']:.0f}",
+            tr.get("steps", "-"), f"{tr['wall_s']:.0f}" if tr.get("wall_s") is not None else "-",
+        ])
+    n = records[0]["n"] if records else 0
+    s = records[0]["settings"] if records else {}
+    note = (f"Mean ± s.e. over {n} held-out prompts, greedy, max {s.get('max_new_tokens')} new tokens, "
+            f"system prompt: {s.get('system_prompt')!r}. Δ vs base is the paired difference on the same prompts. "
+            "Bold sections = standalone bold header lines (deltalearn.utility.bold_sections).")
+    return {"title": "Bold sections after training (paper Experiment 1, stylistic delta)", "columns": TABLE_COLUMNS,
+            "rows": rows, "note": note}
+
+
+def markdown_table(table: dict) -> str:
+    lines = ["| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in table["rows"]]
+    return "\n".join(lines)
+
+
+def plot_sections(records: list[dict], path: Path) -> None:
+    """Bars: mean bold sections per run with s.e. error bars; the training k marked on each bar (solid: chosen or
+    SFT target, dashed: rejected); dotted line: the base model's habit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = [r["title"] for r in records]
+    means = [r["metrics"]["bold_sections"]["mean"] for r in records]
+    ses = [r["metrics"]["bold_sections"]["se"] for r in records]
+    colors = {"base": "#888888", "sft": "#4C72B0", "pref": "#DD8452", "rev": "#C44E52", "tie": "#55A868"}
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.15 * len(records) + 1), 4.2))
+    xs = list(range(len(records)))
+    cols = [colors[r.get("kind", "base")] for r in records]
+    ax.bar(xs, means, yerr=ses, capsize=4, color=cols, edgecolor="black", linewidth=0.5)
+    labelled = set()
+    for x, r in zip(xs, records):
+        for key, style, lab in (("k_chosen", "-", "training k (chosen / SFT)"), ("k_rejected", "--", "rejected k")):
+            k = r.get(key)
+            if k is not None:
+                ax.hlines(k, x - 0.42, x + 0.42, colors="black", linestyles=style, linewidth=2,
+                          label=lab if lab not in labelled else None)
+                labelled.add(lab)
+    if records:
+        ax.axhline(means[0], color="#888888", linestyle=":", linewidth=1, label="base habit")
+    for x, m in zip(xs, means):
+        ax.text(x, m, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(titles, rotation=20, ha="right", fontsize=9)
+    ax.set_ylabel("bold section headers per answer")
+    ax.set_title(f"Bold sections on {records[0]['n'] if records else 0} held-out prompts (mean ± s.e.)")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _log(msg: str) -> None:
+    print(f"[sections] {msg}", file=sys.stderr, flush=True)
+
+
+def _git_sha() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("deltalearn", "torch", "transformers", "accelerate"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _check_arm_dir(arm_dir: Path, fingerprint: dict) -> None:
+    """An arm folder trained under other settings must not be reused silently (train() skips COMPLETED runs)."""
+    f = arm_dir / "sections_arm.json"
+    if f.exists():
+        old = read_json(f)
+        if old != fingerprint:
+            diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+            raise ConfigError(f"{arm_dir} was trained with other settings ({', '.join(diff)} differ); use another "
+                              "output_dir (--out) or delete that folder")
+    else:
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(f, fingerprint)
+
+
+def run_sections(recipe: Recipe, *, progress: bool = True) -> dict:
+    """Run the whole experiment for a `kind: sections` recipe. Every stage's artifact is reused on rerun (resumable
+    generations, COMPLETED training runs). Returns the results dict written to results.json."""
+    from deltalearn.generate import free_model, generate_responses
+    from deltalearn.models import load_model
+    from deltalearn.precision import use_bf16
+    from deltalearn.train import train
+
+    settings = settings_from(recipe)
+    columns = needed_columns(recipe)
+    run_dir = recipe.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    gen, ev = recipe.generate, recipe.eval
+    system_prompt = gen.system_prompt
+    student = recipe.train.model
+    timings: dict[str, float] = {}
+    t_all = time.time()
+    manifest_path = run_dir / "manifest.json"
+    manifest = {"experiment": "sections", "recipe": to_dict(recipe), "settings": to_dict(settings),
+                "columns": columns, "versions": _versions(), "git_sha": _git_sha(), "seed": recipe.seed,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "timings_s": timings}
+    write_json_atomic(manifest_path, manifest)
+
+    # 1. prompts
+    train_prompts, eval_prompts = load_split_prompts(recipe, settings)
+    overlap = {r["id"] for r in train_prompts} & {r["id"] for r in eval_prompts}
+    if overlap:
+        raise DataError(None, f"prompts in both splits: {sorted(overlap)[:5]}")
+    write_jsonl_atomic(run_dir / "prompts.jsonl", [{**r, "split": "train"} for r in train_prompts]
+                       + [{**r, "split": "eval"} for r in eval_prompts])
+    _log(f"student {student} + system prompt {system_prompt!r}; {len(train_prompts)} train prompts, "
+         f"{len(eval_prompts)} eval prompts; columns {', '.join(columns)}; {len(recipe.arms)} trained arms")
+
+    # y_k from the prompt set itself when it already has every needed column (the paper's released data,
+    # scottgeng00/delta_learning_num_sections), else from the student's own answers (built below).
+    given = all(isinstance(r.get(c), str) and r[c].strip() for r in train_prompts for c in columns)
+
+    # 2. the student's own greedy answers (train prompts -> y_k) and its habit (eval prompts)
+    t = time.time()
+    model, tok = load_model(student)
+    model.eval()
+    timings["load_student"] = round(time.time() - t, 1)
+    eval_settings = {"max_new_tokens": ev.max_new_tokens, "system_prompt": system_prompt, "greedy": True,
+                     "batch_size": ev.batch_size, "precision": gen.precision,
+                     "bf16": use_bf16(gen.precision, next(model.parameters()).device),
+                     "eval_ids_sha256": hashlib.sha256(json.dumps([r["id"] for r in eval_prompts]).encode()).hexdigest()}
+    gen_kw = dict(tokenizer=tok, temperature=0.0, system_prompt=system_prompt, precision=gen.precision,
+                  seed=gen.seed, progress=progress)
+    try:
+        t = time.time()
+        if given:
+            _log(f"1/4 the prompt set already has {', '.join(columns)}: using them, no base answers needed")
+            base_train = []
+        else:
+            _log(f"1/4 base answers on {len(train_prompts)} train prompts (max {gen.max_new_tokens} tokens)")
+            base_train = generate_responses(model, [{"id": r["id"], "prompt": r["prompt"]} for r in train_prompts],
+                                            run_dir / "generations" / "base-train.jsonl",
+                                            max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, **gen_kw)
+        timings["generate_train"] = round(time.time() - t, 1)
+        t = time.time()
+        _log(f"2/4 base eval on {len(eval_prompts)} held-out prompts (max {ev.max_new_tokens} tokens)")
+        base_eval = generate_responses(model, [{"id": r["id"], "prompt": r["prompt"]} for r in eval_prompts], run_dir / "generations" / "base-eval.jsonl",
+                                       max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, **gen_kw)
+        timings["eval_base"] = round(time.time() - t, 1)
+    finally:
+        free_model(model)
+
+    base_rec = eval_record("base", "base", base_eval, None, settings=eval_settings)
+    base_rec.update({"trained_on": "-", "kind": "base", "model": student})
+    base_scores = score_rows(base_eval)
+    habit = base_rec["metrics"]["bold_sections"]["mean"]
+    train_habit = mean_se([bold_sections(r["response"]) for r in base_train]) if base_train else (None, None)
+    write_json_atomic(run_dir / "eval" / "base.json", base_rec)
+    _log(f"student habit: {habit:.2f} bold sections per held-out answer"
+         + (f" ({train_habit[0]:.2f} on train prompts)" if base_train else ""))
+
+    # 3. y_k columns
+    if given:
+        table, dropped = [{"id": r["id"], "prompt": r["prompt"], **{c: r[c] for c in columns}}
+                          for r in train_prompts], []
+    else:
+        table, dropped = build_sections_table(base_train, columns)
+    write_jsonl_atomic(run_dir / "data" / "sections.jsonl", table)
+    if dropped:
+        _log(f"dropped {len(dropped)} prompts whose answers are too short for {columns[-1]}")
+    data_stats = {"prompts": len(table), "dropped": dropped, "source": "prompt set" if given else "student's answers",
+                  "measured_sections": {c: mean_se([bold_sections(r[c]) for r in table])[0] for c in columns},
+                  "base_train_bold_sections": {"mean": train_habit[0], "se": train_habit[1]},
+                  "words": {c: mean_se([response_words(r[c]) for r in table])[0] for c in columns}}
+    manifest["data"] = data_stats
+
+    # 4. arms
+    records = [base_rec]
+    for i, arm in enumerate(recipe.arms, start=1):
+        pair, tcfg = arm_configs(recipe, arm)
+        reverse = pair.control == "reverse"
+        rejected = pair.rejected if tcfg.loss != "sft" else None
+        rows = arm_pairs(table, pair.chosen, rejected, reverse=reverse, system_prompt=system_prompt)
+        arm_dir = run_dir / "arms" / arm.name
+        fingerprint = {"train": to_dict(tcfg), "chosen": pair.chosen, "rejected": rejected, "reverse": reverse,
+                       "pairs_sha256": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()}
+        _check_arm_dir(arm_dir, fingerprint)
+        write_jsonl_atomic(arm_dir / "pairs.jsonl", rows)
+        title, trained_on = arm_title(tcfg.loss, pair.chosen, rejected, reverse)
+        _log(f"3/4 arm {i}/{len(recipe.arms)} '{arm.name}' ({title}): {tcfg.loss} lr {tcfg.lr:g} beta {tcfg.beta:g}, "
+             f"{len(rows)} pairs, batch {tcfg.batch_size}, {tcfg.max_steps or 'all'} steps")
+        t = time.time()
+        summary = train(tcfg, rows, arm_dir, progress=progress)
+        timings[f"train_{arm.name}"] = round(time.time() - t, 1)
+        t = time.time()
+        _log(f"4/4 eval '{arm.name}' on {len(eval_prompts)} held-out prompts")
+        arm_model, arm_tok = load_model(str(arm_dir / "model"))
+        arm_model.eval()
+        try:
+            out = generate_responses(arm_model, [{"id": r["id"], "prompt": r["prompt"]} for r in eval_prompts], run_dir / "generations" / f"{arm.name}-eval.jsonl",
+                                     max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                                     **{**gen_kw, "tokenizer": arm_tok})
+        finally:
+            free_model(arm_model)
+        timings[f"eval_{arm.name}"] = round(time.time() - t, 1)
+        rec = eval_record(arm.name, title, out, base_scores, settings=eval_settings, train_summary=summary)
+        kc = column_k(pair.chosen)[0]
+        kr = column_k(rejected)[0] if rejected else None
+        if reverse:
+            kc, kr = kr, kc
+        kind = "sft" if tcfg.loss == "sft" else "tie" if kc == kr else "rev" if reverse or kc < kr else "pref"
+        rec.update({"trained_on": trained_on, "kind": kind, "k_chosen": kc, "k_rejected": kr,
+                    "model": str(arm_dir / "model"), "train_config": to_dict(tcfg)})
+        write_json_atomic(run_dir / "eval" / f"{arm.name}.json", rec)
+        records.append(rec)
+        _log(f"'{arm.name}': {fmt_pm(rec['metrics']['bold_sections']['mean'], rec['metrics']['bold_sections']['se'])} "
+             f"bold sections (base {habit:.2f}), {rec['metrics']['response_tokens']['mean']:.0f} tokens")
+
+    # 5. results
+    plot_sections(records, run_dir / "sections.png")
+    table_out = results_table(records)
+    results = {"experiment": "sections", "tables": [table_out],
+               "plots": [{"title": "Bold sections per run (mean ± s.e.; bars' black lines: training k)",
+                          "path": "sections.png"}],
+               "student": student, "system_prompt": system_prompt, "habit": habit, "data": data_stats}
+    write_json_atomic(run_dir / "results.json", results)
+    timings["total"] = round(time.time() - t_all, 1)
+    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json_atomic(manifest_path, manifest)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# deltalearn demo
+# ---------------------------------------------------------------------------------------------------------
+
+
+def demo_recipe_path() -> Path:
+    """recipes/sections-demo.yaml of the checkout this package runs from (the README's `make demo` uses it)."""
+    return Path(__file__).resolve().parents[3] / "recipes" / "sections-demo.yaml"
+
+
+def add_cli_args(p) -> None:
+    p.add_argument("--recipe", default=None,
+                   help="a kind: sections recipe (default: recipes/sections-demo.yaml of this checkout)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/demo); rerunning reuses its artifacts")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set experiment.eval_prompts=16 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_cli(args) -> int:
+    path = Path(args.recipe) if args.recipe else demo_recipe_path()
+    if not path.exists():
+        raise ConfigError(f"demo recipe not found: {path}; run from a clone of the repository or pass --recipe")
+    overrides = list(args.overrides)
+    if args.out or not args.recipe:
+        overrides.append(f"output_dir={args.out or 'runs/demo'}")
+    recipe = load_recipe(path, overrides)
+    t = time.time()
+    results = run_sections(recipe, progress=not args.no_progress)
+    wall = time.time() - t
+    print(markdown_table(results["tables"][0]))
+    print()
+    print(results["tables"][0]["note"])
+    report = _build_report(recipe.run_dir)
+    print(f"\ndemo finished in {wall / 60:.1f} min; results: {recipe.run_dir / 'results.json'}"
+          + (f"; report: {report}" if report else ""))
+    return 0
+
+
+def _build_report(run_dir: Path) -> Optional[str]:
+    """The HTML report, when the report module is available (it renders any run dir with results.json)."""
+    try:
+        from deltalearn.report import build_report
+    except ImportError:
+        return None
+    out = build_report([run_dir])
+    return str(out) if out else None

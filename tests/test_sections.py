@@ -1,0 +1,274 @@
+"""The bold-sections experiment (paper Experiment 1): prompts, y_k construction, recipes, tables; a slow miniature run."""
+
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from deltalearn.experiments import sections as S
+from deltalearn.recipe import ConfigError, load_recipe
+from deltalearn.utility import bold_sections, distinct_headers, header_lines
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ROOT / "src" / "deltalearn" / "data" / "sections_prompts.jsonl"
+STOP = set("a an the and or of to for in on at my i do how can what is are with as by from into it its why does "
+           "plan compare explain".split())
+
+
+def _rows():
+    return [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
+
+
+def _content_words(text):
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOP}
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+
+def test_prompt_set_shape_and_documented_split():
+    rows = _rows()
+    assert len(rows) >= 300
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert {r["category"] for r in rows} == {"howto", "compare", "explain", "plan"}
+    assert {r["split"] for r in rows} == {"train", "eval"}
+    # the documented rule: in each category, the 20 prompts with the smallest sha256 of their text are eval
+    for cat in ("howto", "compare", "explain", "plan"):
+        texts = [r["prompt"] for r in rows if r["category"] == cat]
+        expected = set(sorted(texts, key=lambda t: hashlib.sha256(t.encode()).hexdigest())[:20])
+        assert {r["prompt"] for r in rows if r["category"] == cat and r["split"] == "eval"} == expected
+
+
+def test_prompt_splits_do_not_overlap_and_have_no_near_duplicates():
+    rows = _rows()
+    norm = [re.sub(r"[^a-z0-9 ]", "", r["prompt"].lower()).strip() for r in rows]
+    assert len(set(norm)) == len(norm), "two prompts are the same after normalization"
+    train = {n for n, r in zip(norm, rows) if r["split"] == "train"}
+    held = {n for n, r in zip(norm, rows) if r["split"] == "eval"}
+    assert not train & held
+    words = [_content_words(r["prompt"]) for r in rows]
+    worst = max(len(a & b) / len(a | b) for a, b in itertools.combinations(words, 2))
+    assert worst < 0.6, f"near-duplicate prompts (content-word Jaccard {worst:.2f})"
+
+
+def test_load_split_prompts_is_deterministic_and_sized():
+    r = load_recipe(ROOT / "recipes" / "sections-demo.yaml")
+    settings = S.settings_from(r)
+    train, held = S.load_split_prompts(r, settings)
+    assert len(train) == settings.train_prompts and len(held) == settings.eval_prompts
+    assert not {x["id"] for x in train} & {x["id"] for x in held}
+    assert S.load_split_prompts(r, settings) == (train, held)
+    assert len({x["category"] for x in train}) == 4  # the seeded order interleaves the categories
+
+
+# ------------------------------------------------------------------------------------------------ y_k
+
+# Answers in the styles SmolLM2-135M-Instruct writes (paragraphs; numbered lists with bold lead-ins; its own
+# header lines; cut off at the token cap mid-word or inside a bold span), plus a few hard shapes.
+ANSWERS = [
+    # plain paragraphs
+    "Inflation is a general rise in prices across an economy. When demand grows faster than supply, sellers raise "
+    "prices.\n\nCosts matter too: if wages or energy get more expensive, firms pass those costs on. Finally, when a "
+    "central bank creates money quickly, each unit of money buys less.",
+    # list with bold lead-ins and a truncated tail inside a bold span
+    "Here are some tips to improve your sleep:\n\n1. **Keep a schedule**: Go to bed at the same time every night.\n"
+    "2. **Limit screens**: Blue light delays melatonin.\n3. **Watch caffeine**: Avoid coffee after 2 pm.\n"
+    "4. **Make it dark**: Use curtains or a mask.\n5. **Relax first**: Read or stretch before bed.\n\nBy following "
+    "these tips you will **sleep bet",
+    # the model's own header lines (to be replaced), and a '#' heading and bold words inside sentences
+    "**Introduction**\nRenting and buying both have merits.\n\n**Renting**\nRenting is **flexible** and needs a "
+    "small deposit.\n\n## Buying\nBuying builds equity over time, but it ties you to one place.\n\n**Conclusion:**\n"
+    "Choose based on how long you will stay.",
+    # one long line, no paragraph breaks
+    "Solar panels are made of silicon cells that absorb sunlight and knock electrons loose, which creates a direct "
+    "current that an inverter turns into the alternating current your home uses, and any extra power can be sent to "
+    "the grid or stored in a battery for the evening.",
+    # bullet list with dashes and nested indentation
+    "To plan a trip to Rome:\n- Day 1: the Colosseum and the Forum.\n  - Book tickets online.\n- Day 2: the Vatican "
+    "Museums and St. Peter's.\n- Day 3: Trastevere, the Pantheon and Piazza Navona.\nEnjoy gelato every afternoon!",
+    # underscores, an unclosed **, and a repeated first word
+    "The __main__ idea is simple. The first step is to read. The second step is to write. The third step is to **"
+    "revise. The fourth step is to share. The fifth step is to rest.",
+    # very short
+    "Yes, it works.",
+]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 9, 12])
+@pytest.mark.parametrize("variant", [0, 1])
+@pytest.mark.parametrize("truncated", [False, True])
+def test_with_k_sections_gives_exactly_k(k, variant, truncated):
+    for text in ANSWERS:
+        y = S.with_k_sections(text, k, variant=variant, truncated=truncated)
+        body_words = S._body(text, truncated).split()
+        if len(body_words) < k:
+            assert y is None
+            continue
+        assert bold_sections(y) == k, y
+        assert distinct_headers(y) == k, y  # no repeated titles within one answer
+        # nothing of the answer is lost or reordered: drop our header lines and compare the words
+        kept = [ln for ln in y.splitlines() if bold_sections(ln) == 0]
+        assert " ".join(kept).replace("**", "").replace("__", "").split() == \
+            " ".join(body_words).replace("**", "").replace("__", "").split()
+
+
+def test_with_k_sections_drops_own_headers_and_keeps_bold_words():
+    y = S.with_k_sections(ANSWERS[2], 2)
+    assert "Introduction" not in header_lines(y) and "Renting" not in header_lines(y)
+    assert "**flexible**" in y  # bold words inside a sentence stay
+    y = S.with_k_sections(ANSWERS[1], 3)
+    assert "1. **Keep a schedule**: Go to bed" in y  # bold lead-ins of list items stay (not header lines)
+
+
+def test_truncated_answer_is_cut_back_to_a_full_sentence():
+    y = S.with_k_sections(ANSWERS[1], 3, truncated=True)
+    assert y.rstrip().endswith("Read or stretch before bed.")
+    assert "sleep bet" not in y
+    assert "sleep bet" in S.with_k_sections(ANSWERS[1], 3, truncated=False)
+
+
+def test_sections_are_roughly_equal_and_alt_variant_differs():
+    text = "\n".join(f"Sentence number {i} says something useful about the topic." for i in range(12))
+    y = S.with_k_sections(text, 3)
+    sizes = [len(part.split()) for part in re.split(r"\*\*[^*\n]+\*\*\n", y) if part.strip()]
+    assert len(sizes) == 3 and max(sizes) - min(sizes) <= 9  # 4 lines of ~9 words each
+    alt = S.with_k_sections(text, 3, variant=1)
+    assert bold_sections(alt) == 3 and alt != y
+    assert header_lines(alt) != header_lines(y)
+
+
+def test_titles_come_from_the_chunk_without_markdown():
+    assert S._title("1. **Keep a schedule**: Go to bed", 0, 0) == "Keep A Schedule"
+    assert S._title("The first step is to read.", 0, 0) == "The First Step"
+    assert S._title("The first step is to read.", 0, 1) == "First Step Read"
+    assert S._title("42", 3, 1) == "Part 4"
+
+
+def test_sections_table_and_pairs():
+    base = [{"id": f"p{i}", "prompt": f"Question {i}?", "response": ANSWERS[i], "truncated": i == 1}
+            for i in range(len(ANSWERS))]
+    table, dropped = S.build_sections_table(base, ["2_sections", "3_sections", "3_sections_alt", "9_sections"])
+    assert dropped == ["p6"]  # "Yes, it works." has fewer than 9 words
+    for r in table:
+        assert [bold_sections(r[c]) for c in ("2_sections", "3_sections", "3_sections_alt", "9_sections")] == \
+            [2, 3, 3, 9]
+    pairs = S.arm_pairs(table, "3_sections", "2_sections", reverse=False, system_prompt="Use headers.")
+    assert pairs[0]["prompt"][0] == {"role": "system", "content": "Use headers."}
+    assert pairs[0]["prompt"][1]["role"] == "user"
+    assert bold_sections(pairs[0]["chosen"][0]["content"]) == 3
+    assert bold_sections(pairs[0]["rejected"][0]["content"]) == 2
+    rev = S.arm_pairs(table, "3_sections", "2_sections", reverse=True, system_prompt=None)
+    assert rev[0]["chosen"] == pairs[0]["rejected"] and rev[0]["prompt"] == [{"role": "user",
+                                                                             "content": "Question 0?"}]
+    sft = S.arm_pairs(table, "3_sections", None, reverse=False, system_prompt=None)
+    assert "rejected" not in sft[0]
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+
+
+@pytest.mark.parametrize("name", ["sections-demo.yaml", "sections-smollm2.yaml", "sections-llama3.2-3b.yaml"])
+def test_shipped_recipes_validate(name):
+    r = load_recipe(ROOT / "recipes" / name)
+    S.settings_from(r)
+    assert "3_sections" in S.needed_columns(r)
+
+
+def test_full_recipe_has_the_papers_arms():
+    r = load_recipe(ROOT / "recipes" / "sections-smollm2.yaml")
+    titles = []
+    for arm in r.arms:
+        pair, train = S.arm_configs(r, arm)
+        rejected = pair.rejected if train.loss != "sft" else None
+        titles.append(S.arm_title(train.loss, pair.chosen, rejected, pair.control == "reverse")[0])
+    assert titles == ["SFT on 2", "SFT on 3", "SFT on 9", "dpo_norm 3>2", "dpo_norm 2>3 (reversed)",
+                      "dpo_norm 3>3 (tied)"]
+
+
+def test_paper_settings_recipe():
+    r = load_recipe(ROOT / "recipes" / "sections-llama3.2-3b.yaml")
+    assert (r.train.loss, r.train.beta, r.train.lr, r.train.epochs, r.train.batch_size, r.train.max_pairs) == \
+        ("dpo_norm", 5.0, 5e-7, 1, 32, 16384)
+    sft = [S.arm_configs(r, a)[1] for a in r.arms if S.arm_configs(r, a)[1].loss == "sft"]
+    assert sft and all(t.lr == 1e-6 and t.batch_size == 256 for t in sft)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("experiment.train_prompt=8", "did you mean 'train_prompts'"),
+    ("experiment.eval_prompts=0", "whole number >= 1"),
+    ("pair.chosen=three", "not a sections column"),
+    ("pair.rejected=3_sections", "identical texts give zero gradient"),
+    ("pair.rule=ladder", "use rule: columns"),
+    ("eval.system_prompt=other", "same one"),
+    ("generate.models=[other-model]", "leave generate.models empty"),
+    ("kind=pipeline", "kind: sections"),
+])
+def test_bad_settings_are_clear_config_errors(override, message):
+    r = load_recipe(ROOT / "recipes" / "sections-demo.yaml", [override])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        S.settings_from(r)
+
+
+def test_sft_with_reverse_is_refused():
+    data = {"kind": "sections", "train": {"model": "smollm2-135m"}, "pair": {"rule": "columns"},
+            "arms": [{"name": "x", "pair": {"chosen": "3_sections", "control": "reverse"}, "train": {"loss": "sft"}}]}
+    with pytest.raises(ConfigError, match="reverse has no meaning for SFT"):
+        S.settings_from(load_recipe(data=data))
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _record(label, title, values, base=None, **extra):
+    rows = [{"id": str(i), "response": "\n".join(f"**H{j}**\ntext" for j in range(v)), "n_tokens": 10 + v}
+            for i, v in enumerate(values)]
+    rec = S.eval_record(label, title, rows, base, settings={"max_new_tokens": 64, "system_prompt": "s"})
+    rec.update(extra)
+    return rec, S.score_rows(rows)
+
+
+def test_results_table_markdown_and_plot(tmp_path):
+    base, base_scores = _record("base", "base", [2, 3, 4], kind="base")
+    dpo, _ = _record("dpo", "dpo_norm 3>2", [5, 6, 7], base_scores, kind="pref", k_chosen=3, k_rejected=2,
+                     trained_on="y_3 > y_2")
+    assert dpo["paired_vs_base"]["bold_sections"] == {"mean": 3.0, "se": 0.0, "n": 3}
+    table = S.results_table([base, dpo])
+    assert table["columns"][2] == "bold sections"
+    assert table["rows"][0][2] == "3.00 ± 0.58" and table["rows"][1][3] == "3.00 ± 0.00"
+    md = S.markdown_table(table)
+    assert md.splitlines()[0].startswith("| run | trained on | bold sections")
+    assert len(md.splitlines()) == 4
+    S.plot_sections([base, dpo], tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------------ slow: miniature run
+
+
+@pytest.mark.slow
+def test_miniature_demo_pipeline(tmp_path):
+    """The demo's whole pipeline on the real SmolLM2 at a miniature size: artifacts, contract and rerun reuse."""
+    overrides = [f"output_dir={tmp_path / 'run'}", "experiment.train_prompts=8", "experiment.eval_prompts=4",
+                 "generate.max_new_tokens=48", "eval.max_new_tokens=48", "train.max_steps=2", "train.batch_size=4",
+                 "train.micro_batch_size=4", "train.max_len=160"]
+    recipe = load_recipe(ROOT / "recipes" / "sections-demo.yaml", overrides)
+    results = S.run_sections(recipe, progress=False)
+    run = tmp_path / "run"
+    assert results["experiment"] == "sections"
+    assert json.loads((run / "results.json").read_text())["tables"][0]["rows"] == results["tables"][0]["rows"]
+    assert [r[0] for r in results["tables"][0]["rows"]] == ["base", "SFT on 3", "dpo_norm 3>2"]
+    assert (run / "sections.png").exists()
+    for label in ("base", "sft-3", "dpo-3-over-2"):
+        rec = json.loads((run / "eval" / f"{label}.json").read_text())
+        assert rec["metrics"]["bold_sections"]["n"] == 4
+    for row in map(json.loads, (run / "data" / "sections.jsonl").read_text().splitlines()):
+        assert bold_sections(row["3_sections"]) == 3 and bold_sections(row["2_sections"]) == 2
+    assert (run / "arms" / "dpo-3-over-2" / "COMPLETED").exists()
+    again = S.run_sections(recipe, progress=False)  # everything reused: same table
+    assert again["tables"][0]["rows"] == results["tables"][0]["rows"]
+    changed = load_recipe(ROOT / "recipes" / "sections-demo.yaml", overrides + ["train.lr=1e-6"])
+    with pytest.raises(ConfigError, match="trained with other settings"):
+        S.run_sections(changed, progress=False)
