@@ -90,6 +90,8 @@ class PairConfig:
     """rule=utility/judge: keep a pair only if mu(chosen) - mu(rejected) > min_margin."""
     judge: Optional[str] = None
     """rule=judge: the judge model (any loadable model, or the openai backend's model name)."""
+    judge_base_url: Optional[str] = None
+    """rule=judge: score through an OpenAI-compatible server at this URL (judge = the server's model name)."""
     control: Literal["none", "reverse", "tie"] = "none"
     """Paper controls: reverse swaps chosen and rejected; tie pairs two responses of equal quality."""
     drop_truncated: bool = True
