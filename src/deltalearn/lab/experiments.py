@@ -1,0 +1,413 @@
+"""The paper's semantic-delta experiments in the tiny lab, through the project's own generate / train code.
+
+Every arm is: pairs built from generations of ladder rungs (`deltalearn.generate.generate_responses`), one
+`deltalearn.train.train` run on the student, and a greedy eval on fresh eval-split prompts graded by the project's
+`exact_answer` utility. Each arm is reported as the *paired* difference against the base student on the same
+prompts (tiny-lab notes: far more sensitive than two separate binomial errors).
+
+Experiments (paper-notes.md):
+- main recipe (Section 4): chosen = rung k, rejected = rung k-1, both below the student; dpo_norm and dpo; SFT on
+  the chosen side; reversed; zero delta (two samples of the same rung); plus the plateau check: SFT on *correct*
+  solutions, which should barely lift a student trained to its plateau.
+- self-over-weaker (Experiment 2): chosen = the student's own greedy answer, rejected = a weaker rung; SFT on own
+  answers; reversed.
+- sweep (Section 5 "Analysis"): every chosen > rejected pair of rungs; gain against delta (mean utility of chosen
+  minus rejected) with a fitted rise-then-plateau trend; and the chosen-quality curves: SFT on each rung and DPO on
+  each rung over the weakest rung, against the chosen responses' accuracy, with the student's level marked.
+
+Settings are fixed in the recipe before any eval number is looked at (Issue 7, "Honesty"): the DPO settings come
+from the tiny-lab feasibility notes (lr 3e-6 constant, batch 32, beta 0.1 / dpo_norm 5, ~1 epoch of 2,000 pairs,
+temperature-1 teacher samples); the ladder is chosen on the dev split; the eval split is used only for reporting.
+Jobs (generation, train+eval of one arm) run in two single-thread processes at once (2-core machine).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from deltalearn.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from deltalearn.lab import task
+from deltalearn.lab.ladder import LadderConfig, build_ladder
+from deltalearn.recipe import ConfigError, Recipe, TrainConfig, from_dict, resolve_train, to_dict
+from deltalearn.stats import mean_se, paired_diff
+
+
+@dataclass
+class LabSettings:
+    """The `experiment:` section of a lab recipe."""
+
+    ladder: LadderConfig
+    pref_prompts: int = 2000
+    """Preference-tuning prompts (pref split); one pair per prompt."""
+    eval_prompts: int = 3000
+    """Fresh eval-split prompts for every reported accuracy."""
+    teacher_temperature: float = 1.0
+    """Teachers sample at temperature 1 (notes: greedy teacher outputs gave a smaller gain)."""
+    max_new_tokens: int = 64
+    gen_batch_size: int = 256
+    main_chosen: str = "r4"
+    main_rejected: str = "r3"
+    self_weaker: str = "r3"
+    """Self-over-weaker: the rung whose samples are rejected against the student's own answers."""
+    workers: int = 2
+    drop_truncated: bool = True
+    """Drop pairs where either side hit max_new_tokens (as PairConfig.drop_truncated)."""
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> "LabSettings":
+        d = dict(recipe.experiment)
+        if "ladder" not in d:
+            raise ConfigError("experiment.ladder is required for kind: lab")
+        ladder = LadderConfig.from_dict(d.pop("ladder"))
+        known = {f for f in cls.__dataclass_fields__ if f != "ladder"}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"experiment: unknown keys {sorted(unknown)}; known: {sorted(known | {'ladder'})}")
+        s = cls(ladder=ladder, **d)
+        rungs = [f"r{i + 1}" for i in range(len(ladder.targets))]
+        for key in ("main_chosen", "main_rejected", "self_weaker"):
+            if getattr(s, key) not in rungs:
+                raise ConfigError(f"experiment.{key}: {getattr(s, key)!r} is not a rung ({', '.join(rungs)})")
+        if rungs.index(s.main_chosen) <= rungs.index(s.main_rejected):
+            raise ConfigError("experiment.main_chosen must be a higher rung than main_rejected")
+        return s
+
+    def model(self, rung: str) -> str:
+        """The `lab:` name of a rung of this ladder."""
+        return f"lab:{self.ladder.name + '/' if self.ladder.name else ''}{rung}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Jobs: each runs in a worker process with one thread
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def gen_job(model: str, prompts_path: str, out_path: str, temperature: float, seed: int, max_new_tokens: int,
+            batch_size: int) -> dict:
+    """Generate one response per prompt (resumable file), and grade it."""
+    from deltalearn.generate import generate_responses
+
+    t0 = time.time()
+    rows = generate_responses(model, read_jsonl(prompts_path), out_path, max_new_tokens=max_new_tokens,
+                              temperature=temperature, seed=seed, batch_size=batch_size, precision="fp32",
+                              progress=False)
+    scores = [task.grade(r["response"], r["reference"]) for r in rows]
+    m, se = mean_se(scores)
+    return {"model": model, "out": out_path, "accuracy": m, "se": se, "n": len(rows), "wall_s": time.time() - t0,
+            "truncated": sum(r["truncated"] for r in rows)}
+
+
+def evaluate(model: str, eval_path: str, out_json: str, *, max_new_tokens: int = 64, batch_size: int = 256) -> dict:
+    """Greedy exact-answer accuracy on the eval prompts; writes eval/<label>.json with per-prompt scores (the
+    paired differences are computed from these files)."""
+    from deltalearn.generate import generate_responses
+
+    out = Path(out_json)
+    if out.exists():
+        return read_json(out)
+    t0 = time.time()
+    rows = generate_responses(model, read_jsonl(eval_path), out.with_suffix(".generations.jsonl"),
+                              max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,
+                              precision="fp32", progress=False)
+    scores = {r["id"]: task.grade(r["response"], r["reference"]) for r in rows}
+    m, se = mean_se(list(scores.values()))
+    res = {"model": model, "metrics": {"exact_answer": {"mean": m, "se": se, "n": len(scores)}},
+           "settings": {"decoding": "greedy", "max_new_tokens": max_new_tokens, "prompts": eval_path},
+           "wall_s": round(time.time() - t0, 1), "scores": scores}
+    write_json_atomic(out, res)
+    return res
+
+
+def arm_job(name: str, cfg: dict, pairs_path: str, arm_dir: str, eval_path: str, eval_json: str,
+            max_new_tokens: int, batch_size: int) -> dict:
+    """Train one arm on its pairs, then evaluate the tuned model."""
+    from deltalearn.train import train
+
+    t0 = time.time()
+    summary = train(from_dict(TrainConfig, cfg), read_jsonl(pairs_path), arm_dir, progress=False)
+    res = evaluate(summary["model_dir"], eval_path, eval_json, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return {"arm": name, "train": {k: summary.get(k) for k in ("steps", "pairs", "final_loss", "train_s", "wall_s")},
+            "accuracy": res["metrics"]["exact_answer"]["mean"], "wall_s": time.time() - t0}
+
+
+def run_jobs(jobs: list[tuple], workers: int, desc: str, progress: bool = True) -> list:
+    """Run (fn, kwargs) jobs in `workers` single-thread processes; results in job order, with one progress bar."""
+    from tqdm.auto import tqdm
+
+    if not jobs:
+        return []
+    bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    results: list = [None] * len(jobs)
+    if workers <= 1:
+        _init_worker()
+        for i, (fn, kw) in enumerate(jobs):
+            results[i] = fn(**kw)
+            bar.update(1)
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker) as ex:
+            futs = {ex.submit(fn, **kw): i for i, (fn, kw) in enumerate(jobs)}
+            for f in as_completed(futs):
+                results[futs[f]] = f.result()
+                r = results[futs[f]]
+                bar.set_postfix_str(str(r.get("arm") or r.get("model") or "")[-40:])
+                bar.update(1)
+    bar.close()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pairs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_gen(path: str | Path) -> dict[str, dict]:
+    return {r["id"]: r for r in read_jsonl(path)}
+
+
+def make_pair_rows(chosen: dict[str, dict], rejected: dict[str, dict], *, chosen_model: str, rejected_model: str,
+                   rule: str, reverse: bool = False, drop_truncated: bool = True) -> tuple[list[dict], dict]:
+    """Pair rows (architecture.md's format) joining two generation sets on prompt id; pairs where either side was
+    cut at max_new_tokens are dropped (cutting one side changes the delta). Returns (rows, stats incl. delta)."""
+    rows, dropped = [], 0
+    for pid, c in chosen.items():
+        r = rejected.get(pid)
+        if r is None or (drop_truncated and (c["truncated"] or r["truncated"])):
+            dropped += 1
+            continue
+        sc, sr = task.grade(c["response"], c["reference"]), task.grade(r["response"], r["reference"])
+        row = {"id": pid, "prompt": [{"role": "user", "content": c["prompt"]}],
+               "chosen": [{"role": "assistant", "content": c["response"]}],
+               "rejected": [{"role": "assistant", "content": r["response"]}],
+               "chosen_model": chosen_model, "rejected_model": rejected_model, "rule": rule,
+               "chosen_score": sc, "rejected_score": sr}
+        if reverse:
+            row.update(chosen=row["rejected"], rejected=row["chosen"], chosen_model=rejected_model,
+                       rejected_model=chosen_model, chosen_score=sr, rejected_score=sc, rule=rule + "+reverse")
+        rows.append(row)
+    delta, delta_se = paired_diff([r["rejected_score"] for r in rows], [r["chosen_score"] for r in rows])
+    cm, _ = mean_se([r["chosen_score"] for r in rows])
+    rm, _ = mean_se([r["rejected_score"] for r in rows])
+    return rows, {"pairs": len(rows), "dropped_truncated_or_missing": dropped, "delta": delta, "delta_se": delta_se,
+                  "chosen_acc": cm, "rejected_acc": rm}
+
+
+def sft_rows(problems_path: str) -> list[dict]:
+    """Correct worked solutions for the pref prompts: the plateau check's SFT data."""
+    rows = []
+    for p in read_jsonl(problems_path):
+        prob = task.parse_prompt(p["prompt"])
+        rows.append({"id": p["id"], "prompt": [{"role": "user", "content": prob.prompt}],
+                     "chosen": [{"role": "assistant", "content": prob.solution}], "rule": "gold",
+                     "chosen_score": 1.0})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The experiment driver
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ArmSpec:
+    name: str
+    group: str
+    """Which table: main / plateau / self / sweep / sft-curve."""
+    chosen: str
+    rejected: str | None
+    loss: str
+    reverse: bool = False
+    note: str = ""
+
+
+def _gen_key(model: str, temperature: float, seed: int) -> str:
+    from deltalearn.generate import model_slug
+
+    return f"{model_slug(model)}-t{temperature:g}-s{seed}"
+
+
+class Lab:
+    """One lab run directory: prompts, generations, pairs, arms, eval, results.json."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path, *, progress: bool = True):
+        self.recipe = recipe
+        self.s = LabSettings.from_recipe(recipe)
+        self.dir = Path(run_dir)
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.ladder: dict = {}
+
+    # -- stages -------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        t0 = time.time()
+        self.ladder = build_ladder(self.s.ladder, progress=self.progress)
+        self.timings["ladder_s"] = 0.0 if self.ladder.get("cached") else time.time() - t0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name, split, n in (("prompts", "pref", self.s.pref_prompts), ("eval_prompts", "eval", self.s.eval_prompts)):
+            path = self.dir / f"{name}.jsonl"
+            if not path.exists():
+                write_jsonl_atomic(path, task.prompt_rows(task.sample_problems(split, n, seed=self.recipe.seed)))
+
+    def generate(self, needs: list[tuple[str, float, int]], extra: list[tuple] = ()) -> dict[str, dict]:
+        """Generations of (rung, temperature, seed) on the pref prompts (and `extra` jobs in the same pool);
+        returns key -> job result."""
+        t0 = time.time()
+        jobs = []
+        for rung, temp, seed in needs:
+            model = self.s.model(rung)
+            out = self.dir / "generations" / f"{_gen_key(model, temp, seed)}.jsonl"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            jobs.append((gen_job, dict(model=model, prompts_path=str(self.dir / "prompts.jsonl"), out_path=str(out),
+                                       temperature=temp, seed=seed, max_new_tokens=self.s.max_new_tokens,
+                                       batch_size=self.s.gen_batch_size)))
+        res = run_jobs(jobs + list(extra), self.s.workers, "lab: generate", self.progress)
+        self.timings["generate_s"] = self.timings.get("generate_s", 0) + time.time() - t0
+        return {f"{rung}-t{temp:g}-s{seed}": r for (rung, temp, seed), r in zip(needs, res)}
+
+    def gen_path(self, rung: str, temp: float, seed: int) -> Path:
+        return self.dir / "generations" / f"{_gen_key(self.s.model(rung), temp, seed)}.jsonl"
+
+    def build_pairs(self, arm: ArmSpec) -> tuple[Path, dict]:
+        path = self.dir / "pairs" / f"{arm.name}.jsonl"
+        stats_path = path.with_suffix(".stats.json")
+        if path.exists() and stats_path.exists():
+            return path, read_json(stats_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if arm.chosen == "gold":
+            rows = sft_rows(str(self.dir / "prompts.jsonl"))
+            stats = {"pairs": len(rows), "chosen_acc": 1.0}
+        else:
+            rows, stats = make_pair_rows(load_gen(self._src(arm.chosen)),
+                                         load_gen(self._src(arm.rejected)) if arm.rejected else
+                                         load_gen(self._src(arm.chosen)),
+                                         chosen_model=arm.chosen, rejected_model=arm.rejected or "-",
+                                         rule=arm.group, reverse=arm.reverse,
+                                         drop_truncated=self.s.drop_truncated)
+        write_jsonl_atomic(path, rows)
+        write_json_atomic(stats_path, stats)
+        return path, stats
+
+    def _src(self, spec: str) -> Path:
+        """'r4' = rung r4's teacher sample (seed 0); 'r4#1' = its second sample; 'student' = the student's greedy
+        answer (self-over-weaker's chosen side, Experiment 2)."""
+        if spec == "student":
+            return self.gen_path("student", 0.0, 0)
+        rung, _, seed = spec.partition("#")
+        return self.gen_path(rung, self.s.teacher_temperature, int(seed or 0))
+
+    def train_cfg(self, loss: str) -> dict:
+        base = to_dict(self.recipe.train)
+        base.update(model=self.s.model("student"), loss=loss, beta=None if loss != self.recipe.train.loss
+                    else self.recipe.train.beta)
+        cfg = resolve_train(from_dict(TrainConfig, base))
+        return to_dict(cfg)
+
+    def run_arms(self, arms: list[ArmSpec], desc: str) -> dict[str, dict]:
+        t0 = time.time()
+        jobs, info = [], {}
+        for arm in arms:
+            pairs_path, stats = self.build_pairs(arm)
+            info[arm.name] = {"spec": asdict(arm), "pairs": stats}
+            jobs.append((arm_job, dict(name=arm.name, cfg=self.train_cfg(arm.loss), pairs_path=str(pairs_path),
+                                       arm_dir=str(self.dir / "arms" / arm.name),
+                                       eval_path=str(self.dir / "eval_prompts.jsonl"),
+                                       eval_json=str(self.dir / "eval" / f"{arm.name}.json"),
+                                       max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size)))
+        for arm, r in zip(arms, run_jobs(jobs, self.s.workers, desc, self.progress)):
+            info[arm.name]["result"] = r
+        self.timings[desc.replace("lab: ", "") + "_s"] = time.time() - t0
+        return info
+
+    def base_eval_job(self) -> tuple:
+        return (evaluate, dict(model=self.s.model("student"), eval_path=str(self.dir / "eval_prompts.jsonl"),
+                               out_json=str(self.dir / "eval" / "student-base.json"),
+                               max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size))
+
+    def gain(self, arm: str) -> tuple[float, float, int, int]:
+        """Paired difference of an arm against the base student on the eval prompts: (diff, se, fixed, broken)."""
+        base = read_json(self.dir / "eval" / "student-base.json")["scores"]
+        new = read_json(self.dir / "eval" / f"{arm}.json")["scores"]
+        ids = sorted(base)
+        b, n = [base[i] for i in ids], [new[i] for i in ids]
+        d, se = paired_diff(b, n)
+        fixed = sum(1 for x, y in zip(b, n) if y > x)
+        broken = sum(1 for x, y in zip(b, n) if y < x)
+        return d, se, fixed, broken
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Arms of each experiment
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main_arms(s: LabSettings) -> list[ArmSpec]:
+    k, j = s.main_chosen, s.main_rejected
+    return [
+        ArmSpec("main-dpo_norm", "main", k, j, "dpo_norm", note=f"{k} > {j}"),
+        ArmSpec("main-dpo", "main", k, j, "dpo", note=f"{k} > {j}"),
+        ArmSpec("main-sft-chosen", "main", k, None, "sft", note=f"SFT on {k}"),
+        ArmSpec("main-reversed", "main", k, j, "dpo_norm", reverse=True, note=f"{j} > {k}"),
+        ArmSpec("main-zero-delta", "main", k, k + "#1", "dpo_norm", note=f"{k} vs {k} (two samples)"),
+        ArmSpec("plateau-sft-gold", "plateau", "gold", None, "sft", note="SFT on correct solutions"),
+    ]
+
+
+def self_arms(s: LabSettings) -> list[ArmSpec]:
+    w = s.self_weaker
+    return [
+        ArmSpec("self-dpo_norm", "self", "student", w, "dpo_norm", note=f"own > {w}"),
+        ArmSpec("self-sft", "self", "student", None, "sft", note="SFT on own answers"),
+        ArmSpec("self-reversed", "self", "student", w, "dpo_norm", reverse=True, note=f"{w} > own"),
+    ]
+
+
+def sweep_arms(s: LabSettings) -> list[ArmSpec]:
+    rungs = [f"r{i + 1}" for i in range(len(s.ladder.targets))]
+    arms = [ArmSpec(f"sweep-{c}-over-{r}", "sweep", c, r, "dpo_norm", note=f"{c} > {r}")
+            for ci, c in enumerate(rungs) for r in rungs[:ci]]
+    arms += [ArmSpec(f"sft-{c}", "sft-curve", c, None, "sft", note=f"SFT on {c}") for c in rungs]
+    return arms
+
+
+def run_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False, progress: bool = True) -> dict:
+    """`deltalearn lab`: ladder, then the main recipe with its controls and self-over-weaker; with `sweep`, the
+    21-pair sweep and the chosen-quality curves instead. Writes results.json + plots; returns the results."""
+    from deltalearn.lab import report
+
+    t0 = time.time()
+    lab = Lab(recipe, run_dir, progress=progress)
+    lab.prepare()
+    s = lab.s
+    rungs = [f"r{i + 1}" for i in range(len(s.ladder.targets))]
+    if sweep:
+        arms = sweep_arms(s)
+        needs = [(r, s.teacher_temperature, 0) for r in rungs] + [("student", 0.0, 0)]
+    else:
+        arms = main_arms(s) + self_arms(s)
+        needs = sorted({(s.main_chosen, s.teacher_temperature, 0), (s.main_chosen, s.teacher_temperature, 1),
+                        (s.main_rejected, s.teacher_temperature, 0), (s.self_weaker, s.teacher_temperature, 0),
+                        ("student", 0.0, 0)})
+    load_start = os.getloadavg()
+    gens = lab.generate(needs, extra=[lab.base_eval_job()])
+    info = lab.run_arms(arms, "lab: arms")
+    lab.timings["total_s"] = time.time() - t0
+    results = report.lab_results(lab, arms, info, gens, sweep=sweep)
+    results["load_average"] = {"start": [round(x, 2) for x in load_start],
+                               "end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
+    write_json_atomic(lab.dir / "results.json", results)
+    return results

@@ -1,0 +1,307 @@
+"""The lab's model ladder: small Llama models pretrained from scratch on the task, rungs chosen by dev accuracy.
+
+The paper needs a family of models of increasing quality (Qwen2.5 0.5B ... 72B) and a student above the teachers
+it learns from (Section 4, "Main recipe"; Section 5, the 21-pair sweep). Here each *run* trains one model size on
+fresh train-split problems (plain next-token training on the worked solution: this is pretraining, not preference
+tuning, so it is its own small loop), saving a checkpoint and measuring greedy dev accuracy every `eval_every`
+steps. Capability jumps sharply with steps (tiny-lab notes: 10% -> 91% within 150 steps, and seeds differ), so the
+ladder is not "size at a fixed step": each rung is the checkpoint whose dev accuracy is closest to a target.
+The student is the final checkpoint of its own long run, trained with a decaying lr until dev accuracy stops
+rising (its plateau), so that extra SFT on correct solutions no longer lifts it much (the experiments measure that).
+
+Runs are independent, so two run at once, one thread each (2-core machine). Everything is cached in the lab
+folder (`models.lab_home()`): `ladder.json` records the config hash, the curves and the chosen rungs; a later
+call with the same config reuses it, and a finished run is never retrained.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from deltalearn.io import read_json, sha256_json, write_json_atomic
+from deltalearn.lab import task
+from deltalearn.recipe import ConfigError
+
+LADDER_FILE = "ladder.json"
+
+
+@dataclass
+class RunSpec:
+    """One pretraining run: a model size and its training budget."""
+
+    name: str
+    hidden: int
+    layers: int
+    steps: int
+    lr: float = 3e-3
+    """Peak AdamW lr (tiny-lab notes: 3e-3 works at these sizes), cosine decay to lr/10 after warmup."""
+    warmup: int = 30
+    batch: int = 64
+    """Fresh train-split problems per step."""
+    eval_every: int = 50
+    seed: int = 0
+    heads: int = 4
+
+
+@dataclass
+class LadderConfig:
+    runs: list[RunSpec] = field(default_factory=list)
+    targets: list[float] = field(default_factory=list)
+    """Dev accuracy each teacher rung should have, increasing; rung i is named `r{i+1}`."""
+    student_run: str = ""
+    """The run whose final checkpoint is the student (named `student`)."""
+    dev_size: int = 400
+    """Dev prompts used to score checkpoints (and nothing else is chosen on the eval split)."""
+    workers: int = 2
+    name: str = ""
+    """Sub-folder of the lab folder for this ladder (models `lab:NAME/r1`); empty: the lab folder itself
+    (`lab:r1` ... `lab:student`)."""
+
+    def validate(self) -> "LadderConfig":
+        names = [r.name for r in self.runs]
+        if not self.runs:
+            raise ConfigError("experiment.ladder.runs: at least one run is needed")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"experiment.ladder.runs: duplicate run names {names}")
+        if self.student_run not in names:
+            raise ConfigError(f"experiment.ladder.student_run: {self.student_run!r} is not one of the runs {names}")
+        if any(b <= a for a, b in zip(self.targets, self.targets[1:])) or not self.targets:
+            raise ConfigError(f"experiment.ladder.targets must be increasing dev accuracies, got {self.targets}")
+        for r in self.runs:
+            if r.hidden % r.heads or r.steps < r.eval_every or r.eval_every < 1:
+                raise ConfigError(f"experiment.ladder.runs[{r.name}]: hidden must divide by heads and "
+                                  f"steps >= eval_every >= 1")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LadderConfig":
+        d = dict(d)
+        unknown = set(d) - {"runs", "targets", "student_run", "dev_size", "workers", "name"}
+        if unknown:
+            raise ConfigError(f"experiment.ladder: unknown keys {sorted(unknown)}")
+        runs = []
+        for i, r in enumerate(d.pop("runs", [])):
+            try:
+                runs.append(RunSpec(**r))
+            except TypeError as e:
+                raise ConfigError(f"experiment.ladder.runs[{i}]: {e}") from None
+        return cls(runs=runs, **d).validate()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_model(spec: RunSpec, tok):
+    """A fresh LlamaForCausalLM of the run's size (4 heads, tied embeddings, SwiGLU width 4x hidden)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(spec.seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=4 * spec.hidden,
+                      num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+                      num_key_value_heads=spec.heads, max_position_embeddings=128, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg)
+
+
+def fast_ids(tok, p: task.Problem) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) exactly as `tokenize.prompt_ids` / `response_ids` give them (a test checks),
+    without rendering the chat template: pretraining tokenizes ~64 problems per step."""
+    v = tok.get_vocab()
+    prompt = [tok.bos_token_id] + [v[ch] for ch in p.prompt]
+    body, _, ans = p.solution.rpartition("Answer:")
+    return prompt, [v[ch] for ch in body] + [v["Answer:"]] + [v[ch] for ch in ans] + [tok.eos_token_id]
+
+
+def _batch(tok, problems: list[task.Problem]):
+    """Left-padded prompt+solution ids with labels on the solution and its EOS only (the prompt's digits are
+    random, so predicting them is noise)."""
+    import torch
+
+    seqs, labels = [], []
+    for p in problems:
+        pi, ri = fast_ids(tok, p)
+        seqs.append(pi + ri)
+        labels.append([-100] * len(pi) + ri)
+    n = max(map(len, seqs))
+    pad = tok.pad_token_id
+    ids = torch.tensor([[pad] * (n - len(s)) + s for s in seqs])
+    lab = torch.tensor([[-100] * (n - len(s)) + s for s in labels])
+    att = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs])
+    return ids, att, lab
+
+
+def greedy_accuracy(model, tok, problems: list[task.Problem], *, batch_size: int = 200,
+                    max_new_tokens: int = 64) -> float:
+    """Greedy exact-answer accuracy, for choosing checkpoints inside pretraining (the experiments themselves
+    evaluate through `deltalearn.generate`)."""
+    import torch
+
+    from deltalearn.tokenize import prompt_ids
+
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(problems), batch_size):
+            chunk = problems[i:i + batch_size]
+            seqs = [prompt_ids(tok, p.prompt) for p in chunk]
+            n = max(map(len, seqs))
+            ids = torch.tensor([[tok.pad_token_id] * (n - len(s)) + s for s in seqs])
+            att = (ids != tok.pad_token_id).long()
+            out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            for p, row in zip(chunk, out[:, n:]):
+                correct += task.grade(tok.decode(row, skip_special_tokens=True), p.answer) == 1.0
+    model.train()
+    return correct / max(1, len(problems))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One run (executes in its own process, one thread)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def run_dir(lab_dir: Path, spec: RunSpec) -> Path:
+    return lab_dir / "runs" / f"{spec.name}-{sha256_json(asdict(spec))[:8]}"
+
+
+def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, threads: int = 1) -> dict:
+    """Train one run, checkpointing and scoring dev accuracy every `eval_every` steps. Returns its curve.
+    A finished run (curve.json present) is not retrained."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from deltalearn.lab.tokenizer import build_tokenizer
+
+    out = run_dir(Path(lab_dir), spec)
+    done = out / "curve.json"
+    if done.exists():
+        return read_json(done)
+    torch.set_num_threads(threads)
+    if out.exists():
+        shutil.rmtree(out)  # an interrupted run restarts: it takes minutes and fresh data makes resume moot
+    out.mkdir(parents=True)
+    tok = build_tokenizer()
+    model = build_model(spec, tok)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.0)
+
+    def lr_at(step: int) -> float:
+        if step < spec.warmup:
+            return spec.lr * (step + 1) / spec.warmup
+        frac = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
+        return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    rng = random.Random(f"pretrain:{spec.name}:{spec.seed}")
+    dev = task.sample_problems("dev", dev_size, seed=0)
+    curve, t0 = [], time.time()
+    bar = tqdm(range(spec.steps), desc=f"ladder {spec.name} (d{spec.hidden} L{spec.layers})", position=position,
+               leave=True, dynamic_ncols=True)
+    model.train()
+    for step in bar:
+        ids, att, lab = _batch(tok, [task.random_problem(rng, "train") for _ in range(spec.batch)])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % spec.eval_every == 0 or step + 1 == spec.steps:
+            acc = greedy_accuracy(model, tok, dev)
+            ck = out / f"step-{step + 1}"
+            model.save_pretrained(ck)
+            curve.append({"step": step + 1, "dev_acc": acc, "loss": loss.item(), "path": str(ck),
+                          "elapsed_s": round(time.time() - t0, 1)})
+            bar.set_postfix(loss=f"{loss.item():.3f}", dev=f"{acc:.1%}")
+    bar.close()
+    result = {"run": asdict(spec), "curve": curve, "wall_s": round(time.time() - t0, 1),
+              "params": sum(p.numel() for p in model.parameters())}
+    write_json_atomic(done, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The ladder
+# ---------------------------------------------------------------------------------------------------------
+
+
+def select_rungs(curves: list[dict], targets: list[float], student_run: str) -> list[dict]:
+    """For each target dev accuracy (increasing), the unused checkpoint closest to it, excluding the student's
+    final checkpoint. Ties go to the earlier-listed run and step. Rungs come back ordered by dev accuracy."""
+    cands = [(c["run"]["name"], pt) for c in curves for pt in c["curve"]]
+    student_final = next(c for c in curves if c["run"]["name"] == student_run)["curve"][-1]["path"]
+    cands = [(n, pt) for n, pt in cands if pt["path"] != student_final]
+    used, rungs = set(), []
+    for t in targets:
+        free = [(n, pt) for n, pt in cands if pt["path"] not in used]
+        if not free:
+            raise ConfigError(f"experiment.ladder: not enough checkpoints for {len(targets)} rungs")
+        n, pt = min(free, key=lambda x: abs(x[1]["dev_acc"] - t))
+        used.add(pt["path"])
+        rungs.append({"run": n, "step": pt["step"], "dev_acc": pt["dev_acc"], "target": t, "path": pt["path"]})
+    rungs.sort(key=lambda r: r["dev_acc"])
+    for i, r in enumerate(rungs):
+        r["name"] = f"r{i + 1}"
+    return rungs
+
+
+def _install(src: str, dst: Path, tok) -> None:
+    """Copy a checkpoint into the lab folder as a loadable HF model folder (weights + tokenizer)."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    tok.save_pretrained(tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+
+
+def build_ladder(cfg: LadderConfig, lab_dir: str | Path | None = None, *, progress: bool = True) -> dict:
+    """Train (or reuse) every run, choose the rungs, and install them as `lab:r1..rN` and `lab:student`.
+    Returns the ladder record (also written to LAB_DIR/ladder.json)."""
+    from deltalearn.lab.tokenizer import build_tokenizer
+    from deltalearn.models import lab_home
+
+    cfg.validate()
+    lab = (Path(lab_dir) if lab_dir is not None else lab_home()) / cfg.name
+    lab.mkdir(parents=True, exist_ok=True)
+    key = sha256_json({"runs": [asdict(r) for r in cfg.runs], "targets": cfg.targets,
+                       "student_run": cfg.student_run, "dev_size": cfg.dev_size})
+    record_path = lab / LADDER_FILE
+    if record_path.exists():
+        rec = read_json(record_path)
+        if rec.get("config_hash") == key and all((lab / n / "config.json").exists() for n in rec["models"]):
+            rec["cached"] = True
+            return rec
+    t0 = time.time()
+    order = sorted(cfg.runs, key=lambda r: -r.steps * r.hidden ** 2 * r.layers)  # longest first
+    if cfg.workers > 1 and len(order) > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as ex:
+            futs = [ex.submit(pretrain, r, str(lab), cfg.dev_size, i) for i, r in enumerate(order)]
+            curves = [f.result() for f in futs]
+    else:
+        curves = [pretrain(r, str(lab), cfg.dev_size, 0, threads=1) for r in order]
+    rungs = select_rungs(curves, cfg.targets, cfg.student_run)
+    student_curve = next(c for c in curves if c["run"]["name"] == cfg.student_run)
+    student = dict(student_curve["curve"][-1], run=cfg.student_run, name="student")
+    tok = build_tokenizer()
+    for r in rungs + [student]:
+        _install(r["path"], lab / r["name"], tok)
+    rec = {"config_hash": key, "config": {"runs": [asdict(r) for r in cfg.runs], "targets": cfg.targets,
+                                          "student_run": cfg.student_run, "dev_size": cfg.dev_size},
+           "rungs": rungs, "student": student, "models": [r["name"] for r in rungs] + ["student"],
+           "curves": curves, "wall_s": round(time.time() - t0, 1), "cached": False}
+    write_json_atomic(record_path, rec)
+    return rec

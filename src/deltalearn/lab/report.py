@@ -1,0 +1,279 @@
+"""Tables and plots of a lab run, computed only from files on disk (generations, pairs, eval/*.json, ladder.json),
+in the results.json form the report module renders."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from deltalearn.io import read_json, read_jsonl
+from deltalearn.lab import task
+from deltalearn.stats import mean_se
+
+PTS = 100.0  # accuracies and gains are reported in percentage points
+
+
+def _pm(m: float, se: float) -> str:
+    return f"{m * PTS:+.2f} ± {se * PTS:.2f}"
+
+
+def _acc(m: float, se: float) -> str:
+    return f"{m * PTS:.1f} ± {se * PTS:.1f}"
+
+
+def gen_accuracy(path: Path) -> tuple[float, float, int] | None:
+    if not path.exists():
+        return None
+    rows = read_jsonl(path)
+    m, se = mean_se([task.grade(r["response"], r["reference"]) for r in rows])
+    return m, se, len(rows)
+
+
+def hinge_fit(x: list[float], y: list[float]) -> dict:
+    """Least-squares continuous two-piece line y = a + b1*min(x, c) + b2*max(x - c, 0), the breakpoint c on a grid
+    over the observed x: a 'rises then plateaus' trend shows as b1 > 0 and b2 near 0 (paper Section 5: gains
+    rise with delta up to ~0.55, then plateau). Also the plain linear fit, for comparison."""
+    import numpy as np
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    lin = np.polyfit(x, y, 1)
+    best = None
+    for c in np.quantile(x, np.linspace(0.15, 0.85, 29)):
+        X = np.stack([np.ones_like(x), np.minimum(x, c), np.maximum(x - c, 0)], 1)
+        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+        sse = float(((X @ coef - y) ** 2).sum())
+        if best is None or sse < best[0]:
+            best = (sse, float(c), coef)
+    sse, c, (a, b1, b2) = best
+    lin_sse = float(((np.polyval(lin, x) - y) ** 2).sum())
+    return {"breakpoint": c, "intercept": float(a), "slope_below": float(b1), "slope_above": float(b2),
+            "sse": sse, "linear_slope": float(lin[0]), "linear_intercept": float(lin[1]), "linear_sse": lin_sse,
+            "pearson_r": float(np.corrcoef(x, y)[0, 1]) if len(x) > 2 else float("nan")}
+
+
+def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
+    s, d = lab.s, lab.dir
+    ladder = lab.ladder
+    plots_dir = d / "plots"
+    plots_dir.mkdir(exist_ok=True)
+    base = read_json(d / "eval" / "student-base.json")["metrics"]["exact_answer"]
+    student_self = gen_accuracy(lab.gen_path("student", 0.0, 0))
+    tables, plots = [], []
+
+    # -- ladder ------------------------------------------------------------------------------------------
+    params = {c["run"]["name"]: c["params"] for c in ladder["curves"]}
+    rows = []
+    for r in ladder["rungs"] + [ladder["student"]]:
+        temp = 0.0 if r["name"] == "student" else s.teacher_temperature
+        g = gen_accuracy(lab.gen_path(r["name"], temp, 0))
+        spec = next(c["run"] for c in ladder["curves"] if c["run"]["name"] == r["run"])
+        rows.append([s.model(r["name"]), f"{r['run']} (d{spec['hidden']} L{spec['layers']})", params[r["run"]],
+                     r["step"], f"{r['dev_acc'] * PTS:.1f}",
+                     _acc(g[0], g[1]) if g else "-"])
+    tables.append({"title": "Ladder: rungs chosen by dev accuracy from pretraining checkpoints",
+                   "columns": ["model", "run", "params", "step", "dev acc % (greedy, selection)",
+                               f"pref-prompt acc % (the training responses: T={s.teacher_temperature:g} samples; "
+                               "student greedy)"],
+                   "rows": rows,
+                   "note": f"Student eval accuracy (greedy, {base['n']} eval prompts): {_acc(base['mean'], base['se'])}. "
+                           f"Ladder wall time: {ladder.get('wall_s', 0):.0f} s"
+                           f"{' (cached from an earlier run)' if ladder.get('cached') else ''}."})
+    plots.append({"title": "Ladder: dev accuracy of each pretraining run, rungs marked",
+                  "path": _plot_ladder(ladder, plots_dir / "ladder.png", d)})
+
+    def arm_row(a) -> list:
+        i = info[a.name]
+        ev = read_json(d / "eval" / f"{a.name}.json")["metrics"]["exact_answer"]
+        g, se, fixed, broken = lab.gain(a.name)
+        st = i["pairs"]
+        delta = _pm(st["delta"], st["delta_se"]) if "delta" in st else "-"
+        return [a.name, a.loss, a.note, st["pairs"], delta, _acc(ev["mean"], ev["se"]), _pm(g, se),
+                f"{fixed}/{broken}"]
+
+    cols = ["arm", "loss", "data", "pairs", "delta (chosen - rejected acc, pts)", "eval acc %",
+            "gain vs base (pts, paired)", "fixed/broken"]
+    base_row = ["student (base)", "-", "-", "-", "-", _acc(base["mean"], base["se"]), "0", "-"]
+    settings = (f"lr {lab.recipe.train.lr:g}, batch {lab.recipe.train.batch_size}, "
+                f"{lab.recipe.train.max_steps or 'one epoch of'} steps, dpo beta 0.1, dpo_norm beta 5, "
+                f"{base['n']} eval prompts; s.e. of the paired difference.")
+    if not sweep:
+        main = [a for a in arms if a.group in ("main", "plateau")]
+        tables.append({"title": f"Main recipe: chosen = {s.main_chosen}, rejected = {s.main_rejected}, student above both",
+                       "columns": cols, "rows": [base_row] + [arm_row(a) for a in main],
+                       "note": "plateau-sft-gold is the student-plateau check (SFT on correct solutions). " + settings})
+        selfs = [a for a in arms if a.group == "self"]
+        tables.append({"title": f"Self-over-weaker: chosen = the student's own greedy answer, rejected = {s.self_weaker}",
+                       "columns": cols, "rows": [base_row] + [arm_row(a) for a in selfs], "note": settings})
+        plots.append({"title": "Main recipe and self-over-weaker: gain over the base student",
+                      "path": _plot_bars(lab, [a for a in arms], plots_dir / "main.png", d)})
+    else:
+        tables += _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, settings)
+    return {"experiment": "lab-sweep" if sweep else "lab", "tables": tables, "plots": plots,
+            "timings_s": {k: round(v, 1) for k, v in lab.timings.items()},
+            "student_base": base, "ladder_hash": ladder.get("config_hash")}
+
+
+def _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, settings) -> list[dict]:
+    s, d = lab.s, lab.dir
+    qual = {}
+    for r in lab.ladder["rungs"]:
+        g = gen_accuracy(lab.gen_path(r["name"], s.teacher_temperature, 0))
+        qual[r["name"]] = g[0]
+    stu = student_self[0] if student_self else base["mean"]
+    pts = []
+    rows = []
+    for a in arms:
+        if a.group != "sweep":
+            continue
+        st = info[a.name]["pairs"]
+        g, se, fixed, broken = lab.gain(a.name)
+        above = qual[a.rejected] >= stu
+        pts.append({"arm": a.name, "chosen": a.chosen, "rejected": a.rejected, "delta": st["delta"],
+                    "gain": g, "se": se, "both_above_student": above, "chosen_acc": qual[a.chosen]})
+        rows.append([a.note, f"{qual[a.chosen] * PTS:.1f}", f"{qual[a.rejected] * PTS:.1f}",
+                     _pm(st["delta"], st["delta_se"]), _pm(g, se), f"{fixed}/{broken}",
+                     "yes" if above else ""])
+    fit = hinge_fit([p["delta"] for p in pts], [p["gain"] for p in pts])
+    far = [p for p in pts if p["both_above_student"]]
+    below = [p for p in pts if not p["both_above_student"]]
+    out = [{"title": "Sweep: every chosen > rejected pair of the ladder (dpo_norm)",
+            "columns": ["pair", "chosen acc %", "rejected acc %", "delta (pts)", "gain vs base (pts, paired)",
+                        "fixed/broken", "both above student"],
+            "rows": rows, "note": f"Student: {stu * PTS:.1f}% on the pref prompts (greedy). " + settings}]
+    mg = lambda ps: mean_se([p["gain"] for p in ps]) if ps else (float("nan"), float("nan"))
+    m_far, se_far = mg(far)
+    m_below, se_below = mg(below)
+    out.append({"title": "Sweep summary: gain against delta",
+                "columns": ["quantity", "value"],
+                "rows": [["pairs", len(pts)],
+                         ["linear fit: slope (gain pts per delta pt)", f"{fit['linear_slope']:.3f}"],
+                         ["Pearson r (delta, gain)", f"{fit['pearson_r']:.2f}"],
+                         ["hinge fit: breakpoint delta (pts)", f"{fit['breakpoint'] * PTS:.1f}"],
+                         ["hinge fit: slope below / above breakpoint", f"{fit['slope_below']:.3f} / {fit['slope_above']:.3f}"],
+                         ["hinge vs linear SSE (pts^2)", f"{fit['sse'] * PTS ** 2:.2f} vs {fit['linear_sse'] * PTS ** 2:.2f}"],
+                         ["mean gain, pairs with both sides above the student (pts)",
+                          f"{m_far * PTS:+.2f} ± {se_far * PTS:.2f} (n={len(far)})"],
+                         ["mean gain, other pairs (pts)", f"{m_below * PTS:+.2f} ± {se_below * PTS:.2f} (n={len(below)})"],
+                         ["pairs with gain > 2 s.e. / < -2 s.e.",
+                          f"{sum(p['gain'] > 2 * p['se'] for p in pts)} / {sum(p['gain'] < -2 * p['se'] for p in pts)}"]],
+                "note": "Hinge: continuous two-piece least-squares line; 'rises then plateaus' = positive slope below "
+                        "the breakpoint and a flat one above (paper: plateau from delta ~0.55 on a 1-5 judge scale)."})
+    plots.append({"title": "Sweep: gain vs delta", "path": _plot_sweep(pts, fit, plots_dir / "sweep.png", d)})
+    # chosen-quality curves: SFT on each rung; DPO with each rung chosen over the weakest rung
+    r1 = lab.ladder["rungs"][0]["name"]
+    curve_rows, sft_pts, dpo_pts = [], [], []
+    for r in lab.ladder["rungs"]:
+        name = r["name"]
+        sg = lab.gain(f"sft-{name}")
+        dg = lab.gain(f"sweep-{name}-over-{r1}") if name != r1 else None
+        sft_pts.append((qual[name], sg[0], sg[1]))
+        if dg:
+            dpo_pts.append((qual[name], dg[0], dg[1]))
+        curve_rows.append([name, f"{qual[name] * PTS:.1f}", _pm(sg[0], sg[1]), _pm(dg[0], dg[1]) if dg else "-"])
+    out.append({"title": f"Chosen-quality curves: SFT on rung k, and DPO on rung k over {r1}",
+                "columns": ["chosen rung", "chosen acc % (pref prompts)", "SFT gain (pts)", f"DPO gain over {r1} (pts)"],
+                "rows": curve_rows, "note": f"Student level: {stu * PTS:.1f}% greedy on the same prompts."})
+    plots.append({"title": "Chosen-quality curves", "path": _plot_curves(sft_pts, dpo_pts, stu,
+                                                                        plots_dir / "chosen_quality.png", d)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _fig():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_ladder(ladder: dict, path: Path, root: Path) -> str:
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for c in ladder["curves"]:
+        ax.plot([p["step"] for p in c["curve"]], [p["dev_acc"] * PTS for p in c["curve"]], marker=".",
+                label=f"{c['run']['name']} (d{c['run']['hidden']} L{c['run']['layers']}, {c['params'] / 1e3:.0f}K)")
+    for r in ladder["rungs"] + [ladder["student"]]:
+        ax.annotate(r["name"], (r["step"], r["dev_acc"] * PTS), textcoords="offset points", xytext=(4, -10),
+                    fontsize=8)
+        ax.plot([r["step"]], [r["dev_acc"] * PTS], "ko", ms=4)
+    ax.set_xlabel("pretraining step")
+    ax.set_ylabel("dev accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path.relative_to(root))
+
+
+def _plot_bars(lab, arms, path: Path, root: Path) -> str:
+    plt = _fig()
+    names, g, e = [], [], []
+    for a in arms:
+        m, se, *_ = lab.gain(a.name)
+        names.append(a.name)
+        g.append(m * PTS)
+        e.append(2 * se * PTS)
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.2))
+    ax.barh(names, g, xerr=e, color=["tab:green" if v > 0 else "tab:red" for v in g])
+    ax.axvline(0, color="k", lw=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("gain over the base student (accuracy points; bars: ±2 s.e., paired)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path.relative_to(root))
+
+
+def _plot_sweep(pts: list[dict], fit: dict, path: Path, root: Path) -> str:
+    import numpy as np
+
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for above, color, label in ((False, "tab:blue", "other pairs"), (True, "tab:red", "both above the student")):
+        ps = [p for p in pts if p["both_above_student"] == above]
+        if ps:
+            ax.errorbar([p["delta"] * PTS for p in ps], [p["gain"] * PTS for p in ps],
+                        yerr=[p["se"] * PTS for p in ps], fmt="o", color=color, label=label, capsize=2)
+    for p in pts:
+        ax.annotate(f"{p['chosen']}>{p['rejected']}", (p["delta"] * PTS, p["gain"] * PTS), fontsize=6,
+                    textcoords="offset points", xytext=(3, 3))
+    xs = np.linspace(min(p["delta"] for p in pts), max(p["delta"] for p in pts), 100)
+    c = fit["breakpoint"]
+    ax.plot(xs * PTS, (fit["intercept"] + fit["slope_below"] * np.minimum(xs, c)
+                       + fit["slope_above"] * np.maximum(xs - c, 0)) * PTS, "k-", label="hinge fit")
+    ax.plot(xs * PTS, (fit["linear_intercept"] + fit["linear_slope"] * xs) * PTS, "k:", label="linear fit")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("delta: chosen minus rejected accuracy on the pairs (points)")
+    ax.set_ylabel("gain over base student (points)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path.relative_to(root))
+
+
+def _plot_curves(sft_pts, dpo_pts, student: float, path: Path, root: Path) -> str:
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for pts, label, fmt in ((sft_pts, "SFT on chosen", "s-"), (dpo_pts, "DPO chosen over weakest rung", "o-")):
+        if pts:
+            ax.errorbar([p[0] * PTS for p in pts], [p[1] * PTS for p in pts], yerr=[p[2] * PTS for p in pts],
+                        fmt=fmt, capsize=2, label=label)
+    ax.axvline(student * PTS, color="tab:green", ls="--", label="student's level")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("chosen responses' accuracy (%)")
+    ax.set_ylabel("gain over base student (points)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path.relative_to(root))

@@ -1,0 +1,163 @@
+"""The tiny lab: task generator and grader, split disjointness, the tokenizer through the project's tokenization,
+a lab model through the ordinary model loader and generator, and a miniature end-to-end lab run."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from deltalearn.lab import task
+from deltalearn.lab.tokenizer import build_tokenizer
+
+
+def test_worked_solution_and_answer_are_right():
+    p = task.Problem((6, 9, 5, 1, 6))
+    assert p.prompt == "6+9+5+1+6="
+    assert p.solution == "6+9=15,15+5=20,20+1=21,21+6=27,Answer:27"
+    assert p.answer == "27"
+    assert task.parse_prompt(p.prompt) == p
+    rng = random.Random(1)
+    for _ in range(200):
+        q = task.random_problem(rng, "train")
+        assert task.MIN_TERMS <= len(q.terms) <= task.MAX_TERMS
+        steps = q.solution.split(",")
+        assert steps[-1] == f"Answer:{sum(q.terms)}"
+        # each step adds the next term to the previous running sum, and the arithmetic is right
+        total = q.terms[0]
+        for step, t in zip(steps[:-1], q.terms[1:]):
+            lhs, rhs = step.split("=")
+            a, b = map(int, lhs.split("+"))
+            assert (a, b) == (total, t) and int(rhs) == a + b
+            total += t
+
+
+def test_grader_is_exact_match_of_the_final_answer():
+    assert task.grade("6+9=15,Answer:27", "27") == 1.0
+    assert task.grade("6+9=15,Answer:28", "27") == 0.0
+    assert task.grade("6+9=15,Answer:27,Answer:26", "27") == 0.0  # the *final* answer counts
+    assert task.grade("", "27") == 0.0
+    assert task.grade("Answer:2", "27") == 0.0
+    with pytest.raises(ValueError):
+        task.parse_prompt("12+3=")
+
+
+def test_splits_never_overlap_and_samples_are_deterministic():
+    sets = {s: {p.terms for p in task.sample_problems(s, 600, seed=0)} for s in task.SPLITS}
+    for s, terms in sets.items():
+        assert len(terms) == 600  # unique within a split
+        assert all(task.split_of(t) == s for t in terms)
+    names = list(sets)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not sets[a] & sets[b], (a, b)
+    assert task.sample_problems("eval", 50, seed=3) == task.sample_problems("eval", 50, seed=3)
+    assert task.sample_problems("eval", 50, seed=3) != task.sample_problems("eval", 50, seed=4)
+    rows = task.prompt_rows(task.sample_problems("dev", 5, seed=0))
+    assert all(r["reference"] == str(sum(task.parse_prompt(r["prompt"]).terms)) for r in rows)
+
+
+def test_tokenizer_round_trip_and_prefix_stable_template(tmp_path):
+    from transformers import AutoTokenizer
+
+    from deltalearn.lab.ladder import fast_ids
+    from deltalearn.tokenize import encode_pair, prompt_ids, response_ids
+
+    tok = build_tokenizer()
+    assert len(tok) == 18
+    p = task.Problem((6, 9, 5, 1, 6))
+    ids = tok(p.prompt + p.solution, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == p.prompt + p.solution
+    assert tok.convert_ids_to_tokens(ids).count("Answer:") == 1  # one token, not seven characters
+    tok.save_pretrained(tmp_path)
+    tok2 = AutoTokenizer.from_pretrained(tmp_path)
+    assert tok2(p.solution, add_special_tokens=False)["input_ids"] == tok(p.solution, add_special_tokens=False)["input_ids"]
+    for t in (tok, tok2):
+        pi = prompt_ids(t, p.prompt)
+        assert t.decode(pi) == "<bos>6+9+5+1+6="
+        ri = response_ids(t, p.prompt, p.solution)
+        assert t.decode(ri) == p.solution + "<eos>" and ri[-1] == t.eos_token_id
+        assert (pi, ri) == fast_ids(t, p)  # pretraining's fast path tokenizes exactly as tokenize.py does
+        enc = encode_pair(t, [{"role": "user", "content": p.prompt}], p.solution, "6+9=15,Answer:15", max_len=128)
+        assert enc.prompt == pi and enc.chosen == ri
+        assert t.decode(enc.rejected) == "6+9=15,Answer:15<eos>"
+
+
+def _tiny_model(tok, path, hidden=16, layers=1):
+    from deltalearn.lab.ladder import RunSpec, build_model
+
+    model = build_model(RunSpec("t", hidden, layers, steps=1, eval_every=1), tok)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model
+
+
+def test_lab_model_loads_and_generates_like_any_model(tmp_path, monkeypatch):
+    from deltalearn.generate import generate_responses
+    from deltalearn.models import load_model
+
+    monkeypatch.setenv("DELTALEARN_LAB_DIR", str(tmp_path))
+    tok = build_tokenizer()
+    _tiny_model(tok, tmp_path / "tiny")
+    model, tok2 = load_model("lab:tiny")
+    assert model.config.tie_word_embeddings and tok2.chat_template == tok.chat_template
+    prompts = task.prompt_rows(task.sample_problems("eval", 6, seed=0))
+    rows = generate_responses("lab:tiny", prompts, tmp_path / "gen.jsonl", max_new_tokens=8, progress=False)
+    assert [r["id"] for r in rows] == [p["id"] for p in prompts]
+    assert all(r["reference"] == p["reference"] and r["n_tokens"] <= 8 for r, p in zip(rows, prompts))
+    # the same model object answers the same way when passed loaded (greedy is deterministic)
+    again = generate_responses(model, prompts, max_new_tokens=8, tokenizer=tok2, progress=False)
+    assert [r["response"] for r in again] == [r["response"] for r in rows]
+
+
+def test_ladder_pretraining_learns_and_caches(tmp_path):
+    from deltalearn.lab.ladder import LadderConfig, RunSpec, build_ladder
+
+    cfg = LadderConfig(runs=[RunSpec("a", 32, 1, steps=30, eval_every=10, lr=1e-2, warmup=5, batch=32)],
+                       targets=[0.0, 0.01], student_run="a", dev_size=16, workers=1, name="t")
+    rec = build_ladder(cfg, tmp_path, progress=False)
+    curve = rec["curves"][0]["curve"]
+    assert [p["step"] for p in curve] == [10, 20, 30]
+    assert curve[-1]["loss"] < 2.5  # next-token loss fell well below uniform over 18 tokens (ln 18 = 2.89)
+    assert [r["name"] for r in rec["rungs"]] == ["r1", "r2"] and rec["student"]["step"] == 30
+    assert (tmp_path / "t" / "student" / "tokenizer_config.json").exists()
+    again = build_ladder(cfg, tmp_path, progress=False)
+    assert again["cached"] and again["rungs"] == rec["rungs"]
+
+
+def test_mini_lab_end_to_end(tmp_path, monkeypatch):
+    """A miniature `deltalearn lab`: tiny ladder, a few pairs and steps; checks the run folder's contract."""
+    from deltalearn.lab.experiments import run_lab
+    from deltalearn.recipe import load_recipe
+
+    monkeypatch.setenv("DELTALEARN_LAB_DIR", str(tmp_path / "labhome"))
+    recipe = load_recipe(data={
+        "name": "mini", "kind": "lab",
+        "train": {"lr": 3e-6, "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "batch_size": 8, "micro_batch_size": 8,
+                  "max_steps": 2, "max_len": 128, "precision": "fp32"},
+        "experiment": {"pref_prompts": 16, "eval_prompts": 16, "max_new_tokens": 12, "workers": 1,
+                       "drop_truncated": False, "main_chosen": "r3", "main_rejected": "r2", "self_weaker": "r1",
+                       "ladder": {"name": "mini", "student_run": "a", "dev_size": 8, "workers": 1,
+                                  "targets": [0.0, 0.01, 0.02],
+                                  "runs": [{"name": "a", "hidden": 16, "layers": 1, "steps": 8, "eval_every": 2}]}},
+    })
+    res = run_lab(recipe, tmp_path / "run", progress=False)
+    out = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert out == json.loads(json.dumps(res))
+    titles = [t["title"] for t in out["tables"]]
+    assert titles[0].startswith("Ladder") and any(t.startswith("Main recipe") for t in titles)
+    main = next(t for t in out["tables"] if t["title"].startswith("Main recipe"))
+    arms = [r[0] for r in main["rows"]]
+    assert arms == ["student (base)", "main-dpo_norm", "main-dpo", "main-sft-chosen", "main-reversed",
+                    "main-zero-delta", "plateau-sft-gold"]
+    for p in out["plots"]:
+        assert (tmp_path / "run" / p["path"]).stat().st_size > 1000
+    for arm in arms[1:]:
+        ev = json.loads((tmp_path / "run" / "eval" / f"{arm}.json").read_text())
+        assert ev["metrics"]["exact_answer"]["n"] == 16 and len(ev["scores"]) == 16
+        assert (tmp_path / "run" / "arms" / arm / "COMPLETED").exists()
+    # reversed really swaps the two sides of the main pairs
+    fwd = [json.loads(x) for x in (tmp_path / "run" / "pairs" / "main-dpo_norm.jsonl").read_text().splitlines()]
+    rev = [json.loads(x) for x in (tmp_path / "run" / "pairs" / "main-reversed.jsonl").read_text().splitlines()]
+    assert [r["chosen"] for r in rev] == [r["rejected"] for r in fwd]
