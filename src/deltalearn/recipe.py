@@ -149,6 +149,8 @@ class TrainConfig:
     save_every: int = 0
     """Save a resumable checkpoint every N optimizer steps (0: only at the end)."""
     log_every: int = 1
+    log_with: list[str] = field(default_factory=list)
+    """Extra trackers through accelerate, e.g. [tensorboard] or [wandb]; metrics.jsonl is always written."""
     seed: int = 0
     trust_remote_code: bool = False
     shuffle: bool = True

@@ -168,10 +168,11 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _make_accelerator():
+def _make_accelerator(cfg: TrainConfig, out: Path):
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not torch.cuda.is_available())
+    return Accelerator(cpu=not torch.cuda.is_available(), log_with=list(cfg.log_with) or None,
+                       project_dir=str(out))
 
 
 def _apply_lora(model, cfg: TrainConfig):
@@ -196,7 +197,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     if resume is not None and not Path(resume).exists():
         raise ConfigError(f"resume path does not exist: {resume} (refusing to start a fresh run silently)")
     loss_type = LossType(cfg.loss)
-    acc = accelerator or _make_accelerator()
+    acc = accelerator or _make_accelerator(cfg, out)
     rank, world, device = acc.process_index, acc.num_processes, acc.device
     per_rank = cfg.batch_size // world if cfg.batch_size % world == 0 else 0
     if per_rank == 0 or per_rank % cfg.micro_batch_size:
@@ -279,6 +280,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                                                       "processes": world, "precision_resolved": precision})
 
     log = JsonlAppender(metrics_path, fsync=False) if acc.is_main_process else None
+    if cfg.log_with:
+        acc.init_trackers(out.name, config={k: v for k, v in _asdict(cfg).items() if not isinstance(v, (dict, list))})
     bar = None
     if progress and acc.is_main_process:
         from tqdm.auto import tqdm
@@ -351,6 +354,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
             row["logps/chosen"] = float(agg[4] / b)
         if log is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
             log.write(row)
+            if cfg.log_with:
+                acc.log({k: v for k, v in row.items() if v is not None and k != "step"}, step=step + 1)
         if bar is not None:
             bar.set_postfix(loss=f"{loss_value:.4f}", **({"acc": f"{row['rewards/accuracy']:.2f}"}
                                                          if "rewards/accuracy" in row else {}))
@@ -362,6 +367,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         bar.close()
     if log is not None:
         log.close()
+    if cfg.log_with:
+        acc.end_training()
     train_seconds = time.time() - t_train
 
     # 5. final model + summary
