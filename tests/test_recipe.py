@@ -1,0 +1,83 @@
+"""Recipes are validated before any work starts, with errors a person can act on."""
+
+import warnings
+
+import pytest
+
+from deltalearn.recipe import ConfigError, Recipe, arm_configs, load_recipe, parse_override
+
+
+def test_defaults_and_loss_specific_beta_after_overrides():
+    r = load_recipe(data={"train": {"model": "m", "loss": "dpo"}})
+    assert r.train.beta == 0.1
+    r = load_recipe(data={"train": {"model": "m", "loss": "dpo"}}, overrides=["train.loss=dpo_norm"])
+    assert r.train.beta == 5.0  # not DPO's 0.1 kept by accident
+    r = load_recipe(data={"train": {"model": "m", "loss": "dpo_norm", "beta": 10}})
+    assert r.train.beta == 10.0
+
+
+def test_dpo_scale_beta_with_length_normalized_loss_warns():
+    with pytest.warns(UserWarning, match="need a beta around 2-10"):
+        load_recipe(data={"train": {"model": "m", "loss": "dpo_norm", "beta": 0.1}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_recipe(data={"train": {"model": "m", "loss": "dpo", "beta": 0.1}})
+
+
+def test_unknown_key_has_did_you_mean(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("train:\n  model: m\n  learning_rate: 1e-6\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: unknown key 'train.learning_rate'") as e:
+        load_recipe(p)
+    p.write_text("train:\n  model: m\n  betta: 5\n")
+    with pytest.raises(ConfigError, match="did you mean 'beta'"):
+        load_recipe(p)
+
+
+def test_type_and_choice_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"train.loss: 'dpo_nrom' is not one of .*did you mean 'dpo_norm'"):
+        load_recipe(data={"train": {"model": "m", "loss": "dpo_nrom"}})
+    with pytest.raises(ConfigError, match=r"train.batch_size: expected a whole number, got 'lots'"):
+        load_recipe(data={"train": {"model": "m", "batch_size": "lots"}})
+    with pytest.raises(ConfigError, match=r"train: batch_size \(6\) must be a multiple of micro_batch_size \(4\)"):
+        load_recipe(data={"train": {"model": "m", "batch_size": 6, "micro_batch_size": 4}})
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        load_recipe(data={"train": {"model": "m", "lr": 0}})
+
+
+def test_yaml_scientific_notation_is_a_number(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("train:\n  model: m\n  lr: 5e-7\n")  # PyYAML reads this as a string
+    assert load_recipe(p).train.lr == pytest.approx(5e-7)
+
+
+def test_overrides_parse_yaml_values():
+    assert parse_override("train.adam_betas=[0.9, 0.99]") == (["train", "adam_betas"], [0.9, 0.99])
+    r = load_recipe(data={"train": {"model": "m"}}, overrides=["train.adam_betas=[0.9, 0.99]", "seed=3"])
+    assert r.train.adam_betas == (0.9, 0.99) and r.seed == 3
+    with pytest.raises(ConfigError, match="must look like key.path=value"):
+        parse_override("train.beta")
+
+
+def test_arms_merge_and_get_their_own_loss_defaults():
+    r = load_recipe(data={"train": {"model": "m", "loss": "dpo_norm", "lr": 1e-5},
+                          "arms": [{"name": "dpo"}, {"name": "sft", "train": {"loss": "sft", "lr": 2e-5}},
+                                   {"name": "rev", "pair": {"control": "reverse"}}]})
+    pair, train = arm_configs(r, r.arms[1])
+    assert train.loss == "sft" and train.lr == 2e-5 and train.beta == 0.0
+    pair, train = arm_configs(r, r.arms[2])
+    assert pair.control == "reverse" and train.beta == 5.0
+    with pytest.raises(ConfigError, match="duplicate arm names"):
+        load_recipe(data={"arms": [{"name": "a"}, {"name": "a"}]})
+    with pytest.raises(ConfigError, match=r"unknown key 'arms\[0\].train.lrr'; did you mean 'lr'"):
+        load_recipe(data={"train": {"model": "m"}, "arms": [{"name": "a", "train": {"lrr": 1}}]})
+
+
+def test_missing_recipe_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(p)
+    assert isinstance(load_recipe(), Recipe)
