@@ -1,0 +1,136 @@
+"""A thin bridge to lm-evaluation-harness (optional extra: `pip install 'deltalearn[eval]'`).
+
+Standard benchmarks on any checkpoint deltalearn can load (hub ids, run folders, `smollm2-135m`, `lab:` rungs),
+with every setting that changes a score recorded next to the score: lm-eval's version, task versions, shots, limit,
+batch size, dtype (SimPO #44/#81 and trl #1420 are what unpinned eval settings cost people).
+
+`preset:tulu3-dev` names the Tulu 3 development suite the paper reports (Section 4; evaluated there with OLMES).
+Tasks lm-eval has run through it; AlpacaEval 2 and PopQA are not lm-eval tasks and are listed as external, with the
+setting the paper's numbers used, so a report never shows a blank as a zero.
+
+Local tasks: `local:NAME` is a YAML task shipped in `deltalearn/data/lmeval/` (e.g. `local:tiny_facts`, used by the
+tests); `include=DIR` adds a user's own YAML task folder.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from deltalearn.recipe import ConfigError
+
+LOCAL_TASK_DIR = Path(__file__).parent / "data" / "lmeval"
+
+# The Tulu 3 development suite (Tulu 3 report, Table "development evaluation"; paper Section 4, 11 benchmarks).
+# name -> (lm-eval task or None when lm-eval lacks it, shots, metric the paper reports, note)
+TULU3_DEV: dict[str, tuple[Optional[str], int, str, str]] = {
+    "MMLU": ("mmlu", 0, "acc", "Tulu 3 uses 0-shot CoT (OLMES); lm-eval's mmlu is 0-shot multiple choice"),
+    "GSM8K": ("gsm8k_cot", 8, "exact_match,flexible-extract", "8-shot chain of thought"),
+    "MATH": ("minerva_math", 4, "exact_match", "4-shot Minerva prompts; Tulu 3 reports flex exact match"),
+    "IFEval": ("ifeval", 0, "prompt_level_loose_acc", "prompt-level loose accuracy"),
+    "AlpacaEval 2": (None, 0, "length-controlled win rate", "external: the alpaca_eval package with a GPT-4 judge"),
+    "BBH": ("bbh_cot_fewshot", 3, "exact_match", "3-shot chain of thought"),
+    "DROP": ("drop", 3, "f1", "3-shot"),
+    "PopQA": (None, 15, "exact_match", "external: not an lm-eval task (OLMES has it), 15-shot"),
+    "TruthfulQA": ("truthfulqa_mc2", 6, "acc", "MC2; Tulu 3 uses 6-shot, lm-eval's default is 0-shot"),
+    "HumanEval": ("humaneval", 0, "pass@1", "Tulu 3 reports pass@10 (sampled); needs HF_ALLOW_CODE_EVAL=1"),
+    "HumanEval+": ("humaneval_plus", 0, "pass@1", "Tulu 3 reports pass@10 (sampled); needs HF_ALLOW_CODE_EVAL=1"),
+}
+PRESETS = {"tulu3-dev": TULU3_DEV}
+
+
+def lm_eval_version() -> Optional[str]:
+    try:
+        from importlib.metadata import version
+
+        return version("lm_eval")
+    except Exception:  # noqa: BLE001 - not installed
+        return None
+
+
+def expand_tasks(tasks: list[str]) -> tuple[list[str], list[dict]]:
+    """`preset:NAME` -> lm-eval task names; returns (tasks to run, external benchmarks recorded but not run)."""
+    run, external = [], []
+    for t in tasks:
+        if t.startswith("preset:"):
+            name = t.split(":", 1)[1]
+            if name not in PRESETS:
+                raise ConfigError(f"unknown lm-eval preset '{name}' (known: {', '.join(PRESETS)})")
+            for bench, (task, shots, metric, note) in PRESETS[name].items():
+                if task is None:
+                    external.append({"benchmark": bench, "shots": shots, "metric": metric, "note": note})
+                else:
+                    run.append(task)
+        else:
+            run.append(t)
+    return list(dict.fromkeys(run)), external
+
+
+def _materialize_local_tasks(tmp: Path) -> Path:
+    """Copy the shipped YAML tasks into `tmp` with their data paths made absolute (lm-eval resolves relative
+    `data_files` from the working directory, not from the YAML)."""
+    for y in LOCAL_TASK_DIR.glob("*.yaml"):
+        (tmp / y.name).write_text(y.read_text(encoding="utf-8").replace("__HERE__", str(LOCAL_TASK_DIR)))
+    return tmp
+
+
+def run_lm_eval(model: str, tasks: list[str], *, limit: Optional[int] = None, batch_size: int = 8,
+                num_fewshot: Optional[int] = None, include: Optional[str] = None, device: Optional[str] = None,
+                dtype: str = "auto", seed: int = 0, apply_chat_template: bool = False) -> dict[str, Any]:
+    """Run lm-eval tasks on `model` and return {"metrics": {task/metric: {mean, se, n}}, "settings": ...}.
+
+    model: any name `deltalearn.models.local_folder` resolves (GGUF models are de-quantized once and cached).
+    """
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise ConfigError("lm-eval tasks need the [eval] extra: pip install 'deltalearn[eval]'") from None
+    import torch
+
+    from deltalearn.models import local_folder
+
+    task_names, external = expand_tasks(tasks)
+    task_names = [t.split(":", 1)[1] if t.startswith("local:") else t for t in task_names]
+    # Local task names in the shipped YAMLs are prefixed so they never shadow an lm-eval task.
+    local = {t for t in task_names if (LOCAL_TASK_DIR / f"{t}.yaml").exists()}
+    task_names = [f"deltalearn_{t}" if t in local else t for t in task_names]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    path = local_folder(model)
+    with tempfile.TemporaryDirectory(prefix="deltalearn-lmeval-") as tmp:
+        includes = [str(_materialize_local_tasks(Path(tmp)))] + ([include] if include else [])
+        # Indexing lm-eval's own ~10k task YAMLs takes tens of seconds: skip it when only local tasks run.
+        tm = TaskManager(include_path=includes, include_defaults=not (len(local) == len(task_names) and not include))
+        unknown = [t for t in task_names if t not in tm.all_tasks]
+        if unknown:
+            raise ConfigError(f"lm-eval does not know task(s) {unknown}; see `lm-eval ls tasks`, or pass a YAML "
+                              "task folder with --lm-eval-include")
+        out = lm_eval.simple_evaluate(
+            model="hf", model_args=f"pretrained={path},dtype={dtype}", tasks=task_names, task_manager=tm,
+            limit=limit, batch_size=batch_size, num_fewshot=num_fewshot, device=device, log_samples=False,
+            apply_chat_template=apply_chat_template, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+            confirm_run_unsafe_code=any(t.startswith("humaneval") for t in task_names))
+    metrics: dict[str, dict] = {}
+    n_samples = out.get("n-samples", {})
+    for task, res in out["results"].items():
+        n = (n_samples.get(task) or {}).get("effective")
+        for key, value in res.items():
+            if key in ("alias", "sample_len") or "_stderr," in key or not isinstance(value, (int, float)):
+                continue
+            metric, _, filt = key.partition(",")
+            se = res.get(f"{metric}_stderr,{filt}")
+            metrics[f"lm_eval/{task}/{metric}" + (f"[{filt}]" if filt and filt != "none" else "")] = {
+                "mean": float(value), "se": float(se) if isinstance(se, (int, float)) else None, "n": n}
+    return {
+        "metrics": metrics,
+        "settings": {"tasks": task_names, "requested": tasks, "external_not_run": external, "limit": limit,
+                     "num_fewshot": num_fewshot, "batch_size": batch_size, "device": device, "dtype": dtype,
+                     "seed": seed, "apply_chat_template": apply_chat_template, "model_path": path, "lm_eval_version": lm_eval_version(),
+                     "task_versions": out.get("versions", {}), "n_shot": out.get("n-shot", {}),
+                     "configs": {t: {k: c.get(k) for k in ("num_fewshot", "output_type", "metric_list",
+                                                           "generation_kwargs") if k in c}
+                                 for t, c in out.get("configs", {}).items()}},
+    }

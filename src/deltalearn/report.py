@@ -1,0 +1,584 @@
+"""The report: one self-contained HTML page (plots embedded as PNG data) plus a Markdown table, over run folders.
+
+For each run: where its data came from (manifest: rule, models, loss, delta statistics), how training went (loss,
+reward margin and preference accuracy per step, from each arm's metrics.jsonl), what changed (eval results before
+and after with the gain and its standard error, paired on the same items when both sides have them), and the
+experiment's own tables and plots (`results.json`). Controls get bar charts; a sweep's table with a delta and a
+gain column gets a gain-vs-delta scatter (paper, Analysis: gain rises with delta, then plateaus).
+
+Honest numbers: every figure comes from a file in the run folder. A missing or corrupt artifact is shown as a
+problem naming the file, never filled in; a run without a COMPLETED marker on every arm is marked incomplete.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from deltalearn.io import DataError, iter_jsonl, read_json, write_text_atomic
+from deltalearn.stats import mean_se, paired_diff
+
+CURVE_KEYS = [("loss", "loss"), ("rewards/margin", "reward margin"), ("rewards/accuracy", "preference accuracy")]
+BASE_LABEL = "base"
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str
+    manifest: Optional[dict] = None
+    arms: dict[str, dict] = field(default_factory=dict)
+    """arm -> {"metrics": [rows], "completed": bool, "summary": dict | None}"""
+    evals: dict[str, dict] = field(default_factory=dict)
+    results: Optional[dict] = None
+    delta_stats: Optional[dict] = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if self.problems:
+            return "incomplete"
+        return "complete"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading a run folder: every artifact optional, every bad one a named problem
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _try(run: Run, fn, *args):
+    try:
+        return fn(*args)
+    except DataError as e:
+        run.problems.append(str(e))
+    except (OSError, UnicodeDecodeError) as e:
+        run.problems.append(f"{args[0] if args else ''}: unreadable ({e})")
+    return None
+
+
+def _check_eval(path: Path, obj: Any) -> dict:
+    if not isinstance(obj, dict) or not isinstance(obj.get("metrics"), dict):
+        raise DataError(path, "not an eval result: expected an object with a 'metrics' mapping")
+    for k, v in obj["metrics"].items():
+        if not isinstance(v, dict) or not isinstance(v.get("mean"), (int, float)):
+            raise DataError(path, "each metric needs a numeric 'mean'", field=f"metrics.{k}")
+    return obj
+
+
+def _check_results(path: Path, obj: Any) -> dict:
+    if not isinstance(obj, dict):
+        raise DataError(path, "expected a JSON object with 'tables' and 'plots'")
+    for i, t in enumerate(obj.get("tables") or []):
+        if not isinstance(t, dict) or not isinstance(t.get("columns"), list) or not isinstance(t.get("rows"), list):
+            raise DataError(path, "a table needs 'columns' and 'rows' lists", field=f"tables[{i}]")
+        for j, r in enumerate(t["rows"]):
+            if not isinstance(r, list) or len(r) != len(t["columns"]):
+                raise DataError(path, f"row has {len(r) if isinstance(r, list) else '?'} cells for "
+                                f"{len(t['columns'])} columns", field=f"tables[{i}].rows[{j}]")
+    for i, p in enumerate(obj.get("plots") or []):
+        if not isinstance(p, dict) or not isinstance(p.get("path"), str):
+            raise DataError(path, "a plot needs a 'path' (relative to the run folder)", field=f"plots[{i}]")
+    return obj
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    return [row for _, row in iter_jsonl(path)]
+
+
+def _find_delta_stats(run: Run) -> Optional[dict]:
+    m = run.manifest or {}
+    for candidate in (m.get("delta_stats"), (m.get("pair") or {}).get("delta_stats") if isinstance(m.get("pair"), dict)
+                      else None, ((m.get("stages") or {}).get("pair") or {}).get("delta_stats")
+                      if isinstance(m.get("stages"), dict) else None):
+        if isinstance(candidate, dict):
+            return candidate
+    for name in ("delta_stats.json", "stats.json"):
+        f = run.path / "pairs" / name
+        if f.exists():
+            obj = _try(run, read_json, f)
+            if isinstance(obj, dict):
+                return obj
+    return None
+
+
+def load_run(path: str | Path) -> Run:
+    """Read whatever a run folder holds. Raises DataError only if the folder itself does not exist."""
+    p = Path(path)
+    if not p.is_dir():
+        raise DataError(p, "run folder not found")
+    run = Run(path=p, name=p.name)
+    mf = p / "manifest.json"
+    if mf.exists():
+        m = _try(run, read_json, mf)
+        if m is not None and not isinstance(m, dict):
+            run.problems.append(f"{mf}: expected a JSON object")
+        elif m is not None:
+            run.manifest = m
+            run.name = str(m.get("name") or (m.get("recipe") or {}).get("name") or p.name)
+    else:
+        run.notes.append(f"{mf}: not found (provenance unknown)")
+    for d in sorted((p / "arms").glob("*")) if (p / "arms").is_dir() else []:
+        if not d.is_dir():
+            continue
+        arm: dict[str, Any] = {"metrics": [], "completed": (d / "COMPLETED").exists(), "summary": None}
+        if (d / "metrics.jsonl").exists():
+            arm["metrics"] = _try(run, _read_metrics, d / "metrics.jsonl") or []
+        if (d / "train_summary.json").exists():
+            arm["summary"] = _try(run, read_json, d / "train_summary.json")
+        if not arm["completed"]:
+            last = arm["metrics"][-1].get("step") if arm["metrics"] else None
+            run.problems.append(f"{d}: training did not finish (no COMPLETED marker"
+                                f"{f'; last logged step {last}' if last is not None else ''})")
+        run.arms[d.name] = arm
+    for f in sorted((p / "eval").glob("*.json")) if (p / "eval").is_dir() else []:
+        if f.name.endswith(".meta.json"):
+            continue
+        obj = _try(run, read_json, f)
+        if obj is None:
+            continue
+        ev = _try(run, _check_eval, f, obj)
+        if ev is not None:
+            run.evals[str(ev.get("label") or f.stem)] = ev
+    rf = p / "results.json"
+    if rf.exists():
+        obj = _try(run, read_json, rf)
+        if obj is not None:
+            run.results = _try(run, _check_results, rf, obj)
+    run.delta_stats = _find_delta_stats(run)
+    if not run.arms and not run.evals and not run.results:
+        run.problems.append(f"{p}: no arms/, eval/ or results.json: nothing to report yet")
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Numbers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def gain(base: dict, after: dict, metric: str) -> Optional[dict]:
+    """after - base for one metric, with its standard error: paired over shared item ids when both results carry
+    per-item scores (far tighter: same prompts), else from the two standard errors."""
+    a, b = base["metrics"].get(metric), after["metrics"].get(metric)
+    if a is None or b is None:
+        return None
+    sa = (base.get("items") or {}).get("scores", {}).get(metric)
+    sb = (after.get("items") or {}).get("scores", {}).get(metric)
+    ia = (base.get("items") or {}).get("ids", {}).get(metric) if isinstance((base.get("items") or {}).get("ids"),
+                                                                             dict) else None
+    ib = (after.get("items") or {}).get("ids", {}).get(metric) if isinstance((after.get("items") or {}).get("ids"),
+                                                                              dict) else None
+    if sa and sb and ia and ib and len(ia) == len(sa) and len(ib) == len(sb):
+        bmap = dict(zip(ib, sb))
+        shared = [(x, bmap[i]) for i, x in zip(ia, sa) if i in bmap]
+        if len(shared) >= 2:
+            d, se = paired_diff([x for x, _ in shared], [y for _, y in shared])
+            return {"gain": d, "se": se, "n": len(shared), "paired": True}
+    se_a, se_b = a.get("se"), b.get("se")
+    se = math.sqrt(se_a ** 2 + se_b ** 2) if isinstance(se_a, (int, float)) and isinstance(se_b, (int, float)) else None
+    return {"gain": b["mean"] - a["mean"], "se": se, "n": min(a.get("n") or 0, b.get("n") or 0), "paired": False}
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool) or isinstance(x, str):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if math.isnan(x) or math.isinf(x):
+            return str(x)
+        if x == 0:
+            return "0"
+        if abs(x) >= 1e5 or abs(x) < 1e-3:
+            return f"{x:.{digits}g}"
+        return f"{x:.{digits}f}".rstrip("0").rstrip(".")
+    return str(x)
+
+
+def _pm(mean: Optional[float], se: Optional[float]) -> str:
+    if mean is None:
+        return "–"
+    return _fmt(mean) + ("" if se is None else f" ± {_fmt(se)}")
+
+
+def eval_table(run: Run) -> Optional[dict]:
+    """Rows: metric | base | each arm | gain of each arm vs base. None when there is nothing to compare."""
+    if not run.evals:
+        return None
+    labels = sorted(run.evals, key=lambda k: (k != BASE_LABEL, k))
+    metrics: list[str] = []
+    for lab in labels:
+        metrics += [m for m in run.evals[lab]["metrics"] if m not in metrics]
+    base = run.evals.get(BASE_LABEL)
+    arms = [lab for lab in labels if lab != BASE_LABEL]
+    cols = ["metric"] + labels + ([f"gain {a}" for a in arms] if base else [])
+    rows = []
+    for m in metrics:
+        row = [m]
+        for lab in labels:
+            v = run.evals[lab]["metrics"].get(m)
+            row.append(_pm(v["mean"], v.get("se")) if v else "–")
+        if base:
+            for a in arms:
+                g = gain(base, run.evals[a], m)
+                row.append("–" if g is None else _pm(g["gain"], g["se"]) + (" (paired)" if g["paired"] else ""))
+        rows.append(row)
+    return {"title": "Eval: before (base) and after", "columns": cols, "rows": rows,
+            "note": "mean ± standard error; gains are paired over the same items where per-item scores exist"}
+
+
+def provenance(run: Run) -> list[tuple[str, str]]:
+    m = run.manifest or {}
+    rec = m.get("recipe") or m.get("config") or {}
+    out: list[tuple[str, str]] = []
+
+    def add(k, v):
+        if v not in (None, "", [], {}):
+            out.append((k, v if isinstance(v, str) else ", ".join(map(str, v)) if isinstance(v, list) else str(v)))
+
+    add("recipe kind", rec.get("kind"))
+    prompts = rec.get("prompts") or {}
+    add("prompts", prompts.get("path") or prompts.get("dataset"))
+    gen = rec.get("generate") or {}
+    add("generators", gen.get("models"))
+    pair = rec.get("pair") or {}
+    add("pair rule", pair.get("rule"))
+    add("control", pair.get("control") if pair.get("control") not in (None, "none") else None)
+    tr = rec.get("train") or {}
+    add("student", tr.get("model"))
+    if tr.get("loss"):
+        add("loss", f"{tr.get('loss')} (beta {tr.get('beta')}, lr {tr.get('lr')}, batch {tr.get('batch_size')})")
+    add("arms", [a.get("name") for a in rec.get("arms") or [] if isinstance(a, dict)] or list(run.arms))
+    for k in ("git_sha", "seed", "created", "deltalearn_version"):
+        add(k.replace("_", " "), m.get(k))
+    versions = m.get("versions")
+    if isinstance(versions, dict):
+        add("versions", ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg, PNG bytes)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_png(run: Run) -> Optional[bytes]:
+    series = {a: d["metrics"] for a, d in run.arms.items() if d["metrics"]}
+    keys = [(k, t) for k, t in CURVE_KEYS if any(k in r for rows in series.values() for r in rows)]
+    if not series or not keys:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.0), squeeze=False)
+    for ax, (k, title) in zip(axes[0], keys):
+        for arm, rows in series.items():
+            pts = [(r.get("step", i + 1), r[k]) for i, r in enumerate(rows) if isinstance(r.get(k), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=arm)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def bars_png(run: Run, max_metrics: int = 4) -> Optional[bytes]:
+    """Bar chart of the headline metrics for base and every arm (the paper's controls side by side)."""
+    if len(run.evals) < 2:
+        return None
+    labels = sorted(run.evals, key=lambda k: (k != BASE_LABEL, k))
+    prefer = ("utility/", "judge/win_rate", "pref/accuracy", "pref/logp_accuracy", "lm_eval/")
+    metrics = []
+    for p in prefer:
+        for lab in labels:
+            for m in run.evals[lab]["metrics"]:
+                if m.startswith(p) and m not in metrics:
+                    metrics.append(m)
+    metrics = metrics[:max_metrics] or [m for m in run.evals[labels[0]]["metrics"]][:max_metrics]
+    if not metrics:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        vals = [run.evals[lab]["metrics"].get(m) for lab in labels]
+        means = [v["mean"] if v else float("nan") for v in vals]
+        ses = [(v.get("se") or 0) if v else 0 for v in vals]
+        colors = ["#9aa5b1" if lab == BASE_LABEL else "#3b6ea5" for lab in labels]
+        ax.bar(range(len(labels)), means, yerr=ses, capsize=4, color=colors)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(m, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _col(columns: list[str], *needles: str, exclude: tuple[str, ...] = ()) -> Optional[int]:
+    for i, c in enumerate(columns):
+        lc = str(c).lower()
+        if any(n in lc for n in needles) and not any(x in lc for x in exclude):
+            return i
+    return None
+
+
+def scatter_png(table: dict) -> Optional[bytes]:
+    """Gain vs delta for a sweep table: columns named like 'delta' and 'gain' (and optionally 'se')."""
+    cols = table["columns"]
+    xi = _col(cols, "delta", exclude=("se", "±"))
+    yi = _col(cols, "gain", exclude=("se", "±"))
+    if xi is None or yi is None:
+        return None
+    ei = _col(cols, "gain_se", "gain se", "se")
+    li = _col(cols, "arm", "pair", "chosen")
+    pts = []
+    for r in table["rows"]:
+        x, y = r[xi], r[yi]
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+            e = r[ei] if ei is not None and isinstance(r[ei], (int, float)) else 0
+            pts.append((x, y, e, str(r[li]) if li is not None else ""))
+    if len(pts) < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o", capsize=3)
+    for x, y, _, lab in pts:
+        if lab:
+            ax.annotate(lab, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel(str(cols[xi]))
+    ax.set_ylabel(str(cols[yi]))
+    ax.set_title(table.get("title", "gain vs delta"))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1150px;color:#1f2933;
+line-height:1.4}
+h1{font-size:1.6em;margin-bottom:4px}h2{margin-top:36px;border-bottom:2px solid #e4e7eb;padding-bottom:4px}
+h3{margin-top:22px;font-size:1.05em;color:#323f4b}
+table{border-collapse:collapse;margin:8px 0 14px;font-size:.88em}
+th,td{border:1px solid #d9dee3;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f0f4f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.status{display:inline-block;padding:1px 8px;border-radius:10px;font-size:.8em;font-weight:600}
+.complete{background:#d5f5e3;color:#186a3b}.incomplete{background:#fde2e1;color:#922b21}
+.problems{background:#fff5f5;border-left:4px solid #c0392b;padding:6px 12px;margin:8px 0;font-size:.88em}
+.notes{color:#616e7c;font-size:.85em}.note{color:#616e7c;font-size:.82em;margin-top:-8px}
+img{max-width:100%;border:1px solid #e4e7eb;margin:6px 0}
+code{background:#f0f4f8;padding:1px 4px;border-radius:3px}
+"""
+
+# Lets a headless browser (and the report test) confirm that every embedded image decoded.
+CHECK_SCRIPT = """<script>
+window.addEventListener('load',function(){var im=document.images,ok=0;for(var i=0;i<im.length;i++){
+if(im[i].complete&&im[i].naturalWidth>0)ok++;}document.body.setAttribute('data-images-total',im.length);
+document.body.setAttribute('data-images-decoded',ok);});
+</script>"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _html_table(t: dict) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t["columns"])
+    body = ""
+    for r in t["rows"]:
+        cells = ""
+        for c in r:
+            cls = ' class="num"' if isinstance(c, (int, float)) or (isinstance(c, str) and c[:1] in "-0123456789–") else ""
+            cells += f"<td{cls}>{html.escape(_fmt(c) if not isinstance(c, str) else c)}</td>"
+        body += f"<tr>{cells}</tr>"
+    title = f"<h3>{html.escape(t['title'])}</h3>" if t.get("title") else ""
+    note = f'<p class="note">{html.escape(t["note"])}</p>' if t.get("note") else ""
+    return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+
+
+def _md_table(t: dict) -> str:
+    def cell(c):
+        return (_fmt(c) if not isinstance(c, str) else c).replace("|", "\\|")
+
+    lines = [f"**{t['title']}**", ""] if t.get("title") else []
+    lines.append("| " + " | ".join(cell(c) for c in t["columns"]) + " |")
+    lines.append("|" + "---|" * len(t["columns"]))
+    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in t["rows"]]
+    return "\n".join(lines)
+
+
+def _train_table(run: Run) -> Optional[dict]:
+    if not run.arms:
+        return None
+    rows = []
+    for name, a in run.arms.items():
+        last = a["metrics"][-1] if a["metrics"] else {}
+        s = a["summary"] if isinstance(a["summary"], dict) else {}
+        rows.append([name, "yes" if a["completed"] else "no", last.get("step", len(a["metrics"])) if a["metrics"]
+                     else 0, last.get("loss"), last.get("rewards/margin"), last.get("rewards/accuracy"),
+                     s.get("wall_s"), s.get("tokens_per_s")])
+    return {"title": "Training", "columns": ["arm", "completed", "steps", "final loss", "final margin",
+                                             "final accuracy", "wall s", "tokens/s"], "rows": rows,
+            "note": "final = last logged optimizer step (per-batch values, noisy)"}
+
+
+def _summary_row(run: Run) -> list:
+    headline = "–"
+    base = run.evals.get(BASE_LABEL)
+    if base:
+        parts = []
+        for lab in sorted(run.evals):
+            if lab == BASE_LABEL:
+                continue
+            for m in run.evals[lab]["metrics"]:
+                if m.startswith(("utility/", "judge/win_rate", "lm_eval/")):
+                    g = gain(base, run.evals[lab], m)
+                    if g:
+                        parts.append(f"{lab} {m}: {'+' if g['gain'] >= 0 else ''}{_pm(g['gain'], g['se'])}")
+                    break
+        headline = "; ".join(parts[:4]) or "–"
+    prov = dict(provenance(run))
+    return [run.name, run.status, prov.get("pair rule", "–"), prov.get("student", "–"), len(run.arms), headline]
+
+
+def render(runs: list[Run]) -> tuple[str, str]:
+    """(html, markdown) for a list of loaded runs."""
+    summary = {"title": "Runs", "columns": ["run", "status", "rule", "student", "arms", "headline gain vs base"],
+               "rows": [_summary_row(r) for r in runs]}
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>deltalearn report</title><style>{CSS}</style>"
+         "</head><body>", "<h1>deltalearn report</h1>",
+         f"<p class='notes'>{len(runs)} run(s). Every number comes from a file in the run folder; problems are "
+         "listed where found, never filled in.</p>", _html_table(summary)]
+    md = ["# deltalearn report", "", _md_table(summary), ""]
+    for run in runs:
+        h.append(f"<h2>{html.escape(run.name)} <span class='status {run.status}'>{run.status}</span></h2>")
+        h.append(f"<p class='notes'><code>{html.escape(str(run.path))}</code></p>")
+        md += [f"## {run.name} ({run.status})", "", f"`{run.path}`", ""]
+        if run.problems:
+            h.append("<div class='problems'><b>Problems</b><ul>" +
+                     "".join(f"<li>{html.escape(p)}</li>" for p in run.problems) + "</ul></div>")
+            md += ["Problems:", *[f"- {p}" for p in run.problems], ""]
+        if run.notes:
+            h.append("<p class='notes'>" + "<br>".join(html.escape(n) for n in run.notes) + "</p>")
+        prov = provenance(run)
+        if prov:
+            t = {"title": "Provenance", "columns": ["", ""], "rows": [list(x) for x in prov]}
+            h.append(_html_table(t))
+            md += [_md_table(t), ""]
+        if run.delta_stats:
+            flat = [[k, v if isinstance(v, (int, float, str)) else str(v)] for k, v in run.delta_stats.items()]
+            t = {"title": "Delta statistics (pairs)", "columns": ["statistic", "value"], "rows": flat}
+            h.append(_html_table(t))
+            md += [_md_table(t), ""]
+        tt = _train_table(run)
+        if tt:
+            h.append(_html_table(tt))
+            md += [_md_table(tt), ""]
+        png = curves_png(run)
+        if png:
+            h.append("<h3>Training curves</h3>" + _img(png, f"{run.name} training curves"))
+        et = eval_table(run)
+        if et:
+            h.append(_html_table(et))
+            md += [_md_table(et), ""]
+            for lab, ev in sorted(run.evals.items()):
+                ver = ev.get("evaluator") or {}
+                if ver:
+                    h.append(f"<p class='note'>{html.escape(lab)}: {html.escape(str(ev.get('model', '')))} — "
+                             f"evaluator {html.escape(str(ver.get('name', '')))} v{html.escape(str(ver.get('version')))}"
+                             f"{', lm-eval ' + html.escape(str(ver['lm_eval'])) if ver.get('lm_eval') else ''}</p>")
+        png = bars_png(run)
+        if png:
+            h.append("<h3>Base and arms side by side</h3>" + _img(png, f"{run.name} eval bars"))
+        if run.results:
+            exp = run.results.get("experiment")
+            if exp:
+                h.append(f"<h3>Experiment: {html.escape(str(exp))}</h3>")
+                md += [f"### Experiment: {exp}", ""]
+            for t in run.results.get("tables") or []:
+                h.append(_html_table(t))
+                md += [_md_table(t), ""]
+                png = scatter_png(t)
+                if png:
+                    h.append(_img(png, f"{t.get('title', '')} gain vs delta"))
+            for p in run.results.get("plots") or []:
+                f = run.path / p["path"]
+                if not f.exists():
+                    msg = f"{f}: plot named in results.json is missing"
+                    run.problems.append(msg)
+                    h.append(f"<div class='problems'>{html.escape(msg)}</div>")
+                    continue
+                data = f.read_bytes()
+                if not data.startswith(b"\x89PNG"):
+                    msg = f"{f}: not a PNG file"
+                    run.problems.append(msg)
+                    h.append(f"<div class='problems'>{html.escape(msg)}</div>")
+                    continue
+                h.append(f"<h3>{html.escape(str(p.get('title', f.name)))}</h3>" + _img(data, str(p.get("title", ""))))
+    h.append(CHECK_SCRIPT + "</body></html>")
+    return "\n".join(h), "\n".join(md).rstrip() + "\n"
+
+
+def build_report(run_dirs: list[str | Path], out: Optional[str | Path] = None) -> Path:
+    """Write the HTML report (and report.md beside it) for `run_dirs`; return the HTML path.
+
+    Default `out`: RUN/report.html for one run, ./report.html for several.
+    """
+    if not run_dirs:
+        raise DataError(None, "no run folders given")
+    runs = [load_run(d) for d in run_dirs]
+    page, md = render(runs)
+    out = Path(out) if out else (Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1 else Path("report.html"))
+    write_text_atomic(out, page)
+    write_text_atomic(out.with_suffix(".md"), md)
+    return out
+
+
+def add_cli_args(p) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (runs/NAME)")
+    p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html for one run, else ./report.html)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any run is incomplete or has a bad artifact")
+
+
+def run_cli(args) -> int:
+    runs = [load_run(d) for d in args.runs]
+    page, md = render(runs)
+    out = Path(args.out) if args.out else (Path(args.runs[0]) / "report.html" if len(args.runs) == 1
+                                           else Path("report.html"))
+    write_text_atomic(out, page)
+    write_text_atomic(out.with_suffix(".md"), md)
+    print(md)
+    bad = [r for r in runs if r.problems]
+    for r in bad:
+        for p in r.problems:
+            print(f"deltalearn report: {r.name}: {p}", file=sys.stderr)
+    print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+    return 1 if (args.strict and bad) else 0
