@@ -38,6 +38,7 @@ class Run:
     evals: dict[str, dict] = field(default_factory=dict)
     results: Optional[dict] = None
     delta_stats: Optional[dict] = None
+    pair_summary: Optional[dict] = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -152,6 +153,10 @@ def load_run(path: str | Path) -> Run:
         if obj is not None:
             run.results = _try(run, _check_results, rf, obj)
     run.delta_stats = _find_delta_stats(run)
+    ps = p / "pairs" / "pair_summary.json"
+    if ps.exists():
+        obj = _try(run, read_json, ps)
+        run.pair_summary = obj if isinstance(obj, dict) else None
     if not run.arms and not run.evals and not run.results:
         run.problems.append(f"{p}: no arms/, eval/ or results.json: nothing to report yet")
     return run
@@ -162,22 +167,34 @@ def load_run(path: str | Path) -> Run:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def item_scores(ev: dict, metric: str) -> Optional[tuple[list, list]]:
+    """(ids, per-item scores) of one metric, from either layout an eval file may use: deltalearn.evaluate's
+    {"items": {"ids": {metric: [...]}, "scores": {metric: [...]}}} or {"per_prompt": {"ids": [...], metric: [...]}}."""
+    items = ev.get("items")
+    if isinstance(items, dict) and isinstance(items.get("scores"), dict) and metric in items["scores"]:
+        ids = items.get("ids")
+        ids = ids.get(metric) if isinstance(ids, dict) else ids
+        scores = items["scores"][metric]
+    elif isinstance(ev.get("per_prompt"), dict) and metric in ev["per_prompt"]:
+        ids, scores = ev["per_prompt"].get("ids"), ev["per_prompt"][metric]
+    else:
+        return None
+    if not isinstance(ids, list) or not isinstance(scores, list) or len(ids) != len(scores):
+        return None
+    return ids, scores
+
+
 def gain(base: dict, after: dict, metric: str) -> Optional[dict]:
     """after - base for one metric, with its standard error: paired over shared item ids when both results carry
     per-item scores (far tighter: same prompts), else from the two standard errors."""
     a, b = base["metrics"].get(metric), after["metrics"].get(metric)
     if a is None or b is None:
         return None
-    sa = (base.get("items") or {}).get("scores", {}).get(metric)
-    sb = (after.get("items") or {}).get("scores", {}).get(metric)
-    ia = (base.get("items") or {}).get("ids", {}).get(metric) if isinstance((base.get("items") or {}).get("ids"),
-                                                                             dict) else None
-    ib = (after.get("items") or {}).get("ids", {}).get(metric) if isinstance((after.get("items") or {}).get("ids"),
-                                                                              dict) else None
-    if sa and sb and ia and ib and len(ia) == len(sa) and len(ib) == len(sb):
-        bmap = dict(zip(ib, sb))
-        shared = [(x, bmap[i]) for i, x in zip(ia, sa) if i in bmap]
-        if len(shared) >= 2:
+    ia, ib = item_scores(base, metric), item_scores(after, metric)
+    if ia and ib:
+        bmap = dict(zip(*ib))
+        shared = [(x, bmap[i]) for i, x in zip(*ia) if i in bmap]
+        if len(shared) >= 2 and all(isinstance(v, (int, float)) for pair in shared for v in pair):
             d, se = paired_diff([x for x, _ in shared], [y for _, y in shared])
             return {"gain": d, "se": se, "n": len(shared), "paired": True}
     se_a, se_b = a.get("se"), b.get("se")
@@ -458,12 +475,12 @@ def _summary_row(run: Run) -> list:
         for lab in sorted(run.evals):
             if lab == BASE_LABEL:
                 continue
-            for m in run.evals[lab]["metrics"]:
-                if m.startswith(("utility/", "judge/win_rate", "lm_eval/")):
-                    g = gain(base, run.evals[lab], m)
-                    if g:
-                        parts.append(f"{lab} {m}: {'+' if g['gain'] >= 0 else ''}{_pm(g['gain'], g['se'])}")
-                    break
+            names = list(run.evals[lab]["metrics"])
+            heads = [m for m in names if m.startswith(("utility/", "judge/win_rate", "lm_eval/"))] or names[:1]
+            for m in heads[:1]:
+                g = gain(base, run.evals[lab], m)
+                if g:
+                    parts.append(f"{lab} {m}: {'+' if g['gain'] >= 0 else ''}{_pm(g['gain'], g['se'])}")
         headline = "; ".join(parts[:4]) or "–"
     prov = dict(provenance(run))
     return [run.name, run.status, prov.get("pair rule", "–"), prov.get("student", "–"), len(run.arms), headline]
@@ -498,6 +515,11 @@ def render(runs: list[Run]) -> tuple[str, str]:
             t = {"title": "Delta statistics (pairs)", "columns": ["statistic", "value"], "rows": flat}
             h.append(_html_table(t))
             md += [_md_table(t), ""]
+        if run.pair_summary:
+            flat = [[k, v if isinstance(v, (int, float, str)) else str(v)] for k, v in run.pair_summary.items()]
+            t = {"title": "Pairing (filters and counts)", "columns": ["", "value"], "rows": flat}
+            h.append(_html_table(t))
+            md += [_md_table(t), ""]
         tt = _train_table(run)
         if tt:
             h.append(_html_table(tt))
@@ -511,6 +533,8 @@ def render(runs: list[Run]) -> tuple[str, str]:
             md += [_md_table(et), ""]
             for lab, ev in sorted(run.evals.items()):
                 ver = ev.get("evaluator") or {}
+                if isinstance(ver, str):
+                    ver = {"name": ver.split("/")[0], "version": ver.split("/")[-1] if "/" in ver else "?"}
                 if ver:
                     h.append(f"<p class='note'>{html.escape(lab)}: {html.escape(str(ev.get('model', '')))} — "
                              f"evaluator {html.escape(str(ver.get('name', '')))} v{html.escape(str(ver.get('version')))}"
