@@ -156,7 +156,7 @@ def _pairs_per_prompt(pair_cfg, models: list[str]) -> int:
     """How many pairs one prompt yields under a rule (before filtering)."""
     if pair_cfg.rule == "ladder":
         k = len(models)
-        return (k - 1) if pair_cfg.adjacent else k * (k - 1) // 2
+        return max(0, (k - 1) if pair_cfg.adjacent else k * (k - 1) // 2)
     return 1
 
 
@@ -348,6 +348,7 @@ def plan(recipe: Recipe, *, hardware: Hardware = Hardware(), prompt_tokens: Opti
                         "train_seq_tokens": seq_tokens,
                         "flops": "generation 2*N*tokens; training 6*N*tokens + 2*N*tokens reference pass"},
         "eval": {k: v for k, v in to_dict(recipe.eval).items() if v not in (None, [], {})},
+        "experiment": dict(recipe.experiment),
     }
     if (recipe.kind == "pipeline" and n_prompts and len(g.models) == 2 and all(models[m]["params"] for m in g.models)
             and recipe.prompts.dataset and "tulu-3" in recipe.prompts.dataset.lower()):
@@ -357,7 +358,7 @@ def plan(recipe: Recipe, *, hardware: Hardware = Hardware(), prompt_tokens: Opti
 
 
 def _sum(values: list[Optional[float]]) -> Optional[float]:
-    return None if not values or any(v is None for v in values) else float(sum(values))
+    return None if any(v is None for v in values) else float(sum(values))
 
 
 def _stages(recipe: Recipe, arms: list[dict]) -> list[str]:
@@ -398,7 +399,9 @@ def _si(x: Optional[float], unit: str = "") -> str:
 
 
 def _hours(h: Optional[float]) -> str:
-    return "unknown" if h is None else f"{h:,.1f} GPU-h" if h >= 0.1 else f"{h * 60:.1f} GPU-min"
+    if h is None:
+        return "unknown"
+    return f"{h:,.1f} GPU-h" if h >= 0.1 else f"{h * 60:.1f} GPU-min" if h * 60 >= 0.1 else f"{h * 3600:.2f} GPU-s"
 
 
 def format_plan(p: dict[str, Any]) -> str:
@@ -421,7 +424,7 @@ def format_plan(p: dict[str, Any]) -> str:
     for arm in shown:
         pairs = "unknown" if arm["pairs"] is None else f"{arm['pairs']:,}"
         steps = "unknown" if arm["steps"] is None else f"{arm['steps']:,}"
-        lines.append(f"  {arm['arm']}: {arm['model']} {arm['loss']} beta={arm['beta']} lr={arm['lr']:g} "
+        lines.append(f"  {arm['arm']}: {arm['model'] or '(model chosen by the experiment)'} {arm['loss']} beta={arm['beta']} lr={arm['lr']:g} "
                      f"batch={arm['batch_size']} epochs={arm['epochs']} max_len={arm['max_len']}"
                      f"{' LoRA' if arm['lora'] else ''}")
         lines.append(f"      pairs {pairs} (rule={arm['rule']}, {arm['pairs_per_prompt']} per prompt"
@@ -436,6 +439,9 @@ def format_plan(p: dict[str, Any]) -> str:
               f"  at {a['hardware']} {a['peak_tflops']:g} TFLOP/s bf16 peak, {a['train_mfu']:.0%} utilization "
               f"training, {a['generate_mfu']:.0%} generation; {a['flops']} (lower bounds: no attention term, "
               "no padding)"]
+    if p.get("experiment"):
+        lines += ["", f"Experiment settings (checked by the {p['kind']} experiment when it runs): "
+                  + ", ".join(f"{k}={v}" for k, v in p["experiment"].items())]
     if p.get("eval"):
         lines += ["", "Eval: " + ", ".join(f"{k}={v}" for k, v in p["eval"].items())]
     cmp_ = p.get("tulu3_comparison")
@@ -461,3 +467,57 @@ def dry_run(path: str, overrides: list[str] | None = None, **kw) -> str:
         return format_plan(plan(recipe, **kw))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI helpers: `deltalearn run RECIPE --dry-run` (pipeline) and `python -m deltalearn.plan RECIPE`
+# ---------------------------------------------------------------------------------------------------------
+
+
+def add_plan_args(p) -> None:
+    """The estimate's knobs, for any command that prints a plan."""
+    p.add_argument("--gpu", default=Hardware.name, help="accelerator name shown in the plan (default: H100 SXM)")
+    p.add_argument("--gpu-peak-tflops", type=float, default=Hardware.peak_tflops,
+                   help="dense bf16 peak of one GPU in TFLOP/s (H100 SXM 989, A100 312, H200 989)")
+    p.add_argument("--train-mfu", type=float, default=Hardware.train_mfu, help="training utilization (0-1)")
+    p.add_argument("--generate-mfu", type=float, default=Hardware.generate_mfu, help="generation utilization (0-1)")
+    p.add_argument("--prompt-tokens", type=int, default=None, help=f"mean prompt tokens (default {DEFAULT_PROMPT_TOKENS})")
+    p.add_argument("--response-tokens", type=int, default=None,
+                   help=f"mean response tokens (default min(max_new_tokens, {DEFAULT_RESPONSE_TOKENS}))")
+
+
+def plan_kwargs(args) -> dict:
+    for name in ("train_mfu", "generate_mfu"):
+        v = getattr(args, name)
+        if not 0 < v <= 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be in (0, 1], got {v}")
+    if args.gpu_peak_tflops <= 0:
+        raise ConfigError("--gpu-peak-tflops must be > 0")
+    return {"hardware": Hardware(args.gpu, args.gpu_peak_tflops, args.train_mfu, args.generate_mfu),
+            "prompt_tokens": args.prompt_tokens, "response_tokens": args.response_tokens}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m deltalearn.plan", description="dry-run plan of a recipe")
+    p.add_argument("recipe")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_plan_args(p)
+    args = p.parse_args(argv)
+    from deltalearn.recipe import load_recipe
+
+    try:
+        pl = plan(load_recipe(args.recipe, args.overrides), **plan_kwargs(args))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(pl, indent=2, default=str) if args.json else format_plan(pl))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
