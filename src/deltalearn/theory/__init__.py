@@ -31,7 +31,8 @@ teachers' error directions that happens to lie along the student's own error dir
 <e, e_0> is one coordinate of a uniform unit vector in R^(d-1): mean 0, variance 1/(d-1). So the noise shrinks like
 1/sqrt(d) while the signal does not, and for large d, P(C1) ~ Phi(sqrt(d-1) (alpha_c - alpha_r) s_0 /
 (alpha_0 sqrt(s_c^2 + s_r^2))) -- Corollary 6.2's "in high dimension most pairs with a gap improve the student".
-Along the ray f is unimodal: if kappa <= 0 no lambda > 0 improves the student; if kappa > 0 the best point is
+Along the ray the direction of theta_0 + lambda v turns monotonically from theta_0 towards v, so (for alpha_0 > 0)
+kappa <= 0 means no lambda > 0 improves the student; if kappa > 0 the best point is
 lambda* = kappa / (alpha_0 |v|^2 - <v, theta*><v, theta_0>) (infinite when the denominator is <= 0, i.e. when v
 itself is better aligned than the student). Past lambda* the student drifts towards v, i.e. it overfits the
 teachers' errors: the sweet spot in training length (Theorem 6.1; the gain there is Theta(kappa^2)).
@@ -40,9 +41,10 @@ Real SGD. `sgd_arms` runs full d-dimensional SGD on fresh Gaussian batches, vect
 draws x batch x d), for four arms sharing the same samples: preference (chosen > rejected), SFT (logistic loss on
 y_c), reversed (rejected > chosen) and tied (two different teachers of the chosen's quality). `sgd_preference`
 runs the preference arm exactly but cheaply for large d: the labels depend on x only through its coordinates in
-the span S of (theta*, theta_0, u_c, u_r), and the part of each step outside S is an isotropic Gaussian that only
-adds norm; its squared length is tracked as a random walk with exact chi-square increments. Same distribution as
-the full simulation (tested), O(batch) instead of O(batch * d) per step.
+the span S of (theta*, theta_0, u_c, u_r); only samples on which the teachers disagree move theta, and their
+in-plane part can be sampled directly (angle uniform on a wedge, Rayleigh radius); the part of each step outside S
+is an isotropic Gaussian that only adds norm, so its squared length is tracked as a random walk with exact
+chi-square increments. Same distribution as the full simulation (tested), with cost independent of d.
 
 SFT in this model (a finding, not a claim of the paper). SFT on y_c moves theta along E[(y_c - sigmoid)x] =
 u_c/sqrt(2 pi) - E[sigmoid'] theta: towards u_c. The same derivative gives its first-order effect,
@@ -56,8 +58,8 @@ Corollary 6.2 vs the slides. The slides say that for a student at 80% and teache
 suffices for 90% of teacher pairs". `corollary` measures the true rate under both readings of 80/70/60
 (accuracies, cosines): C1 holds for 90% of pairs from d = 64 (accuracies) or d = 336 (cosines), and SGD stopped at
 its best step follows C1 pair by pair (SGD stopped at a step planned from the targets alone needs d ~ 200 / ~1000).
-2000 is a *sufficient* bound: it comes from a concentration inequality on the noise term, which is loose by
-design; a sub-Gaussian tail bound on the noise gives 177 / 943 and a union bound over the two overlaps 559 / 3009,
+2000 reads as a *sufficient* bound, most plausibly from a concentration inequality on the noise term, loose by
+design: a sub-Gaussian tail bound on the noise gives 177 / 943 and a union bound over the two overlaps 559 / 3009,
 so 2000 sits between the bound-style numbers of the cosine reading. `run` prints these next to the measured ones.
 """
 
