@@ -111,36 +111,48 @@ def test_lab_model_loads_and_generates_like_any_model(tmp_path, monkeypatch):
     assert [r["response"] for r in again] == [r["response"] for r in rows]
 
 
-def test_ladder_pretraining_learns_and_caches(tmp_path):
-    from deltalearn.lab.ladder import LadderConfig, RunSpec, build_ladder
+MINI_LADDER = {"name": "mini", "student_run": "a", "dev_size": 8, "workers": 1, "targets": [0.0, 0.01, 0.02],
+               "runs": [{"name": "a", "hidden": 32, "layers": 1, "steps": 32, "eval_every": 8, "lr": 1e-2,
+                         "warmup": 4, "batch": 32}]}
 
-    cfg = LadderConfig(runs=[RunSpec("a", 32, 1, steps=30, eval_every=10, lr=1e-2, warmup=5, batch=32)],
-                       targets=[0.0, 0.01], student_run="a", dev_size=16, workers=1, name="t")
-    rec = build_ladder(cfg, tmp_path, progress=False)
+
+@pytest.fixture(scope="module")
+def mini_lab(tmp_path_factory):
+    """A tiny ladder (one d32 run, 32 steps: enough to emit digit strings) shared by the tests below."""
+    from deltalearn.lab.ladder import LadderConfig, build_ladder
+
+    home = tmp_path_factory.mktemp("labhome")
+    rec = build_ladder(LadderConfig.from_dict(MINI_LADDER), home, progress=False)
+    return home, rec
+
+
+def test_ladder_pretraining_learns_and_caches(mini_lab):
+    from deltalearn.lab.ladder import LadderConfig, build_ladder
+
+    home, rec = mini_lab
     curve = rec["curves"][0]["curve"]
-    assert [p["step"] for p in curve] == [10, 20, 30]
+    assert [p["step"] for p in curve] == [8, 16, 24, 32]
     assert curve[-1]["loss"] < 2.5  # next-token loss fell well below uniform over 18 tokens (ln 18 = 2.89)
-    assert [r["name"] for r in rec["rungs"]] == ["r1", "r2"] and rec["student"]["step"] == 30
-    assert (tmp_path / "t" / "student" / "tokenizer_config.json").exists()
-    again = build_ladder(cfg, tmp_path, progress=False)
+    assert [r["name"] for r in rec["rungs"]] == ["r1", "r2", "r3"] and rec["student"]["step"] == 32
+    assert all(a["dev_acc"] <= b["dev_acc"] for a, b in zip(rec["rungs"], rec["rungs"][1:]))
+    assert (home / "mini" / "student" / "tokenizer_config.json").exists()
+    again = build_ladder(LadderConfig.from_dict(MINI_LADDER), home, progress=False)
     assert again["cached"] and again["rungs"] == rec["rungs"]
 
 
-def test_mini_lab_end_to_end(tmp_path, monkeypatch):
-    """A miniature `deltalearn lab`: tiny ladder, a few pairs and steps; checks the run folder's contract."""
+def test_mini_lab_end_to_end(mini_lab, tmp_path, monkeypatch):
+    """A miniature `deltalearn lab`: the tiny ladder, a few pairs and steps; checks the run folder's contract."""
     from deltalearn.lab.experiments import run_lab
     from deltalearn.recipe import load_recipe
 
-    monkeypatch.setenv("DELTALEARN_LAB_DIR", str(tmp_path / "labhome"))
+    monkeypatch.setenv("DELTALEARN_LAB_DIR", str(mini_lab[0]))
     recipe = load_recipe(data={
         "name": "mini", "kind": "lab",
-        "train": {"lr": 3e-6, "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "batch_size": 8, "micro_batch_size": 8,
+        "train": {"lr": 3e-6, "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "batch_size": 4, "micro_batch_size": 4,
                   "max_steps": 2, "max_len": 128, "precision": "fp32"},
-        "experiment": {"pref_prompts": 16, "eval_prompts": 16, "max_new_tokens": 12, "workers": 1,
+        "experiment": {"pref_prompts": 16, "eval_prompts": 16, "max_new_tokens": 24, "workers": 1,
                        "drop_truncated": False, "main_chosen": "r3", "main_rejected": "r2", "self_weaker": "r1",
-                       "ladder": {"name": "mini", "student_run": "a", "dev_size": 8, "workers": 1,
-                                  "targets": [0.0, 0.01, 0.02],
-                                  "runs": [{"name": "a", "hidden": 16, "layers": 1, "steps": 8, "eval_every": 2}]}},
+                       "ladder": MINI_LADDER},
     })
     res = run_lab(recipe, tmp_path / "run", progress=False)
     out = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -155,9 +167,12 @@ def test_mini_lab_end_to_end(tmp_path, monkeypatch):
         assert (tmp_path / "run" / p["path"]).stat().st_size > 1000
     for arm in arms[1:]:
         ev = json.loads((tmp_path / "run" / "eval" / f"{arm}.json").read_text())
-        assert ev["metrics"]["exact_answer"]["n"] == 16 and len(ev["scores"]) == 16
+        assert ev["metrics"]["utility/exact_answer"]["n"] == 16
+        assert len(ev["items"]["scores"]["utility/exact_answer"]) == 16
         assert (tmp_path / "run" / "arms" / arm / "COMPLETED").exists()
     # reversed really swaps the two sides of the main pairs
     fwd = [json.loads(x) for x in (tmp_path / "run" / "pairs" / "main-dpo_norm.jsonl").read_text().splitlines()]
     rev = [json.loads(x) for x in (tmp_path / "run" / "pairs" / "main-reversed.jsonl").read_text().splitlines()]
     assert [r["chosen"] for r in rev] == [r["rejected"] for r in fwd]
+    assert all(r["chosen"] != r["rejected"] for r in fwd)  # identical pairs are dropped by pairs.make_pairs
+    assert (tmp_path / "run" / "eval" / "base.json").exists()

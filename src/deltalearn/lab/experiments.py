@@ -37,6 +37,9 @@ from deltalearn.lab.ladder import LadderConfig, build_ladder
 from deltalearn.recipe import ConfigError, Recipe, TrainConfig, from_dict, resolve_train, to_dict
 from deltalearn.stats import mean_se, paired_diff
 
+BASE = "base"
+"""Eval label of the untuned student (the report module's base label)."""
+
 
 @dataclass
 class LabSettings:
@@ -111,24 +114,25 @@ def gen_job(model: str, prompts_path: str, out_path: str, temperature: float, se
 
 
 def evaluate(model: str, eval_path: str, out_json: str, *, max_new_tokens: int = 64, batch_size: int = 256) -> dict:
-    """Greedy exact-answer accuracy on the eval prompts; writes eval/<label>.json with per-prompt scores (the
-    paired differences are computed from these files)."""
-    from deltalearn.generate import generate_responses
+    """Greedy exact-answer accuracy on the eval prompts through the project's evaluator
+    (`deltalearn.evaluate.evaluate_model`), which writes eval/<label>.json with per-prompt scores (the paired
+    differences are computed from these files). A finished eval is not redone."""
+    from deltalearn.evaluate import evaluate_model
+    from deltalearn.recipe import EvalConfig, PromptsConfig
 
     out = Path(out_json)
     if out.exists():
         return read_json(out)
-    t0 = time.time()
-    rows = generate_responses(model, read_jsonl(eval_path), out.with_suffix(".generations.jsonl"),
-                              max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,
-                              precision="fp32", progress=False)
-    scores = {r["id"]: task.grade(r["response"], r["reference"]) for r in rows}
-    m, se = mean_se(list(scores.values()))
-    res = {"model": model, "metrics": {"exact_answer": {"mean": m, "se": se, "n": len(scores)}},
-           "settings": {"decoding": "greedy", "max_new_tokens": max_new_tokens, "prompts": eval_path},
-           "wall_s": round(time.time() - t0, 1), "scores": scores}
-    write_json_atomic(out, res)
-    return res
+    cfg = EvalConfig(prompts=PromptsConfig(path=eval_path, id_column="id"), utilities=["exact_answer"],
+                     max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return evaluate_model(model, cfg, out.parent.parent, label=out.stem, precision="fp32", progress=False)
+
+
+def eval_scores(path: str | Path) -> dict[str, float]:
+    """Per-prompt exact-answer scores of one eval result, by prompt id."""
+    res = read_json(path)
+    key = "utility/exact_answer"
+    return dict(zip(res["items"]["ids"][key], res["items"]["scores"][key]))
 
 
 def arm_job(name: str, cfg: dict, pairs_path: str, arm_dir: str, eval_path: str, eval_json: str,
@@ -140,7 +144,7 @@ def arm_job(name: str, cfg: dict, pairs_path: str, arm_dir: str, eval_path: str,
     summary = train(from_dict(TrainConfig, cfg), read_jsonl(pairs_path), arm_dir, progress=False)
     res = evaluate(summary["model_dir"], eval_path, eval_json, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return {"arm": name, "train": {k: summary.get(k) for k in ("steps", "pairs", "final_loss", "train_s", "wall_s")},
-            "accuracy": res["metrics"]["exact_answer"]["mean"], "wall_s": time.time() - t0}
+            "accuracy": res["metrics"]["utility/exact_answer"]["mean"], "wall_s": time.time() - t0}
 
 
 def run_jobs(jobs: list[tuple], workers: int, desc: str, progress: bool = True) -> list:
@@ -182,29 +186,43 @@ def load_gen(path: str | Path) -> dict[str, dict]:
 
 def make_pair_rows(chosen: dict[str, dict], rejected: dict[str, dict], *, chosen_model: str, rejected_model: str,
                    rule: str, reverse: bool = False, drop_truncated: bool = True) -> tuple[list[dict], dict]:
-    """Pair rows (architecture.md's format) joining two generation sets on prompt id; pairs where either side was
-    cut at max_new_tokens are dropped (cutting one side changes the delta). Returns (rows, stats incl. delta)."""
-    rows, dropped = [], 0
-    for pid, c in chosen.items():
-        r = rejected.get(pid)
-        if r is None or (drop_truncated and (c["truncated"] or r["truncated"])):
-            dropped += 1
-            continue
-        sc, sr = task.grade(c["response"], c["reference"]), task.grade(r["response"], r["reference"])
-        row = {"id": pid, "prompt": [{"role": "user", "content": c["prompt"]}],
-               "chosen": [{"role": "assistant", "content": c["response"]}],
-               "rejected": [{"role": "assistant", "content": r["response"]}],
-               "chosen_model": chosen_model, "rejected_model": rejected_model, "rule": rule,
-               "chosen_score": sc, "rejected_score": sr}
-        if reverse:
-            row.update(chosen=row["rejected"], rejected=row["chosen"], chosen_model=rejected_model,
-                       rejected_model=chosen_model, chosen_score=sr, rejected_score=sc, rule=rule + "+reverse")
-        rows.append(row)
+    """Pairs joining two generation sets on prompt id, through the project's pairing (`pairs.make_pairs`, rule
+    `columns`, control `reverse`), so the lab's pairs pass the same filters as any recipe's: missing, empty,
+    truncated (cutting one side changes the delta) and identical responses are dropped and counted. (Identical
+    pairs carry no gradient in DPO; here they are the both-correct pairs, since a correct worked solution is unique.)
+    Each row is graded with the task's exact answer; the stats hold the delta (mean chosen minus rejected)."""
+    from deltalearn.pairs import make_pairs
+    from deltalearn.recipe import PairConfig
+
+    cfg = PairConfig(rule="columns", chosen=chosen_model, rejected=rejected_model,
+                     control="reverse" if reverse else "none", drop_truncated=drop_truncated)
+    rows, summary = make_pairs({chosen_model: list(chosen.values()), rejected_model: list(rejected.values())}, cfg)
+    for r in rows:
+        ref = r["reference"]
+        r["chosen_score"] = task.grade(r["chosen"][-1]["content"], ref)
+        r["rejected_score"] = task.grade(r["rejected"][-1]["content"], ref)
+        r["rule"] = rule
+    if not rows:
+        return rows, {"pairs": 0, "dropped": summary["dropped"], "delta": 0.0, "delta_se": 0.0,
+                      "chosen_acc": 0.0, "rejected_acc": 0.0}
     delta, delta_se = paired_diff([r["rejected_score"] for r in rows], [r["chosen_score"] for r in rows])
     cm, _ = mean_se([r["chosen_score"] for r in rows])
     rm, _ = mean_se([r["rejected_score"] for r in rows])
-    return rows, {"pairs": len(rows), "dropped_truncated_or_missing": dropped, "delta": delta, "delta_se": delta_se,
+    return rows, {"pairs": len(rows), "dropped": summary["dropped"], "delta": delta, "delta_se": delta_se,
                   "chosen_acc": cm, "rejected_acc": rm}
+
+
+def sft_chosen_rows(chosen: dict[str, dict], *, model: str, rule: str, drop_truncated: bool = True
+                    ) -> tuple[list[dict], dict]:
+    """SFT rows: every (untruncated) response of one generation set as the chosen side, nothing filtered by
+    correctness (SFT on weak data is the paper's contrast)."""
+    rows = [{"id": g["id"], "prompt": [{"role": "user", "content": g["prompt"]}],
+             "chosen": [{"role": "assistant", "content": g["response"]}], "chosen_model": model, "rule": rule,
+             "chosen_score": task.grade(g["response"], g["reference"])}
+            for g in chosen.values() if g["response"].strip() and not (drop_truncated and g["truncated"])]
+    m, se = mean_se([r["chosen_score"] for r in rows])
+    return rows, {"pairs": len(rows), "dropped_truncated_or_empty": len(chosen) - len(rows), "chosen_acc": m,
+                  "chosen_acc_se": se}
 
 
 def sft_rows(problems_path: str) -> list[dict]:
@@ -291,11 +309,12 @@ class Lab:
         if arm.chosen == "gold":
             rows = sft_rows(str(self.dir / "prompts.jsonl"))
             stats = {"pairs": len(rows), "chosen_acc": 1.0}
+        elif arm.rejected is None:
+            rows, stats = sft_chosen_rows(load_gen(self._src(arm.chosen)), model=arm.chosen, rule=arm.group,
+                                          drop_truncated=self.s.drop_truncated)
         else:
-            rows, stats = make_pair_rows(load_gen(self._src(arm.chosen)),
-                                         load_gen(self._src(arm.rejected)) if arm.rejected else
-                                         load_gen(self._src(arm.chosen)),
-                                         chosen_model=arm.chosen, rejected_model=arm.rejected or "-",
+            rows, stats = make_pair_rows(load_gen(self._src(arm.chosen)), load_gen(self._src(arm.rejected)),
+                                         chosen_model=arm.chosen, rejected_model=arm.rejected,
                                          rule=arm.group, reverse=arm.reverse,
                                          drop_truncated=self.s.drop_truncated)
         write_jsonl_atomic(path, rows)
@@ -335,13 +354,13 @@ class Lab:
 
     def base_eval_job(self) -> tuple:
         return (evaluate, dict(model=self.s.model("student"), eval_path=str(self.dir / "eval_prompts.jsonl"),
-                               out_json=str(self.dir / "eval" / "student-base.json"),
+                               out_json=str(self.dir / "eval" / f"{BASE}.json"),
                                max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size))
 
     def gain(self, arm: str) -> tuple[float, float, int, int]:
         """Paired difference of an arm against the base student on the eval prompts: (diff, se, fixed, broken)."""
-        base = read_json(self.dir / "eval" / "student-base.json")["scores"]
-        new = read_json(self.dir / "eval" / f"{arm}.json")["scores"]
+        base = eval_scores(self.dir / "eval" / f"{BASE}.json")
+        new = eval_scores(self.dir / "eval" / f"{arm}.json")
         ids = sorted(base)
         b, n = [base[i] for i in ids], [new[i] for i in ids]
         d, se = paired_diff(b, n)
@@ -411,3 +430,8 @@ def run_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False, progres
                                "end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
     write_json_atomic(lab.dir / "results.json", results)
     return results
+
+
+def run_lab_recipe(recipe: Recipe) -> dict:
+    """`deltalearn run` on a `kind: lab` recipe: the main lab run into the recipe's run folder."""
+    return run_lab(recipe, recipe.run_dir)

@@ -56,7 +56,7 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
     ladder = lab.ladder
     plots_dir = d / "plots"
     plots_dir.mkdir(exist_ok=True)
-    base = read_json(d / "eval" / "student-base.json")["metrics"]["exact_answer"]
+    base = read_json(d / "eval" / "base.json")["metrics"]["utility/exact_answer"]
     student_self = gen_accuracy(lab.gen_path("student", 0.0, 0))
     tables, plots = [], []
 
@@ -83,16 +83,16 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
 
     def arm_row(a) -> list:
         i = info[a.name]
-        ev = read_json(d / "eval" / f"{a.name}.json")["metrics"]["exact_answer"]
+        ev = read_json(d / "eval" / f"{a.name}.json")["metrics"]["utility/exact_answer"]
         g, se, fixed, broken = lab.gain(a.name)
         st = i["pairs"]
-        delta = _pm(st["delta"], st["delta_se"]) if "delta" in st else "-"
-        return [a.name, a.loss, a.note, st["pairs"], delta, _acc(ev["mean"], ev["se"]), _pm(g, se),
-                f"{fixed}/{broken}"]
+        delta = _pm(st["delta"], st["delta_se"]) if a.loss != "sft" else "-"
+        return [a.name, a.loss, a.note, st["pairs"], f"{st['chosen_acc'] * PTS:.1f}", delta,
+                _acc(ev["mean"], ev["se"]), _pm(g, se), f"{fixed}/{broken}"]
 
-    cols = ["arm", "loss", "data", "pairs", "delta (chosen - rejected acc, pts)", "eval acc %",
+    cols = ["arm", "loss", "data", "pairs", "chosen acc %", "delta (chosen - rejected acc, pts)", "eval acc %",
             "gain vs base (pts, paired)", "fixed/broken"]
-    base_row = ["student (base)", "-", "-", "-", "-", _acc(base["mean"], base["se"]), "0", "-"]
+    base_row = ["student (base)", "-", "-", "-", "-", "-", _acc(base["mean"], base["se"]), "0", "-"]
     settings = (f"lr {lab.recipe.train.lr:g}, batch {lab.recipe.train.batch_size}, "
                 f"{lab.recipe.train.max_steps or 'one epoch of'} steps, dpo beta 0.1, dpo_norm beta 5, "
                 f"{base['n']} eval prompts; s.e. of the paired difference.")
