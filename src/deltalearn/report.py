@@ -16,6 +16,7 @@ import base64
 import html
 import io
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -427,13 +428,16 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+_NUMERIC = re.compile(r"^[-+–]?[\d.,]+(e[-+]?\d+)?( ± [\d.,]+(e[-+]?\d+)?)?( \(paired\))?$|^–$")
+
+
 def _html_table(t: dict) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t["columns"])
     body = ""
     for r in t["rows"]:
         cells = ""
         for c in r:
-            cls = ' class="num"' if isinstance(c, (int, float)) or (isinstance(c, str) and c[:1] in "-0123456789–") else ""
+            cls = ' class="num"' if isinstance(c, (int, float)) or (isinstance(c, str) and _NUMERIC.match(c)) else ""
             cells += f"<td{cls}>{html.escape(_fmt(c) if not isinstance(c, str) else c)}</td>"
         body += f"<tr>{cells}</tr>"
     title = f"<h3>{html.escape(t['title'])}</h3>" if t.get("title") else ""
@@ -507,7 +511,7 @@ def render(runs: list[Run]) -> tuple[str, str]:
             h.append("<p class='notes'>" + "<br>".join(html.escape(n) for n in run.notes) + "</p>")
         prov = provenance(run)
         if prov:
-            t = {"title": "Provenance", "columns": ["", ""], "rows": [list(x) for x in prov]}
+            t = {"title": "Provenance", "columns": ["field", "value"], "rows": [list(x) for x in prov]}
             h.append(_html_table(t))
             md += [_md_table(t), ""]
         if run.delta_stats:
@@ -517,7 +521,7 @@ def render(runs: list[Run]) -> tuple[str, str]:
             md += [_md_table(t), ""]
         if run.pair_summary:
             flat = [[k, v if isinstance(v, (int, float, str)) else str(v)] for k, v in run.pair_summary.items()]
-            t = {"title": "Pairing (filters and counts)", "columns": ["", "value"], "rows": flat}
+            t = {"title": "Pairing (filters and counts)", "columns": ["count", "value"], "rows": flat}
             h.append(_html_table(t))
             md += [_md_table(t), ""]
         tt = _train_table(run)
