@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deltalearn.evaluate import (EVALUATOR_VERSION, check_model_tokenizer, evaluate_model, evaluate_run,
-                                 load_eval_pairs, parse_verdict, utility_scores)
+                                 judge_scores, load_eval_pairs, parse_verdict, utility_scores, win_scores)
 from deltalearn.io import DataError
 from deltalearn.lmeval import TULU3_DEV, expand_tasks
 from deltalearn.recipe import ConfigError, EvalConfig, PromptsConfig
@@ -44,6 +44,14 @@ def test_exact_answer_without_reference_names_the_row():
 def test_judge_verdict_parsing():
     assert parse_verdict("A") == "A" and parse_verdict("B.") == "B" and parse_verdict("Response B is better") == "B"
     assert parse_verdict("Both are fine") is None and parse_verdict("") is None
+
+
+def test_position_swap_cancels_order_bias():
+    always_first = win_scores([("A", "A")] * 3)
+    assert always_first["judge/win_rate"] == [0.5] * 3 and always_first["judge/first_position_rate"] == [1.0] * 6
+    consistent = win_scores([("A", "B"), ("B", "A"), ("A", None)])
+    assert consistent["judge/win_rate"] == [1.0, 0.0, 0.75]  # win, loss, win + unreadable (counted as a tie)
+    assert consistent["judge/invalid"] == [0.0, 0.0, 0.5]
 
 
 def test_eval_pairs_errors(tmp_path):
@@ -146,3 +154,29 @@ def test_lm_eval_bridge_on_a_local_task(tmp_path):
     assert acc["n"] == 8 and 0 <= acc["mean"] <= 1 and acc["se"] is not None
     s = res["settings"]
     assert s["lm_eval_version"] and s["task_versions"]["deltalearn_tiny_facts"] == 1.0 and s["limit"] == 8
+
+
+@pytest.mark.slow
+def test_judge_through_an_openai_compatible_endpoint(tmp_path):
+    """The judge on a real local server (deltalearn.serve, 127.0.0.1), both orders per prompt."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "deltalearn.serve", "--model", "smollm2-135m", "--port", "0",
+                             "--batch-size", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving"), line + proc.stderr.read()
+        url = line.split(" on ")[1].strip()
+        cand = [{"id": "p1", "prompt": PROMPTS[0]["prompt"], "response": "**Routine**\nGo to bed at the same time."},
+                {"id": "p2", "prompt": PROMPTS[1]["prompt"], "response": "42"}]
+        base = [{"id": "p1", "prompt": PROMPTS[0]["prompt"], "response": "Sleep."},
+                {"id": "p2", "prompt": PROMPTS[1]["prompt"], "response": "41"}]
+        scores, ids = judge_scores(cand, base, "smollm2-135m", backend="openai", base_url=url,
+                                   out_path=tmp_path / "judge.jsonl", progress=False)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert ids == ["p1", "p2"] and len(scores["judge/win_rate"]) == 2
+    assert all(w in (0.0, 0.25, 0.5, 0.75, 1.0) for w in scores["judge/win_rate"])
+    assert len((tmp_path / "judge.jsonl").read_text().splitlines()) == 4  # two orders x two prompts

@@ -199,17 +199,23 @@ def judge_scores(candidate: list[dict], baseline: list[dict], judge: str, *, bac
     rows = generate_responses(judge, jp, out_path, max_new_tokens=8, temperature=0.0, batch_size=batch_size,
                               backend=backend, base_url=base_url, progress=progress)
     verdict = {r["id"]: parse_verdict(r["response"]) for r in rows}
-    wins, first, invalid, ids = [], [], [], []
-    for r in candidate:
-        v1, v2 = verdict[f"{r['id']}|cand-first"], verdict[f"{r['id']}|base-first"]
+    ids = [r["id"] for r in candidate]
+    return win_scores([(verdict[f"{i}|cand-first"], verdict[f"{i}|base-first"]) for i in ids]), ids
+
+
+def win_scores(verdicts: list[tuple[Optional[str], Optional[str]]]) -> dict[str, list[float]]:
+    """Per-prompt scores from (verdict with the candidate shown first, verdict with it shown second).
+
+    A judge that always picks the first position scores exactly 0.5 everywhere: the swap cancels order bias.
+    """
+    wins, first, invalid = [], [], []
+    for v1, v2 in verdicts:
         s1 = 0.5 if v1 is None else float(v1 == "A")  # candidate is A in the first order
         s2 = 0.5 if v2 is None else float(v2 == "B")  # and B in the swapped one
         wins.append((s1 + s2) / 2)
         first.extend(float(v == "A") for v in (v1, v2) if v is not None)
-        invalid.append(float(v1 is None) + float(v2 is None))
-        ids.append(r["id"])
-    return ({"judge/win_rate": wins, "judge/first_position_rate": first,
-             "judge/invalid": [x / 2 for x in invalid]}, ids)
+        invalid.append((float(v1 is None) + float(v2 is None)) / 2)
+    return {"judge/win_rate": wins, "judge/first_position_rate": first, "judge/invalid": invalid}
 
 
 # ---------------------------------------------------------------------------------------------------------
