@@ -114,6 +114,10 @@ def test_out_file_sidecar_skip_and_refusal(smol, tmp_path):
     assert more[:3] == rows
     assert sorted(r["id"] for r in read_generations(out)) == sorted(p["id"] for p in PROMPTS)
     assert json.loads(meta_path(out).read_text())["summary"]["resumed"] == 3
+    # Same id, different prompt: the prompt set changed under the file; refused rather than silently reused.
+    changed = [dict(PROMPTS[0], prompt="What is 3+3?")] + PROMPTS[1:]
+    with pytest.raises(DataError, match="id 'p0' is in the file with a different prompt"):
+        generate_responses(model, changed, out, tokenizer=tok, max_new_tokens=6, progress=False)
     # Different decoding settings into the same file: refused, naming the setting.
     with pytest.raises(DataError, match=r"max_new_tokens: file has 6, this run 7"):
         generate_responses(model, PROMPTS, out, tokenizer=tok, max_new_tokens=7, progress=False)

@@ -358,10 +358,17 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
             out_path = Path(out_path)
             done = read_done(out_path)
             check_meta(out_path, meta, len(done))
-            if not meta_path(out_path).exists():
+            for i, r in enumerate(prompts, start=1):
+                if r["id"] in done and done[r["id"]].get("prompt") != r["prompt"]:
+                    raise DataError(out_path, f"id '{r['id']}' is in the file with a different prompt than prompt "
+                                    f"row {i} has now; the prompt set changed under the same ids. Use another --out",
+                                    field="prompt")
+        todo = [r for r in prompts if r["id"] not in done]
+        if out_path is not None:
+            if todo or not meta_path(out_path).exists():
+                # Marked incomplete until every prompt of this run has its row (a kill leaves it so).
                 write_json_atomic(meta_path(out_path), {**meta, "complete": False})
             appender = JsonlAppender(out_path)
-        todo = [r for r in prompts if r["id"] not in done]
         results: dict[str, dict] = {}
         for r in prompts:
             if r["id"] in done:
@@ -448,6 +455,8 @@ def add_cli_args(p) -> None:
     p.add_argument("--dedupe", action="store_true", help="drop repeated prompts (counted) instead of failing")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     p.add_argument("--out", required=True, help="folder for <model-slug>.jsonl + .meta.json")
+    p.add_argument("--label", default=None, help="one model only: write <label>.jsonl instead of <model-slug>.jsonl "
+                   "(e.g. a second, sampled run of the same model beside the greedy one)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the paper's setting)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -465,9 +474,11 @@ def run_cli(args) -> int:
 
     if not args.prompts and not args.dataset:
         raise ConfigError("give --prompts FILE or --dataset NAME")
+    if args.label and len(args.models) != 1:
+        raise ConfigError("--label names one output file: give exactly one model with it")
     slugs: dict[str, str] = {}
     for m in args.models:
-        s = model_slug(m)
+        s = model_slug(args.label or m)
         if s in slugs:
             raise ConfigError(f"models '{slugs[s]}' and '{m}' would both write {s}.jsonl; rename one (e.g. copy "
                               "the folder) or generate them into different --out folders")
