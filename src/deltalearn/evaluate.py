@@ -56,17 +56,6 @@ def _slug(text: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_eval_prompts(path: str, *, limit: Optional[int] = None, column: str = "prompt",
-                      id_column: Optional[str] = None) -> list[dict]:
-    """Held-out prompt rows {"id", "prompt", **extra} (extra: e.g. "reference" for exact_answer)."""
-    from deltalearn.prompts import load_prompts
-
-    rows = load_prompts(path, column=column, id_column=id_column, limit=limit, dedupe=True)
-    if not rows:
-        raise DataError(path, "no usable prompts")
-    return rows
-
-
 def load_eval_pairs(path: str, *, limit: Optional[int] = None) -> list[dict]:
     rows = read_table(path)
     out = []

@@ -111,7 +111,8 @@ def run_lm_eval(model: str, tasks: list[str], *, limit: Optional[int] = None, ba
         out = lm_eval.simple_evaluate(
             model="hf", model_args=f"pretrained={path},dtype={dtype}", tasks=task_names, task_manager=tm,
             limit=limit, batch_size=batch_size, num_fewshot=num_fewshot, device=device, log_samples=False,
-            apply_chat_template=apply_chat_template, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+            apply_chat_template=apply_chat_template, random_seed=seed, numpy_random_seed=seed,
+            torch_random_seed=seed, fewshot_random_seed=seed,
             confirm_run_unsafe_code=any(t.startswith("humaneval") for t in task_names))
     metrics: dict[str, dict] = {}
     n_samples = out.get("n-samples", {})
@@ -128,7 +129,8 @@ def run_lm_eval(model: str, tasks: list[str], *, limit: Optional[int] = None, ba
         "metrics": metrics,
         "settings": {"tasks": task_names, "requested": tasks, "external_not_run": external, "limit": limit,
                      "num_fewshot": num_fewshot, "batch_size": batch_size, "device": device, "dtype": dtype,
-                     "seed": seed, "apply_chat_template": apply_chat_template, "model_path": path, "lm_eval_version": lm_eval_version(),
+                     "seed": seed, "apply_chat_template": apply_chat_template, "model_path": path,
+                     "lm_eval_version": lm_eval_version(),
                      "task_versions": out.get("versions", {}), "n_shot": out.get("n-shot", {}),
                      "configs": {t: {k: c.get(k) for k in ("num_fewshot", "output_type", "metric_list",
                                                            "generation_kwargs") if k in c}

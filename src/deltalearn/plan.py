@@ -367,7 +367,8 @@ def _stages(recipe: Recipe, arms: list[dict]) -> list[str]:
         return [f"experiment kind={recipe.kind} -> {d}/ (results.json, arms/*, eval/*)", f"report -> {d}/report.html"]
     s = [f"prompts -> {d}/prompts.jsonl"]
     s += [f"generate {m} ({recipe.generate.backend}) -> {d}/generations/" for m in recipe.generate.models]
-    s.append(f"pair (rule={recipe.pair.rule}{', adjacent' if recipe.pair.rule == 'ladder' and recipe.pair.adjacent else ''}"
+    adjacent = ", adjacent" if recipe.pair.rule == "ladder" and recipe.pair.adjacent else ""
+    s.append(f"pair (rule={recipe.pair.rule}{adjacent}"
              f"{', control=' + recipe.pair.control if recipe.pair.control != 'none' else ''}) -> {d}/pairs/")
     if any(a["loss"] in ("dpo", "dpo_norm", "ipo") for a in arms):
         s.append("reference log-probs (computed once, cached on disk, reference model freed)")
@@ -424,7 +425,8 @@ def format_plan(p: dict[str, Any]) -> str:
     for arm in shown:
         pairs = "unknown" if arm["pairs"] is None else f"{arm['pairs']:,}"
         steps = "unknown" if arm["steps"] is None else f"{arm['steps']:,}"
-        lines.append(f"  {arm['arm']}: {arm['model'] or '(model chosen by the experiment)'} {arm['loss']} beta={arm['beta']} lr={arm['lr']:g} "
+        model = arm["model"] or "(model chosen by the experiment)"
+        lines.append(f"  {arm['arm']}: {model} {arm['loss']} beta={arm['beta']} lr={arm['lr']:g} "
                      f"batch={arm['batch_size']} epochs={arm['epochs']} max_len={arm['max_len']}"
                      f"{' LoRA' if arm['lora'] else ''}")
         lines.append(f"      pairs {pairs} (rule={arm['rule']}, {arm['pairs_per_prompt']} per prompt"
@@ -432,7 +434,8 @@ def format_plan(p: dict[str, Any]) -> str:
                      f"{_si(arm['total_flops'], 'FLOP')} ({_si(arm['policy_flops'], 'FLOP')} policy + "
                      f"{_si(arm['reference_flops'], 'FLOP')} reference), {_hours(arm['gpu_hours'])}")
     if len(shown) < len(p["arms"]):
-        lines.append(f"  ... and {len(p['arms']) - len(shown)} more arms ({', '.join(a['arm'] for a in p['arms'][2:])})")
+        rest = ", ".join(a["arm"] for a in p["arms"][len(shown):])
+        lines.append(f"  ... and {len(p['arms']) - len(shown)} more arms ({rest})")
     t = p["totals"]
     lines += ["", f"Total: generation {_si(t['generation_flops'], 'FLOP')} ({_hours(t['generation_gpu_hours'])}), "
               f"training {_si(t['train_flops'], 'FLOP')} ({_hours(t['train_gpu_hours'])})",
@@ -481,7 +484,8 @@ def add_plan_args(p) -> None:
                    help="dense bf16 peak of one GPU in TFLOP/s (H100 SXM 989, A100 312, H200 989)")
     p.add_argument("--train-mfu", type=float, default=Hardware.train_mfu, help="training utilization (0-1)")
     p.add_argument("--generate-mfu", type=float, default=Hardware.generate_mfu, help="generation utilization (0-1)")
-    p.add_argument("--prompt-tokens", type=int, default=None, help=f"mean prompt tokens (default {DEFAULT_PROMPT_TOKENS})")
+    p.add_argument("--prompt-tokens", type=int, default=None,
+                   help=f"mean prompt tokens (default {DEFAULT_PROMPT_TOKENS})")
     p.add_argument("--response-tokens", type=int, default=None,
                    help=f"mean response tokens (default min(max_new_tokens, {DEFAULT_RESPONSE_TOKENS}))")
 

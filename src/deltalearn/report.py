@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from deltalearn.io import DataError, iter_jsonl, read_json, write_text_atomic
-from deltalearn.stats import mean_se, paired_diff
+from deltalearn.stats import paired_diff
 
 CURVE_KEYS = [("loss", "loss"), ("rewards/margin", "reward margin"), ("rewards/accuracy", "preference accuracy")]
 BASE_LABEL = "base"
@@ -199,7 +199,8 @@ def gain(base: dict, after: dict, metric: str) -> Optional[dict]:
             d, se = paired_diff([x for x, _ in shared], [y for _, y in shared])
             return {"gain": d, "se": se, "n": len(shared), "paired": True}
     se_a, se_b = a.get("se"), b.get("se")
-    se = math.sqrt(se_a ** 2 + se_b ** 2) if isinstance(se_a, (int, float)) and isinstance(se_b, (int, float)) else None
+    both = isinstance(se_a, (int, float)) and isinstance(se_b, (int, float))
+    se = math.sqrt(se_a ** 2 + se_b ** 2) if both else None
     return {"gain": b["mean"] - a["mean"], "se": se, "n": min(a.get("n") or 0, b.get("n") or 0), "paired": False}
 
 
@@ -541,7 +542,8 @@ def render(runs: list[Run]) -> tuple[str, str]:
                     ver = {"name": ver.split("/")[0], "version": ver.split("/")[-1] if "/" in ver else "?"}
                 if ver:
                     h.append(f"<p class='note'>{html.escape(lab)}: {html.escape(str(ev.get('model', '')))} — "
-                             f"evaluator {html.escape(str(ver.get('name', '')))} v{html.escape(str(ver.get('version')))}"
+                             f"evaluator {html.escape(str(ver.get('name', '')))} "
+                             f"v{html.escape(str(ver.get('version')))}"
                              f"{', lm-eval ' + html.escape(str(ver['lm_eval'])) if ver.get('lm_eval') else ''}</p>")
         png = bars_png(run)
         if png:
