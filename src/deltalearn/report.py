@@ -313,6 +313,8 @@ def curves_png(run: Run) -> Optional[bytes]:
     if not series or not keys:
         return None
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.0), squeeze=False)
     for ax, (k, title) in zip(axes[0], keys):
         for arm, rows in series.items():
@@ -321,6 +323,7 @@ def curves_png(run: Run) -> Optional[bytes]:
                 ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=arm)
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
