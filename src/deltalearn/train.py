@@ -203,6 +203,19 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     if per_rank == 0 or per_rank % cfg.micro_batch_size:
         raise ConfigError(f"train.batch_size ({cfg.batch_size}) must be a multiple of micro_batch_size "
                           f"({cfg.micro_batch_size}) x processes ({world})")
+    n_micro = per_rank // cfg.micro_batch_size
+    ds_plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if ds_plugin is not None:
+        # DeepSpeed owns accumulation: it steps only at the accumulation boundary and divides each micro-batch's
+        # loss by its accumulation count, so tell it our split and undo that division below (untested here:
+        # no GPUs on the development machines; the loop's semantics are the same as on CPU).
+        dsc = ds_plugin.deepspeed_config
+        dsc["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+        dsc["gradient_accumulation_steps"] = n_micro
+        if dsc.get("gradient_clipping", "auto") == "auto":
+            dsc["gradient_clipping"] = cfg.grad_clip
+        acc.gradient_accumulation_steps = n_micro
+    loss_scale = n_micro if ds_plugin is not None else 1
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -330,7 +343,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                     lp = reduce_logps(sums[:k], counts[:k], "mean")
                     agg += torch.tensor([-sums[:k].sum().item() / max(sft_tokens, 1) * cfg.batch_size, 0, 0, 0,
                                          lp.sum().item(), 0, batch.n_tokens], dtype=torch.float64)
-                acc.backward(loss)
+                acc.backward(loss * loss_scale)
         grad_norm = None
         if cfg.grad_clip > 0:
             grad_norm = acc.clip_grad_norm_(params, cfg.grad_clip)
