@@ -144,8 +144,8 @@ def test_eval_run_base_and_arm_with_judge(tmp_path):
     assert 0 <= arm["metrics"]["judge/win_rate"]["mean"] <= 1
 
 
-@pytest.mark.slow
 def test_lm_eval_bridge_on_a_local_task(tmp_path):
+    """lm-evaluation-harness on the embedded model with the project's own local YAML task (no hub)."""
     pytest.importorskip("lm_eval")
     from deltalearn.lmeval import run_lm_eval
 

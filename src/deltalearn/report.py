@@ -39,7 +39,8 @@ class Run:
     evals: dict[str, dict] = field(default_factory=dict)
     results: Optional[dict] = None
     delta_stats: Optional[dict] = None
-    pair_summary: Optional[dict] = None
+    pair_summary: dict[str, dict] = field(default_factory=dict)
+    """pairs folder name -> its pair_summary.json (one per pair set: `pairs`, `pairs-<arm>` for control arms)"""
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -154,10 +155,10 @@ def load_run(path: str | Path) -> Run:
         if obj is not None:
             run.results = _try(run, _check_results, rf, obj)
     run.delta_stats = _find_delta_stats(run)
-    ps = p / "pairs" / "pair_summary.json"
-    if ps.exists():
+    for ps in sorted(p.glob("pairs*/pair_summary.json")):
         obj = _try(run, read_json, ps)
-        run.pair_summary = obj if isinstance(obj, dict) else None
+        if isinstance(obj, dict):
+            run.pair_summary[ps.parent.name] = obj
     if not run.arms and not run.evals and not run.results:
         run.problems.append(f"{p}: no arms/, eval/ or results.json: nothing to report yet")
     return run
@@ -276,8 +277,11 @@ def provenance(run: Run) -> list[tuple[str, str]]:
     if tr.get("loss"):
         add("loss", f"{tr.get('loss')} (beta {tr.get('beta')}, lr {tr.get('lr')}, batch {tr.get('batch_size')})")
     add("arms", [a.get("name") for a in rec.get("arms") or [] if isinstance(a, dict)] or list(run.arms))
-    for k in ("git_sha", "seed", "created", "deltalearn_version"):
+    for k in ("git", "git_sha", "seed", "created", "finished"):
         add(k.replace("_", " "), m.get(k))
+    stages = m.get("stages")
+    if isinstance(stages, dict) and stages:
+        add("stage times", ", ".join(f"{k} {v.get('seconds')} s" for k, v in stages.items() if isinstance(v, dict)))
     versions = m.get("versions")
     if isinstance(versions, dict):
         add("versions", ", ".join(f"{k} {v}" for k, v in versions.items()))
@@ -435,6 +439,27 @@ def _img(png: bytes, alt: str) -> str:
 _NUMERIC = re.compile(r"^[-+–]?[\d.,]+(e[-+]?\d+)?( ± [\d.,]+(e[-+]?\d+)?)?( \(paired\))?$|^–$")
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+    """{'dropped': {'empty': 0}} -> {'dropped.empty': 0}: nested counts as rows of one table."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif not (isinstance(v, dict) and not v):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _cell(v: Any) -> Any:
+    if v is None or isinstance(v, (int, float, str)):
+        return v
+    if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
+        return "[" + ", ".join(_fmt(float(x)) for x in v) + "]"
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return ", ".join(v)
+    return str(v)
+
+
 def _html_table(t: dict) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t["columns"])
     body = ""
@@ -519,13 +544,16 @@ def render(runs: list[Run]) -> tuple[str, str]:
             h.append(_html_table(t))
             md += [_md_table(t), ""]
         if run.delta_stats:
-            flat = [[k, v if isinstance(v, (int, float, str)) else str(v)] for k, v in run.delta_stats.items()]
+            flat = [[k, _cell(v)] for k, v in _flatten(run.delta_stats).items()]
             t = {"title": "Delta statistics (pairs)", "columns": ["statistic", "value"], "rows": flat}
             h.append(_html_table(t))
             md += [_md_table(t), ""]
         if run.pair_summary:
-            flat = [[k, v if isinstance(v, (int, float, str)) else str(v)] for k, v in run.pair_summary.items()]
-            t = {"title": "Pairing (filters and counts)", "columns": ["count", "value"], "rows": flat}
+            sets = list(run.pair_summary)
+            flats = {name: _flatten(d) for name, d in run.pair_summary.items()}
+            keys = list(dict.fromkeys(k for d in flats.values() for k in d))
+            flat = [[k] + [_cell(flats[s].get(k)) for s in sets] for k in keys]
+            t = {"title": "Pairing (filters and counts)", "columns": ["field", *sets], "rows": flat}
             h.append(_html_table(t))
             md += [_md_table(t), ""]
         tt = _train_table(run)
