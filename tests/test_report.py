@@ -171,3 +171,17 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert m, dom[:2000]
     assert int(m.group(1)) == n_img and int(m.group(2)) == n_img  # every embedded PNG decoded (naturalWidth > 0)
     assert dom.count("<table") >= 8 and "utility/bold_sections" in dom and "Gain vs delta" in dom
+
+
+def test_gain_vs_delta_scatter_recognizes_sweep_tables():
+    from deltalearn.report import scatter_png
+
+    sweep = {"title": "s", "columns": ["arm", "chosen", "rejected", "delta", "gain", "gain se"],
+             "rows": [["a>b", "a", "b", 0.5, 1.0, 0.2], ["a>c", "a", "c", 0.9, 1.5, 0.3]]}
+    # 'mean ± se' cells, and 'base' in a column name is not the word 'se'
+    lab = {"title": "l", "columns": ["pair", "delta (pts)", "gain vs base (pts, paired)"],
+           "rows": [["r4>r3", "10.0 ± 1.0", "+2.50 ± 0.80"], ["r5>r3", "20.0 ± 1.0", "+4.00 ± 0.90"]]}
+    for t in (sweep, lab):
+        assert scatter_png(t).startswith(b"\x89PNG")
+    assert scatter_png({"title": "n", "columns": ["quantity", "value"], "rows": [["a", 1], ["b", 2]]}) is None
+    assert scatter_png({**sweep, "rows": sweep["rows"][:1]}) is None  # one point is not a trend

@@ -364,29 +364,57 @@ def bars_png(run: Run, max_metrics: int = 4) -> Optional[bytes]:
     return _png(fig)
 
 
-def _col(columns: list[str], *needles: str, exclude: tuple[str, ...] = ()) -> Optional[int]:
+def _words(column: str) -> set[str]:
+    return set(re.findall(r"[a-z.]+", str(column).lower().replace("_", " ")))
+
+
+def _col(columns: list[str], word: str, *, exclude: tuple[str, ...] = ()) -> Optional[int]:
+    """First column whose words include `word` and none of `exclude` (word match: 'base' is not 'se')."""
     for i, c in enumerate(columns):
-        lc = str(c).lower()
-        if any(n in lc for n in needles) and not any(x in lc for x in exclude):
+        w = _words(c)
+        if word in w and not any(x in w for x in exclude):
             return i
     return None
 
 
+_PM = re.compile(r"^\s*([-+]?[\d.]+(?:e[-+]?\d+)?)\s*(?:±|\+/-)\s*([\d.]+(?:e[-+]?\d+)?)")
+
+
+def _num(x: Any) -> tuple[Optional[float], Optional[float]]:
+    """A number, or 'mean ± se' text, as (value, se)."""
+    if isinstance(x, bool):
+        return None, None
+    if isinstance(x, (int, float)):
+        return float(x), None
+    if isinstance(x, str):
+        m = _PM.match(x)
+        if m:
+            return float(m.group(1)), float(m.group(2))
+        try:
+            return float(x), None
+        except ValueError:
+            return None, None
+    return None, None
+
+
 def scatter_png(table: dict) -> Optional[bytes]:
-    """Gain vs delta for a sweep table: columns named like 'delta' and 'gain' (and optionally 'se')."""
+    """Gain vs delta for a sweep table: a column with the word 'delta', one with 'gain', optionally a 'gain se'
+    column or 'mean ± se' cells (paper, Analysis: gain rises with delta, then plateaus)."""
     cols = table["columns"]
-    xi = _col(cols, "delta", exclude=("se", "±"))
-    yi = _col(cols, "gain", exclude=("se", "±"))
+    se_words = ("se", "s.e.", "stderr")
+    xi = _col(cols, "delta", exclude=se_words)
+    yi = _col(cols, "gain", exclude=se_words)
     if xi is None or yi is None:
         return None
-    ei = _col(cols, "gain_se", "gain se", "se")
-    li = _col(cols, "arm", "pair", "chosen")
+    ei = next((i for i, c in enumerate(cols) if "gain" in _words(c) and _words(c) & set(se_words)), None)
+    li = next((i for w in ("arm", "pair") for i in [_col(cols, w)] if i is not None), None)
     pts = []
     for r in table["rows"]:
-        x, y = r[xi], r[yi]
-        if isinstance(x, (int, float)) and isinstance(y, (int, float)):
-            e = r[ei] if ei is not None and isinstance(r[ei], (int, float)) else 0
-            pts.append((x, y, e, str(r[li]) if li is not None else ""))
+        (x, _), (y, yse) = _num(r[xi]), _num(r[yi])
+        if x is None or y is None or math.isnan(x) or math.isnan(y):
+            continue
+        e = _num(r[ei])[0] if ei is not None else yse
+        pts.append((x, y, e or 0.0, str(r[li]) if li is not None else ""))
     if len(pts) < 2:
         return None
     plt = _plt()
@@ -398,7 +426,7 @@ def scatter_png(table: dict) -> Optional[bytes]:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel(str(cols[xi]))
     ax.set_ylabel(str(cols[yi]))
-    ax.set_title(table.get("title", "gain vs delta"))
+    ax.set_title(table.get("title", "gain vs delta"), fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
