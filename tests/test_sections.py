@@ -200,6 +200,9 @@ def test_paper_settings_recipe():
     ("experiment.train_prompt=8", "did you mean 'train_prompts'"),
     ("experiment.eval_prompts=0", "whole number >= 1"),
     ("pair.chosen=three", "not a sections column"),
+    ("experiment.habit_k=0", "whole number >= 1 and <= 50"),
+    ("experiment.habit_train={loss_rate: 1}", "did you mean"),
+    ("experiment.eval_original=1", "true or false"),
     ("pair.rejected=3_sections", "identical texts give zero gradient"),
     ("pair.rule=ladder", "use rule: columns"),
     ("eval.system_prompt=other", "same one"),
@@ -209,6 +212,17 @@ def test_paper_settings_recipe():
 def test_bad_settings_are_clear_config_errors(override, message):
     r = load_recipe(ROOT / "recipes" / "sections-demo.yaml", [override])
     with pytest.raises(ConfigError, match=re.escape(message)):
+        S.settings_from(r)
+
+
+def test_habit_stage_settings():
+    r = load_recipe(ROOT / "recipes" / "sections-demo.yaml")
+    settings = S.settings_from(r)
+    assert settings.habit_k == 6 and "6_sections" in S.needed_columns(r, settings)
+    cfg = S.habit_config(r, settings)
+    assert cfg.loss == "sft" and cfg.lr == settings.habit_train["lr"] and cfg.model == "smollm2-135m"
+    r = load_recipe(ROOT / "recipes" / "sections-demo.yaml", ["experiment.habit_k=null"])
+    with pytest.raises(ConfigError, match="habit_k is not"):
         S.settings_from(r)
 
 
@@ -254,12 +268,16 @@ def test_miniature_demo_pipeline(tmp_path):
     overrides = [f"output_dir={tmp_path / 'run'}", "experiment.train_prompts=8", "experiment.eval_prompts=4",
                  "generate.max_new_tokens=48", "eval.max_new_tokens=48", "train.max_steps=2", "train.batch_size=4",
                  "train.micro_batch_size=4", "train.max_len=160"]
+    overrides += ["experiment.habit_train.max_steps=1", "experiment.eval_original=true"]
     recipe = load_recipe(ROOT / "recipes" / "sections-demo.yaml", overrides)
     results = S.run_sections(recipe, progress=False)
     run = tmp_path / "run"
     assert results["experiment"] == "sections"
     assert json.loads((run / "results.json").read_text())["tables"][0]["rows"] == results["tables"][0]["rows"]
-    assert [r[0] for r in results["tables"][0]["rows"]] == ["base", "SFT on 3", "dpo_norm 3>2"]
+    assert [r[0] for r in results["tables"][0]["rows"]] == ["smollm2-135m (before habit)", "base", "SFT on 3",
+                                                             "dpo_norm 3>2"]
+    assert (run / "arms" / "habit" / "COMPLETED").exists()
+    assert json.loads((run / "eval" / "base.json").read_text())["model"] == str(run / "arms" / "habit" / "model")
     assert (run / "sections.png").exists()
     for label in ("base", "sft-3", "dpo-3-over-2"):
         rec = json.loads((run / "eval" / f"{label}.json").read_text())

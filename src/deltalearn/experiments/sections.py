@@ -9,25 +9,28 @@ nothing. Here the same experiment runs end to end on the embedded SmolLM2-135M-I
    written for this project by its engineers, not taken from any dataset. Each row carries a fixed `split`: in
    every category the 20 prompts with the smallest sha256 of their text are `eval` (80), the rest `train` (232).
    tests/test_sections.py checks there is no overlap and no near-duplicate (content-word Jaccard < 0.6).
-2. The student's habit. SmolLM2 almost never writes a standalone bold header line (shared/sections-notes.md:
-   0.09 per answer), so 3 sections would be *above* its habit and the paper's setting could not be tested.
-   The student is therefore "SmolLM2 + a system prompt asking for bold section headers" (`generate.system_prompt`),
-   used for the base answers, in every training prompt, and at evaluation. The base arm measures its habit.
-3. y_k: the student's own greedy answer to each train prompt, rewritten by `with_k_sections` with exactly k header
-   lines (rule in its docstring; bold_sections(y_k) == k is asserted). Columns are named like the paper's released
-   data: `3_sections`; `3_sections_alt` is a second 3-section text of the same answer (other chunk boundaries, other
-   header wording) for the tied control, since two identical texts give no gradient at all.
+2. y_k: the model's greedy answer to each train prompt, rewritten by `with_k_sections` with exactly k header lines
+   (rule in its docstring; bold_sections(y_k) == k is asserted). Columns are named like the paper's released data:
+   `3_sections`; `3_sections_alt` is a second 3-section text of the same answer (other chunk boundaries, other
+   header wording) for the tied control, since two identical texts give no gradient at all. A prompt set that
+   already has such columns (the paper's released data) is used as is.
+3. The student's habit. The paper's k_c = 3 and k_r = 2 are both *below* the student's habit (Llama-3.2-3B: 5.9).
+   SmolLM2-135M almost never writes a standalone bold header line (shared/sections-notes.md: 0.09 per answer), and
+   a system prompt asking for them does not change that (measured: 0 of 8 answers; with a 5-section example in
+   the system prompt, 1 of 8). So `experiment.habit_k` adds a habit stage: SFT of the model on y_{habit_k} of its own
+   answers; the result is "the student" of every arm, and the base row measures its habit (`eval_original` also
+   evaluates the model before it). Without habit_k the student is `train.model` (+ `generate.system_prompt`).
 4. Arms (recipe `arms`): each picks its columns with `pair: {chosen: 3_sections, rejected: 2_sections}` and its loss
    with `train: {loss: ...}` (SFT uses only the chosen side); `pair.control: reverse` swaps the sides. Every arm
    starts from the same student and sees the same prompts for the same number of steps.
-5. Eval: greedy answers on the held-out prompts at a fixed `eval.max_new_tokens`, with the same system prompt:
-   mean bold sections +/- s.e., the paired difference against base on the same prompts, distinct headers (repetition
-   loops), bold spans ("emit ** everywhere", which a header count scores as a decrease) and length in tokens and
-   words (so "more sections" is not just "longer"). One `eval/<arm>.json` per arm.
+5. Eval: greedy answers on the held-out prompts at a fixed `eval.max_new_tokens`: mean bold sections +/- s.e., the
+   paired difference against base on the same prompts, distinct headers (repetition loops), bold spans ("emit **
+   everywhere", which a header count scores as a decrease) and length in tokens and words (so "more sections" is
+   not just "longer"). One `eval/<arm>.json` per run.
 6. `results.json` (table + bar chart `sections.png`), `manifest.json`, and the Markdown table on stdout.
 
-Experiment-specific keys (the recipe's `experiment:` mapping) are `train_prompts` and `eval_prompts` (how many of
-each split to use; default all) -- see `SectionsSettings`.
+Experiment-specific keys (the recipe's `experiment:` mapping): `train_prompts`, `eval_prompts`, `habit_k`,
+`habit_train`, `eval_original` -- see `SectionsSettings`.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -65,6 +68,13 @@ class SectionsSettings:
     """How many train-split prompts to build pairs from (default: all 232 of the built-in set)."""
     eval_prompts: Optional[int] = None
     """How many held-out prompts to evaluate on (default: all 80 of the built-in set)."""
+    habit_k: Optional[int] = None
+    """Give the student a habit first: SFT `train.model` on y_{habit_k} (built from its own answers to the train
+    prompts) and use that model as the student of every arm. Needed for SmolLM2, whose habit is ~0 sections."""
+    habit_train: dict = field(default_factory=dict)
+    """Overrides of the recipe's `train` section for the habit stage (its loss is always sft), e.g. {lr: 3e-5}."""
+    eval_original: bool = False
+    """With a habit stage: also evaluate `train.model` before it (one more eval pass)."""
 
 
 def column_k(name: str, where: str = "pair") -> tuple[int, int]:
@@ -85,7 +95,7 @@ def settings_from(recipe: Recipe) -> SectionsSettings:
         raise ConfigError(f"kind: the sections experiment runs recipes with kind: sections, got {recipe.kind!r}")
     if not recipe.train.model:
         raise ConfigError("train.model: name the student model (e.g. smollm2-135m)")
-    known = {"train_prompts", "eval_prompts"}
+    known = {"train_prompts", "eval_prompts", "habit_k", "habit_train", "eval_original"}
     for key, value in recipe.experiment.items():
         if key not in known:
             import difflib
@@ -93,9 +103,21 @@ def settings_from(recipe: Recipe) -> SectionsSettings:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
             raise ConfigError(f"unknown key 'experiment.{key}'" + (f"; did you mean '{close[0]}'?" if close else
                                                                     f"; known keys: {', '.join(sorted(known))}"))
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"experiment.{key}: expected a whole number >= 1 (or null for all), got {value!r}")
+        if key == "habit_train":
+            if not isinstance(value, dict):
+                raise ConfigError(f"experiment.habit_train: expected a mapping of train keys, got {value!r}")
+        elif key == "eval_original":
+            if not isinstance(value, bool):
+                raise ConfigError(f"experiment.eval_original: expected true or false, got {value!r}")
+        elif value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1
+                                    or (key == "habit_k" and value > MAX_K)):
+            raise ConfigError(f"experiment.{key}: expected a whole number >= 1{f' and <= {MAX_K}' if key == 'habit_k' else ''}"
+                              f" (or null), got {value!r}")
     settings = SectionsSettings(**recipe.experiment)
+    if settings.habit_train and settings.habit_k is None:
+        raise ConfigError("experiment.habit_train is set but experiment.habit_k is not: name the habit's k (e.g. 6)")
+    if settings.habit_k is not None:
+        habit_config(recipe, settings)  # validates the habit stage's train section
     if recipe.generate.models and list(recipe.generate.models) != [recipe.train.model]:
         raise ConfigError("generate.models: the sections experiment builds its data from the student's own answers "
                           f"(train.model = {recipe.train.model}); leave generate.models empty")
@@ -135,8 +157,18 @@ def settings_from(recipe: Recipe) -> SectionsSettings:
     return settings
 
 
-def needed_columns(recipe: Recipe) -> list[str]:
+def habit_config(recipe: Recipe, settings: SectionsSettings):
+    """The habit stage's TrainConfig: the recipe's train section, habit_train on top, loss sft."""
+    from deltalearn.recipe import TrainConfig, from_dict, resolve_train
+
+    data = {**to_dict(recipe.train), **settings.habit_train, "loss": "sft", "beta": None}
+    return resolve_train(from_dict(TrainConfig, data, "experiment.habit_train"), "experiment.habit_train")
+
+
+def needed_columns(recipe: Recipe, settings: Optional[SectionsSettings] = None) -> list[str]:
     cols = set()
+    if settings is not None and settings.habit_k is not None:
+        cols.add(f"{settings.habit_k}_sections")
     for arm in recipe.arms:
         pair, train = arm_configs(recipe, arm)
         cols.add(pair.chosen)
@@ -421,7 +453,7 @@ def results_table(records: list[dict]) -> dict:
         rows.append([
             rec["title"], rec.get("trained_on", "-"),
             fmt_pm(m["bold_sections"]["mean"], m["bold_sections"]["se"]),
-            fmt_pm(p["bold_sections"]["mean"], p["bold_sections"]["se"]) if p and rec["label"] != "base" else "-",
+            fmt_pm(p["bold_sections"]["mean"], p["bold_sections"]["se"]) if p else "-",
             fmt_pm(m["distinct_headers"]["mean"], m["distinct_headers"]["se"]),
             fmt_pm(m["bold_spans"]["mean"], m["bold_spans"]["se"]),
             f"{m['response_tokens']['mean']:.0f}", f"{m['response_words']['mean']:.0f}",
@@ -466,8 +498,10 @@ def plot_sections(records: list[dict], path: Path) -> None:
                 ax.hlines(k, x - 0.42, x + 0.42, colors="black", linestyles=style, linewidth=2,
                           label=lab if lab not in labelled else None)
                 labelled.add(lab)
-    if records:
-        ax.axhline(means[0], color="#888888", linestyle=":", linewidth=1, label="base habit")
+    base = [r for r in records if r.get("label") == "base"]
+    if base:
+        ax.axhline(base[0]["metrics"]["bold_sections"]["mean"], color="#888888", linestyle=":", linewidth=1,
+                   label="base (student) habit")
     for x, m in zip(xs, means):
         ax.text(x, m, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(xs)
@@ -525,21 +559,47 @@ def _check_arm_dir(arm_dir: Path, fingerprint: dict) -> None:
         write_json_atomic(f, fingerprint)
 
 
+def _answers(model_name: str, prompts: list[dict], out_path: Path, *, max_new_tokens: int, batch_size: int,
+             recipe: Recipe, progress: bool) -> list[dict]:
+    """Greedy answers of one model (loaded here and freed after), resumable in `out_path`."""
+    from deltalearn.generate import free_model, generate_responses
+    from deltalearn.models import load_model
+
+    model, tok = load_model(model_name)
+    model.eval()
+    try:
+        return generate_responses(model, [{"id": r["id"], "prompt": r["prompt"]} for r in prompts], out_path,
+                                  tokenizer=tok, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  temperature=0.0, system_prompt=recipe.generate.system_prompt,
+                                  precision=recipe.generate.precision, seed=recipe.generate.seed, progress=progress)
+    finally:
+        free_model(model)
+
+
+def _train_arm(cfg, rows: list[dict], arm_dir: Path, fingerprint_extra: dict, progress: bool) -> dict:
+    from deltalearn.train import train
+
+    fingerprint = {"train": to_dict(cfg), **fingerprint_extra,
+                   "pairs_sha256": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()}
+    _check_arm_dir(arm_dir, fingerprint)
+    write_jsonl_atomic(arm_dir / "pairs.jsonl", rows)
+    return train(cfg, rows, arm_dir, progress=progress)
+
+
 def run_sections(recipe: Recipe, *, progress: bool = True) -> dict:
     """Run the whole experiment for a `kind: sections` recipe. Every stage's artifact is reused on rerun (resumable
     generations, COMPLETED training runs). Returns the results dict written to results.json."""
-    from deltalearn.generate import free_model, generate_responses
-    from deltalearn.models import load_model
+    import torch
+
     from deltalearn.precision import use_bf16
-    from deltalearn.train import train
 
     settings = settings_from(recipe)
-    columns = needed_columns(recipe)
+    columns = needed_columns(recipe, settings)
     run_dir = recipe.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     gen, ev = recipe.generate, recipe.eval
     system_prompt = gen.system_prompt
-    student = recipe.train.model
+    original = recipe.train.model
     timings: dict[str, float] = {}
     t_all = time.time()
     manifest_path = run_dir / "manifest.json"
@@ -547,6 +607,8 @@ def run_sections(recipe: Recipe, *, progress: bool = True) -> dict:
                 "columns": columns, "versions": _versions(), "git_sha": _git_sha(), "seed": recipe.seed,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "timings_s": timings}
     write_json_atomic(manifest_path, manifest)
+    n_stages = 3 + (settings.habit_k is not None) + len(recipe.arms)
+    stage = iter(range(1, n_stages + 1))
 
     # 1. prompts
     train_prompts, eval_prompts = load_split_prompts(recipe, settings)
@@ -555,116 +617,124 @@ def run_sections(recipe: Recipe, *, progress: bool = True) -> dict:
         raise DataError(None, f"prompts in both splits: {sorted(overlap)[:5]}")
     write_jsonl_atomic(run_dir / "prompts.jsonl", [{**r, "split": "train"} for r in train_prompts]
                        + [{**r, "split": "eval"} for r in eval_prompts])
-    _log(f"student {student} + system prompt {system_prompt!r}; {len(train_prompts)} train prompts, "
-         f"{len(eval_prompts)} eval prompts; columns {', '.join(columns)}; {len(recipe.arms)} trained arms")
-
-    # y_k from the prompt set itself when it already has every needed column (the paper's released data,
-    # scottgeng00/delta_learning_num_sections), else from the student's own answers (built below).
-    given = all(isinstance(r.get(c), str) and r[c].strip() for r in train_prompts for c in columns)
-
-    # 2. the student's own greedy answers (train prompts -> y_k) and its habit (eval prompts)
-    t = time.time()
-    model, tok = load_model(student)
-    model.eval()
-    timings["load_student"] = round(time.time() - t, 1)
+    _log(f"{original}" + (f" + system prompt {system_prompt!r}" if system_prompt else "")
+         + (f", habit stage: SFT on y_{settings.habit_k}" if settings.habit_k else "")
+         + f"; {len(train_prompts)} train / {len(eval_prompts)} held-out prompts; columns {', '.join(columns)}; "
+         f"{len(recipe.arms)} trained arms")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     eval_settings = {"max_new_tokens": ev.max_new_tokens, "system_prompt": system_prompt, "greedy": True,
-                     "batch_size": ev.batch_size, "precision": gen.precision,
-                     "bf16": use_bf16(gen.precision, next(model.parameters()).device),
+                     "batch_size": ev.batch_size, "precision": gen.precision, "bf16": use_bf16(gen.precision, device),
                      "eval_ids_sha256": hashlib.sha256(json.dumps([r["id"] for r in eval_prompts]).encode()).hexdigest()}
-    gen_kw = dict(tokenizer=tok, temperature=0.0, system_prompt=system_prompt, precision=gen.precision,
-                  seed=gen.seed, progress=progress)
-    try:
-        t = time.time()
-        if given:
-            _log(f"1/4 the prompt set already has {', '.join(columns)}: using them, no base answers needed")
-            base_train = []
-        else:
-            _log(f"1/4 base answers on {len(train_prompts)} train prompts (max {gen.max_new_tokens} tokens)")
-            base_train = generate_responses(model, [{"id": r["id"], "prompt": r["prompt"]} for r in train_prompts],
-                                            run_dir / "generations" / "base-train.jsonl",
-                                            max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, **gen_kw)
-        timings["generate_train"] = round(time.time() - t, 1)
-        t = time.time()
-        _log(f"2/4 base eval on {len(eval_prompts)} held-out prompts (max {ev.max_new_tokens} tokens)")
-        base_eval = generate_responses(model, [{"id": r["id"], "prompt": r["prompt"]} for r in eval_prompts], run_dir / "generations" / "base-eval.jsonl",
-                                       max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, **gen_kw)
-        timings["eval_base"] = round(time.time() - t, 1)
-    finally:
-        free_model(model)
+    gens = run_dir / "generations"
 
-    base_rec = eval_record("base", "base", base_eval, None, settings=eval_settings)
-    base_rec.update({"trained_on": "-", "kind": "base", "model": student})
-    base_scores = score_rows(base_eval)
-    habit = base_rec["metrics"]["bold_sections"]["mean"]
-    train_habit = mean_se([bold_sections(r["response"]) for r in base_train]) if base_train else (None, None)
-    write_json_atomic(run_dir / "eval" / "base.json", base_rec)
-    _log(f"student habit: {habit:.2f} bold sections per held-out answer"
-         + (f" ({train_habit[0]:.2f} on train prompts)" if base_train else ""))
+    def answers(model_name, prompts, name, max_new_tokens, batch_size):
+        return _answers(model_name, prompts, gens / name, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        recipe=recipe, progress=progress)
 
-    # 3. y_k columns
+    # 2. y_k columns: from the prompt set when it already has them (the paper's released data,
+    # scottgeng00/delta_learning_num_sections), else from the model's own greedy answers to the train prompts.
+    given = all(isinstance(r.get(c), str) and r[c].strip() for r in train_prompts for c in columns)
+    t = time.time()
     if given:
-        table, dropped = [{"id": r["id"], "prompt": r["prompt"], **{c: r[c] for c in columns}}
-                          for r in train_prompts], []
+        _log(f"{next(stage)}/{n_stages} the prompt set already has {', '.join(columns)}: using them as y_k")
+        table, dropped, base_train = [{"id": r["id"], "prompt": r["prompt"], **{c: r[c] for c in columns}}
+                                      for r in train_prompts], [], []
     else:
+        _log(f"{next(stage)}/{n_stages} {original}'s greedy answers on {len(train_prompts)} train prompts "
+             f"(max {gen.max_new_tokens} new tokens) -> y_k")
+        base_train = answers(original, train_prompts, "base-train.jsonl", gen.max_new_tokens, gen.batch_size)
         table, dropped = build_sections_table(base_train, columns)
+    timings["generate_train"] = round(time.time() - t, 1)
     write_jsonl_atomic(run_dir / "data" / "sections.jsonl", table)
     if dropped:
         _log(f"dropped {len(dropped)} prompts whose answers are too short for {columns[-1]}")
-    data_stats = {"prompts": len(table), "dropped": dropped, "source": "prompt set" if given else "student's answers",
+    train_habit = mean_se([bold_sections(r["response"]) for r in base_train]) if base_train else (None, None)
+    data_stats = {"prompts": len(table), "dropped": dropped, "source": "prompt set" if given else "model's answers",
                   "measured_sections": {c: mean_se([bold_sections(r[c]) for r in table])[0] for c in columns},
                   "base_train_bold_sections": {"mean": train_habit[0], "se": train_habit[1]},
                   "words": {c: mean_se([response_words(r[c]) for r in table])[0] for c in columns}}
     manifest["data"] = data_stats
+    write_json_atomic(manifest_path, manifest)
 
-    # 4. arms
-    records = [base_rec]
-    for i, arm in enumerate(recipe.arms, start=1):
+    # 3. the student: the model itself, or the model after a habit stage (SFT on y_habit_k)
+    student, records, original_rows = original, [], None
+    if settings.habit_k is not None:
+        k = settings.habit_k
+        if settings.eval_original:
+            original_rows = answers(original, eval_prompts, "original-eval.jsonl", ev.max_new_tokens, ev.batch_size)
+        hcfg = habit_config(recipe, settings)
+        rows = arm_pairs(table, f"{k}_sections", None, reverse=False, system_prompt=system_prompt)
+        _log(f"{next(stage)}/{n_stages} habit stage: SFT on y_{k} (lr {hcfg.lr:g}, batch {hcfg.batch_size}, "
+             f"{hcfg.max_steps or 'all'} steps); the result is the student of every arm")
+        t = time.time()
+        summary = _train_arm(hcfg, rows, run_dir / "arms" / "habit", {"chosen": f"{k}_sections"}, progress)
+        timings["train_habit"] = round(time.time() - t, 1)
+        student = summary["model_dir"]
+        manifest["habit_stage"] = {k2: summary.get(k2) for k2 in ("steps", "pairs", "final_loss", "wall_s")}
+
+    # 4. the student's habit on the held-out prompts: the base row
+    t = time.time()
+    _log(f"{next(stage)}/{n_stages} base (the student) on {len(eval_prompts)} held-out prompts "
+         f"(max {ev.max_new_tokens} new tokens)")
+    base_eval = answers(student, eval_prompts, "base-eval.jsonl", ev.max_new_tokens, ev.batch_size)
+    timings["eval_base"] = round(time.time() - t, 1)
+    base_scores = score_rows(base_eval)
+    if original_rows is not None:
+        rec = eval_record("original", f"{original} (before habit)", original_rows, base_scores,
+                          settings=eval_settings)
+        rec.update({"trained_on": "-", "kind": "base", "model": original})
+        write_json_atomic(run_dir / "eval" / "original.json", rec)
+        records.append(rec)
+    base_rec = eval_record("base", "base", base_eval, None, settings=eval_settings)
+    base_rec.update({"trained_on": f"habit: SFT on y_{settings.habit_k}" if settings.habit_k else "-",
+                     "kind": "base", "model": student})
+    write_json_atomic(run_dir / "eval" / "base.json", base_rec)
+    records.append(base_rec)
+    habit = base_rec["metrics"]["bold_sections"]["mean"]
+    _log(f"the student's habit: {fmt_pm(habit, base_rec['metrics']['bold_sections']['se'])} bold sections per "
+         "held-out answer")
+
+    # 5. arms, each from the student
+    for arm in recipe.arms:
         pair, tcfg = arm_configs(recipe, arm)
+        tcfg.model, tcfg.reference = student, None
         reverse = pair.control == "reverse"
         rejected = pair.rejected if tcfg.loss != "sft" else None
         rows = arm_pairs(table, pair.chosen, rejected, reverse=reverse, system_prompt=system_prompt)
-        arm_dir = run_dir / "arms" / arm.name
-        fingerprint = {"train": to_dict(tcfg), "chosen": pair.chosen, "rejected": rejected, "reverse": reverse,
-                       "pairs_sha256": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()}
-        _check_arm_dir(arm_dir, fingerprint)
-        write_jsonl_atomic(arm_dir / "pairs.jsonl", rows)
         title, trained_on = arm_title(tcfg.loss, pair.chosen, rejected, reverse)
-        _log(f"3/4 arm {i}/{len(recipe.arms)} '{arm.name}' ({title}): {tcfg.loss} lr {tcfg.lr:g} beta {tcfg.beta:g}, "
-             f"{len(rows)} pairs, batch {tcfg.batch_size}, {tcfg.max_steps or 'all'} steps")
+        _log(f"{next(stage)}/{n_stages} arm '{arm.name}' ({title}): {tcfg.loss} lr {tcfg.lr:g}"
+             + (f" beta {tcfg.beta:g}" if tcfg.loss != "sft" else "")
+             + f", {len(rows)} pairs, batch {tcfg.batch_size}, {tcfg.max_steps or 'all'} steps; then eval")
         t = time.time()
-        summary = train(tcfg, rows, arm_dir, progress=progress)
+        summary = _train_arm(tcfg, rows, run_dir / "arms" / arm.name,
+                             {"chosen": pair.chosen, "rejected": rejected, "reverse": reverse}, progress)
         timings[f"train_{arm.name}"] = round(time.time() - t, 1)
         t = time.time()
-        _log(f"4/4 eval '{arm.name}' on {len(eval_prompts)} held-out prompts")
-        arm_model, arm_tok = load_model(str(arm_dir / "model"))
-        arm_model.eval()
-        try:
-            out = generate_responses(arm_model, [{"id": r["id"], "prompt": r["prompt"]} for r in eval_prompts], run_dir / "generations" / f"{arm.name}-eval.jsonl",
-                                     max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
-                                     **{**gen_kw, "tokenizer": arm_tok})
-        finally:
-            free_model(arm_model)
+        out = answers(summary["model_dir"], eval_prompts, f"{arm.name}-eval.jsonl", ev.max_new_tokens,
+                      ev.batch_size)
         timings[f"eval_{arm.name}"] = round(time.time() - t, 1)
         rec = eval_record(arm.name, title, out, base_scores, settings=eval_settings, train_summary=summary)
         kc = column_k(pair.chosen)[0]
         kr = column_k(rejected)[0] if rejected else None
         if reverse:
             kc, kr = kr, kc
-        kind = "sft" if tcfg.loss == "sft" else "tie" if kc == kr else "rev" if reverse or kc < kr else "pref"
+        kind = "sft" if tcfg.loss == "sft" else "tie" if kc == kr else "rev" if kc < kr else "pref"
         rec.update({"trained_on": trained_on, "kind": kind, "k_chosen": kc, "k_rejected": kr,
-                    "model": str(arm_dir / "model"), "train_config": to_dict(tcfg)})
+                    "model": summary["model_dir"], "train_config": to_dict(tcfg)})
         write_json_atomic(run_dir / "eval" / f"{arm.name}.json", rec)
         records.append(rec)
-        _log(f"'{arm.name}': {fmt_pm(rec['metrics']['bold_sections']['mean'], rec['metrics']['bold_sections']['se'])} "
-             f"bold sections (base {habit:.2f}), {rec['metrics']['response_tokens']['mean']:.0f} tokens")
+        m = rec["metrics"]
+        _log(f"'{arm.name}': {fmt_pm(m['bold_sections']['mean'], m['bold_sections']['se'])} bold sections "
+             f"(base {habit:.2f}), {m['response_tokens']['mean']:.0f} tokens")
 
-    # 5. results
+    # 6. results
     plot_sections(records, run_dir / "sections.png")
     table_out = results_table(records)
     results = {"experiment": "sections", "tables": [table_out],
-               "plots": [{"title": "Bold sections per run (mean ± s.e.; bars' black lines: training k)",
+               "plots": [{"title": "Bold sections per run (mean ± s.e.; black lines: the training k)",
                           "path": "sections.png"}],
-               "student": student, "system_prompt": system_prompt, "habit": habit, "data": data_stats}
+               "student": student, "original_model": original, "habit_k": settings.habit_k,
+               "system_prompt": system_prompt, "habit": habit, "data": data_stats}
     write_json_atomic(run_dir / "results.json", results)
     timings["total"] = round(time.time() - t_all, 1)
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
