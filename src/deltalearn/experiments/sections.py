@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from deltalearn.io import DataError, read_json, write_json_atomic, write_jsonl_atomic
+from deltalearn.manifest import input_hash, update_manifest
 from deltalearn.recipe import ConfigError, Recipe, arm_configs, load_recipe, to_dict
 from deltalearn.stats import fmt_pm, mean_se, paired_diff
 from deltalearn.utility import bold_sections, bold_spans, distinct_headers, response_words
@@ -524,27 +523,6 @@ def _log(msg: str) -> None:
     print(f"[sections] {msg}", file=sys.stderr, flush=True)
 
 
-def _git_sha() -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("deltalearn", "torch", "transformers", "accelerate"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def _check_arm_dir(arm_dir: Path, fingerprint: dict) -> None:
     """An arm folder trained under other settings must not be reused silently (train() skips COMPLETED runs)."""
     f = arm_dir / "sections_arm.json"
@@ -586,9 +564,9 @@ def _train_arm(cfg, rows: list[dict], arm_dir: Path, fingerprint_extra: dict, pr
     return train(cfg, rows, arm_dir, progress=progress)
 
 
-def run_sections(recipe: Recipe, *, progress: bool = True) -> dict:
-    """Run the whole experiment for a `kind: sections` recipe. Every stage's artifact is reused on rerun (resumable
-    generations, COMPLETED training runs). Returns the results dict written to results.json."""
+def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = True) -> dict:
+    """Run the whole experiment for a `kind: sections` recipe: print the Markdown table, write results.json and the
+    report. Every stage's artifact is reused on rerun (resumable generations, COMPLETED training runs)."""
     import torch
 
     from deltalearn.precision import use_bf16
@@ -600,13 +578,17 @@ def run_sections(recipe: Recipe, *, progress: bool = True) -> dict:
     gen, ev = recipe.generate, recipe.eval
     system_prompt = gen.system_prompt
     original = recipe.train.model
-    timings: dict[str, float] = {}
     t_all = time.time()
-    manifest_path = run_dir / "manifest.json"
-    manifest = {"experiment": "sections", "recipe": to_dict(recipe), "settings": to_dict(settings),
-                "columns": columns, "versions": _versions(), "git_sha": _git_sha(), "seed": recipe.seed,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "timings_s": timings}
-    write_json_atomic(manifest_path, manifest)
+    prompt_source = recipe.prompts.path or recipe.prompts.dataset or DEFAULT_PROMPTS
+    if str(prompt_source).startswith("builtin:"):
+        from deltalearn.prompts import builtin_path
+
+        prompt_source = builtin_path(str(prompt_source)[len("builtin:"):])
+    update_manifest(run_dir, recipe=to_dict(recipe), inputs={"prompts": input_hash(prompt_source)},
+                    experiment="sections", settings=to_dict(settings), columns=columns)
+
+    def timed(name: str, t0: float) -> None:
+        update_manifest(run_dir, stage=name, seconds=round(time.time() - t0, 1))
     n_stages = 3 + (settings.habit_k is not None) + len(recipe.arms)
     stage = iter(range(1, n_stages + 1))
 
@@ -644,7 +626,7 @@ def run_sections(recipe: Recipe, *, progress: bool = True) -> dict:
              f"(max {gen.max_new_tokens} new tokens) -> y_k")
         base_train = answers(original, train_prompts, "base-train.jsonl", gen.max_new_tokens, gen.batch_size)
         table, dropped = build_sections_table(base_train, columns)
-    timings["generate_train"] = round(time.time() - t, 1)
+    timed("generate_train", t)
     write_jsonl_atomic(run_dir / "data" / "sections.jsonl", table)
     if dropped:
         _log(f"dropped {len(dropped)} prompts whose answers are too short for {columns[-1]}")
@@ -653,8 +635,7 @@ def run_sections(recipe: Recipe, *, progress: bool = True) -> dict:
                   "measured_sections": {c: mean_se([bold_sections(r[c]) for r in table])[0] for c in columns},
                   "base_train_bold_sections": {"mean": train_habit[0], "se": train_habit[1]},
                   "words": {c: mean_se([response_words(r[c]) for r in table])[0] for c in columns}}
-    manifest["data"] = data_stats
-    write_json_atomic(manifest_path, manifest)
+    update_manifest(run_dir, data=data_stats)
 
     # 3. the student: the model itself, or the model after a habit stage (SFT on y_habit_k)
     student, records, original_rows = original, [], None
@@ -668,16 +649,16 @@ def run_sections(recipe: Recipe, *, progress: bool = True) -> dict:
              f"{hcfg.max_steps or 'all'} steps); the result is the student of every arm")
         t = time.time()
         summary = _train_arm(hcfg, rows, run_dir / "arms" / "habit", {"chosen": f"{k}_sections"}, progress)
-        timings["train_habit"] = round(time.time() - t, 1)
+        timed("train_habit", t)
         student = summary["model_dir"]
-        manifest["habit_stage"] = {k2: summary.get(k2) for k2 in ("steps", "pairs", "final_loss", "wall_s")}
+        update_manifest(run_dir, habit_stage={k2: summary.get(k2) for k2 in ("steps", "pairs", "final_loss", "wall_s")})
 
     # 4. the student's habit on the held-out prompts: the base row
     t = time.time()
     _log(f"{next(stage)}/{n_stages} base (the student) on {len(eval_prompts)} held-out prompts "
          f"(max {ev.max_new_tokens} new tokens)")
     base_eval = answers(student, eval_prompts, "base-eval.jsonl", ev.max_new_tokens, ev.batch_size)
-    timings["eval_base"] = round(time.time() - t, 1)
+    timed("eval_base", t)
     base_scores = score_rows(base_eval)
     if original_rows is not None:
         rec = eval_record("original", f"{original} (before habit)", original_rows, base_scores,
@@ -708,11 +689,11 @@ def run_sections(recipe: Recipe, *, progress: bool = True) -> dict:
         t = time.time()
         summary = _train_arm(tcfg, rows, run_dir / "arms" / arm.name,
                              {"chosen": pair.chosen, "rejected": rejected, "reverse": reverse}, progress)
-        timings[f"train_{arm.name}"] = round(time.time() - t, 1)
+        timed(f"train_{arm.name}", t)
         t = time.time()
         out = answers(summary["model_dir"], eval_prompts, f"{arm.name}-eval.jsonl", ev.max_new_tokens,
                       ev.batch_size)
-        timings[f"eval_{arm.name}"] = round(time.time() - t, 1)
+        timed(f"eval_{arm.name}", t)
         rec = eval_record(arm.name, title, out, base_scores, settings=eval_settings, train_summary=summary)
         kc = column_k(pair.chosen)[0]
         kr = column_k(rejected)[0] if rejected else None
@@ -736,9 +717,15 @@ def run_sections(recipe: Recipe, *, progress: bool = True) -> dict:
                "student": student, "original_model": original, "habit_k": settings.habit_k,
                "system_prompt": system_prompt, "habit": habit, "data": data_stats}
     write_json_atomic(run_dir / "results.json", results)
-    timings["total"] = round(time.time() - t_all, 1)
-    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    write_json_atomic(manifest_path, manifest)
+    timed("total", t_all)
+    if print_table:
+        print(markdown_table(table_out))
+        print()
+        print(table_out["note"])
+    report = _build_report(run_dir)
+    if report:
+        results["report"] = report
+        write_json_atomic(run_dir / "results.json", results)
     return results
 
 
@@ -772,12 +759,8 @@ def run_cli(args) -> int:
     t = time.time()
     results = run_sections(recipe, progress=not args.no_progress)
     wall = time.time() - t
-    print(markdown_table(results["tables"][0]))
-    print()
-    print(results["tables"][0]["note"])
-    report = _build_report(recipe.run_dir)
     print(f"\ndemo finished in {wall / 60:.1f} min; results: {recipe.run_dir / 'results.json'}"
-          + (f"; report: {report}" if report else ""))
+          + (f"; report: {results['report']}" if results.get("report") else ""))
     return 0
 
 
