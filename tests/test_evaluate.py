@@ -103,6 +103,11 @@ def test_eval_smollm2_utilities_lengths_and_pairs(tmp_path):
                                                       max_new_tokens=12, batch_size=2),
                           tmp_path / "run", label="base", progress=False)
     assert res2["metrics"]["length/tokens"] == m["length/tokens"]
+    # The same eval again is recognized by its fingerprint and not redone.
+    again = evaluate_model("smollm2-135m", EvalConfig(prompts=cfg.prompts, utilities=["bold_sections"],
+                                                       max_new_tokens=12, batch_size=2),
+                           tmp_path / "run", label="base", progress=False)
+    assert again == res2  # same created time and wall_s: read back, not recomputed
 
 
 def test_checkpoint_tokenizer_mismatch_is_refused():

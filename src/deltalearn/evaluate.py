@@ -212,6 +212,21 @@ def win_scores(verdicts: list[tuple[Optional[str], Optional[str]]]) -> dict[str,
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _fingerprint(model: str, cfg: EvalConfig, **settings) -> str:
+    """Identity of an eval: the weights (file sizes and times, via models.resolve) and every setting."""
+    from deltalearn.io import sha256_json
+    from deltalearn.recipe import to_dict
+
+    try:
+        from deltalearn.models import resolve
+
+        weights = resolve(model).fingerprint
+    except DataError:
+        weights = model
+    return sha256_json({"model": model, "weights": weights, "cfg": to_dict(cfg), "version": EVALUATOR_VERSION,
+                        **settings})[:16]
+
+
 def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: Optional[str] = None,
                    reference: Optional[str] = None, beta: float = 5.0, reduction: str = "mean",
                    baseline_responses: Optional[list[dict]] = None, judge_backend: str = "transformers",
@@ -223,6 +238,19 @@ def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: O
     eval_dir = Path(out_dir) / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    # A finished eval of the same weights with the same settings is not redone (a rerun of `deltalearn run`).
+    fingerprint = _fingerprint(model, cfg, reference=reference, beta=beta, reduction=reduction, limit=limit,
+                               max_len=max_len, precision=precision, lm_eval_limit=lm_eval_limit,
+                               judge_backend=judge_backend, judge_base_url=judge_base_url,
+                               baseline=[(r["id"], r["response"]) for r in baseline_responses or []])
+    done = eval_dir / f"{label}.json"
+    if done.exists():
+        try:
+            prev = read_json(done)
+        except DataError:
+            prev = None
+        if isinstance(prev, dict) and prev.get("fingerprint") == fingerprint:
+            return prev
     if not (cfg.prompts or cfg.pairs or cfg.lm_eval_tasks):
         raise ConfigError("nothing to evaluate: give eval prompts (--prompts), eval pairs (--pairs) or lm-eval tasks")
     if cfg.judge and not cfg.prompts:
@@ -315,6 +343,7 @@ def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: O
         "items": {"ids": item_ids, "scores": {k: v for k, v in scores.items() if v}},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.time() - t0, 2),
+        "fingerprint": fingerprint,
     }
     write_json_atomic(eval_dir / f"{label}.json", result)
     return result
