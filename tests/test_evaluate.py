@@ -10,7 +10,7 @@ import pytest
 from deltalearn.evaluate import (EVALUATOR_VERSION, check_model_tokenizer, evaluate_model, evaluate_run,
                                  judge_scores, load_eval_pairs, parse_verdict, utility_scores, win_scores)
 from deltalearn.io import DataError
-from deltalearn.lmeval import TULU3_DEV, expand_tasks
+from deltalearn.lmeval import TULU3_DEV, expand_tasks, preset_average
 from deltalearn.recipe import ConfigError, EvalConfig, PromptsConfig
 
 PROMPTS = [{"id": "p1", "prompt": "Give me two tips for sleeping better.", "reference": "2"},
@@ -80,6 +80,12 @@ def test_tulu3_preset_names_the_suite():
     assert {e["benchmark"] for e in external} == {"AlpacaEval 2", "PopQA"}
     with pytest.raises(ConfigError, match="unknown lm-eval preset"):
         expand_tasks(["preset:nope"])
+    # The suite average uses each benchmark's headline metric and names what it left out.
+    metrics = {"lm_eval/mmlu/acc": {"mean": 0.6, "se": 0.03}, "lm_eval/gsm8k_cot/exact_match[flexible-extract]":
+               {"mean": 0.8, "se": 0.04}, "lm_eval/gsm8k_cot/exact_match[strict-match]": {"mean": 0.1, "se": 0.1}}
+    avg = preset_average("tulu3-dev", metrics)
+    assert avg["mean"] == pytest.approx(0.7) and avg["se"] == pytest.approx(0.025) and avg["n"] == 2
+    assert avg["benchmarks"] == ["MMLU", "GSM8K"] and "AlpacaEval 2" in avg["missing"]
 
 
 def test_eval_smollm2_utilities_lengths_and_pairs(tmp_path):

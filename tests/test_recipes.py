@@ -78,7 +78,7 @@ def test_gpu_hours_scale_with_utilization():
 def test_sweep_expands_into_21_arms():
     p = plan(load_recipe(ROOT / "recipes" / "qwen2.5-ladder-sweep.yaml"))
     assert len(p["arms"]) == 21
-    assert p["arms"][0]["arm"] == "qwen2.5-72b-over-qwen2.5-32b"
+    assert p["arms"][0]["arm"] == "Qwen_Qwen2.5-72B-Instruct-over-Qwen_Qwen2.5-32B-Instruct"
     assert len({a["arm"] for a in p["arms"]}) == 21
 
 

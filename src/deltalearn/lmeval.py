@@ -67,6 +67,30 @@ def expand_tasks(tasks: list[str]) -> tuple[list[str], list[dict]]:
     return list(dict.fromkeys(run)), external
 
 
+def preset_average(name: str, metrics: dict[str, dict]) -> Optional[dict]:
+    """Unweighted mean of each benchmark's headline metric (the paper reports the suite average), with the
+    standard error of a mean of independent estimates, sqrt(sum se^2) / k. Benchmarks not run are left out and
+    listed, so an average over 9 of 11 is never mistaken for the paper's."""
+    import math
+
+    vals, ses, used, missing = [], [], [], []
+    for bench, (task, _, metric, _) in PRESETS[name].items():
+        key_prefix = f"lm_eval/{task}/{metric.split(',')[0]}" if task else None
+        hits = [k for k in metrics if key_prefix and (k == key_prefix or k.startswith(key_prefix + "["))]
+        if not hits:
+            missing.append(bench)
+            continue
+        m = metrics[hits[0]]
+        vals.append(m["mean"])
+        ses.append(m["se"] if isinstance(m.get("se"), (int, float)) else float("nan"))
+        used.append(bench)
+    if not vals:
+        return None
+    k = len(vals)
+    return {"mean": sum(vals) / k, "se": math.sqrt(sum(x * x for x in ses)) / k, "n": k,
+            "benchmarks": used, "missing": missing}
+
+
 def _materialize_local_tasks(tmp: Path) -> Path:
     """Copy the shipped YAML tasks into `tmp` with their data paths made absolute (lm-eval resolves relative
     `data_files` from the working directory, not from the YAML)."""
@@ -125,6 +149,11 @@ def run_lm_eval(model: str, tasks: list[str], *, limit: Optional[int] = None, ba
             se = res.get(f"{metric}_stderr,{filt}")
             metrics[f"lm_eval/{task}/{metric}" + (f"[{filt}]" if filt and filt != "none" else "")] = {
                 "mean": float(value), "se": float(se) if isinstance(se, (int, float)) else None, "n": n}
+    for t in tasks:
+        if t.startswith("preset:"):
+            avg = preset_average(t.split(":", 1)[1], metrics)
+            if avg:
+                metrics[f"lm_eval/{t.split(':', 1)[1]}/average"] = avg
     return {
         "metrics": metrics,
         "settings": {"tasks": task_names, "requested": tasks, "external_not_run": external, "limit": limit,

@@ -167,8 +167,9 @@ def _arm_list(recipe: Recipe):
         # A sweep trains one arm per chosen>rejected pair of the ladder, each on its own preference set.
         sizes = {m: recipe.pair.sizes.get(m) or model_params(m)[0] or 0 for m in g.models}
         ladder = sorted(g.models, key=lambda m: -sizes[m])
-        return [(f"{_norm(c)}-over-{_norm(r)}", recipe.pair, recipe.train, 1)
-                for i, c in enumerate(ladder) for r in ladder[i + 1:]]
+        from deltalearn.sweep import arm_name  # the names `deltalearn sweep` gives the arms
+
+        return [(arm_name(c, r), recipe.pair, recipe.train, 1) for i, c in enumerate(ladder) for r in ladder[i + 1:]]
     if not recipe.arms:
         return [("main", recipe.pair, recipe.train, _pairs_per_prompt(recipe.pair, g.models))]
     out = []
