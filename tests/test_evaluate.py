@@ -44,6 +44,10 @@ def test_exact_answer_without_reference_names_the_row():
 def test_judge_verdict_parsing():
     assert parse_verdict("A") == "A" and parse_verdict("B.") == "B" and parse_verdict("Response B is better") == "B"
     assert parse_verdict("Both are fine") is None and parse_verdict("") is None
+    assert parse_verdict("The correct response is:\n\n[Response B]") == "B"
+    assert parse_verdict("A. It is more complete") == "A"
+    assert parse_verdict("B is better than A") == "B"  # a leading letter is the verdict
+    assert parse_verdict("I think a B grade fits, but A...") is None  # two lone letters: ambiguous
 
 
 def test_position_swap_cancels_order_bias():

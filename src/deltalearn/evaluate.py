@@ -151,13 +151,23 @@ JUDGE_TEMPLATE = """You are judging two AI assistant responses to the same user 
 
 Which response is more helpful, correct and well written? Reply with exactly one letter: A or B."""
 
-_VERDICT = re.compile(r"\b([AB])\b")
+_NAMED = re.compile(r"\bresponse\s*\[?\s*([AB])\b", re.IGNORECASE)
+_LEADING = re.compile(r"^\W*([AB])\b")
+_LETTER = re.compile(r"\b([AB])\b")
 
 
 def parse_verdict(text: str) -> Optional[str]:
-    """'A', 'B', or None when the judge's reply names neither (counted as a tie, and reported as invalid)."""
-    m = _VERDICT.search(text or "")
-    return m.group(1) if m else None
+    """'A', 'B', or None when the reply names neither or both (counted as a tie and reported as invalid).
+
+    Order of trust: 'Response A' anywhere, then a reply that starts with the letter, then a lone letter that is
+    the only one of the two present (an article 'A' next to a 'B' verdict is ambiguous, so it is refused)."""
+    text = text or ""
+    for pattern in (_NAMED, _LEADING):
+        m = pattern.search(text)
+        if m:
+            return m.group(1).upper()
+    letters = set(_LETTER.findall(text))
+    return letters.pop() if len(letters) == 1 else None
 
 
 def _prompt_text(prompt) -> str:
@@ -185,7 +195,8 @@ def judge_scores(candidate: list[dict], baseline: list[dict], judge: str, *, bac
                                                                                    b=b["response"])})
         jp.append({"id": f"{r['id']}|base-first", "prompt": JUDGE_TEMPLATE.format(prompt=p, a=b["response"],
                                                                                    b=r["response"])})
-    rows = generate_responses(judge, jp, out_path, max_new_tokens=8, temperature=0.0, batch_size=batch_size,
+    # 24 tokens: enough for "The better response is [Response A]" from a small judge that will not stop at a letter.
+    rows = generate_responses(judge, jp, out_path, max_new_tokens=24, temperature=0.0, batch_size=batch_size,
                               backend=backend, base_url=base_url, progress=progress)
     verdict = {r["id"]: parse_verdict(r["response"]) for r in rows}
     ids = [r["id"] for r in candidate]
