@@ -48,6 +48,9 @@ class RunSpec:
     eval_every: int = 50
     seed: int = 0
     heads: int = 4
+    init_from: str = ""
+    """Start from the final checkpoint of this (earlier-listed) run instead of from scratch: more training for a
+    run that was still rising when its schedule ended. Size fields must match that run's."""
 
 
 @dataclass
@@ -57,6 +60,9 @@ class LadderConfig:
     """Dev accuracy each teacher rung should have, increasing; rung i is named `r{i+1}`."""
     student_run: str = ""
     """The run whose final checkpoint is the student (named `student`)."""
+    teacher_runs: list[str] = field(default_factory=list)
+    """Runs whose checkpoints may become rungs (default: all). Naming other runs than the student's keeps the
+    teachers one family and the student a separate model."""
     dev_size: int = 400
     """Dev prompts used to score checkpoints (and nothing else is chosen on the eval split)."""
     workers: int = 2
@@ -70,11 +76,19 @@ class LadderConfig:
             raise ConfigError("experiment.ladder.runs: at least one run is needed")
         if len(set(names)) != len(names):
             raise ConfigError(f"experiment.ladder.runs: duplicate run names {names}")
+        if not set(self.teacher_runs) <= set(names):
+            raise ConfigError(f"experiment.ladder.teacher_runs: {sorted(set(self.teacher_runs) - set(names))} are not "
+                              f"runs ({names})")
         if self.student_run not in names:
             raise ConfigError(f"experiment.ladder.student_run: {self.student_run!r} is not one of the runs {names}")
         if any(b <= a for a, b in zip(self.targets, self.targets[1:])) or not self.targets:
             raise ConfigError(f"experiment.ladder.targets must be increasing dev accuracies, got {self.targets}")
-        for r in self.runs:
+        for i, r in enumerate(self.runs):
+            parent = next((p for p in self.runs[:i] if p.name == r.init_from), None)
+            if r.init_from and (parent is None or (parent.hidden, parent.layers, parent.heads) !=
+                                (r.hidden, r.layers, r.heads)):
+                raise ConfigError(f"experiment.ladder.runs[{r.name}].init_from must name an earlier run of the same "
+                                  "size")
             if r.hidden % r.heads or r.steps < r.eval_every or r.eval_every < 1:
                 raise ConfigError(f"experiment.ladder.runs[{r.name}]: hidden must divide by heads and "
                                   f"steps >= eval_every >= 1")
@@ -83,7 +97,7 @@ class LadderConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "LadderConfig":
         d = dict(d)
-        unknown = set(d) - {"runs", "targets", "student_run", "dev_size", "workers", "name"}
+        unknown = set(d) - {"runs", "targets", "student_run", "teacher_runs", "dev_size", "workers", "name"}
         if unknown:
             raise ConfigError(f"experiment.ladder: unknown keys {sorted(unknown)}")
         runs = []
@@ -171,10 +185,14 @@ def greedy_accuracy(model, tok, problems: list[task.Problem], *, batch_size: int
 
 
 def run_dir(lab_dir: Path, spec: RunSpec) -> Path:
-    return lab_dir / "runs" / f"{spec.name}-{sha256_json(asdict(spec))[:8]}"
+    """A run's folder, keyed by its settings (an unset `init_from` is left out of the key: runs from scratch keep
+    their cache)."""
+    key = {k: v for k, v in asdict(spec).items() if not (k == "init_from" and not v)}
+    return lab_dir / "runs" / f"{spec.name}-{sha256_json(key)[:8]}"
 
 
-def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, threads: int = 1) -> dict:
+def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, threads: int = 1,
+             init_path: str = "") -> dict:
     """Train one run, checkpointing and scoring dev accuracy every `eval_every` steps. Returns its curve.
     A finished run (curve.json present) is not retrained."""
     import torch
@@ -191,7 +209,12 @@ def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, thre
         shutil.rmtree(out)  # an interrupted run restarts: it takes minutes and fresh data makes resume moot
     out.mkdir(parents=True)
     tok = build_tokenizer()
-    model = build_model(spec, tok)
+    if init_path:
+        from transformers import LlamaForCausalLM
+
+        model = LlamaForCausalLM.from_pretrained(init_path)
+    else:
+        model = build_model(spec, tok)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.0)
 
     def lr_at(step: int) -> float:
@@ -234,10 +257,13 @@ def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, thre
 # ---------------------------------------------------------------------------------------------------------
 
 
-def select_rungs(curves: list[dict], targets: list[float], student_run: str) -> list[dict]:
-    """For each target dev accuracy (increasing), the unused checkpoint closest to it, excluding the student's
-    final checkpoint. Ties go to the earlier-listed run and step. Rungs come back ordered by dev accuracy."""
-    cands = [(c["run"]["name"], pt) for c in curves for pt in c["curve"]]
+def select_rungs(curves: list[dict], targets: list[float], student_run: str,
+                 teacher_runs: list[str] | None = None) -> list[dict]:
+    """For each target dev accuracy (increasing), the unused checkpoint closest to it, from `teacher_runs` (all
+    when empty), excluding the student's final checkpoint. Ties go to the earlier-listed run and step. Rungs come
+    back ordered by dev accuracy."""
+    cands = [(c["run"]["name"], pt) for c in curves for pt in c["curve"]
+             if not teacher_runs or c["run"]["name"] in teacher_runs]
     student_final = next(c for c in curves if c["run"]["name"] == student_run)["curve"][-1]["path"]
     cands = [(n, pt) for n, pt in cands if pt["path"] != student_final]
     used, rungs = set(), []
@@ -255,12 +281,19 @@ def select_rungs(curves: list[dict], targets: list[float], student_run: str) -> 
 
 
 def _install(src: str, dst: Path, tok) -> None:
-    """Copy a checkpoint into the lab folder as a loadable HF model folder (weights + tokenizer)."""
+    """Copy a checkpoint into the lab folder as a loadable HF model folder (weights + tokenizer). A rung that
+    already holds this checkpoint is left alone: its files' identity (size + mtime) is what generation resume and
+    the reference cache key on."""
+    import json
+
+    if (dst / "SOURCE.json").exists() and json.loads((dst / "SOURCE.json").read_text()).get("checkpoint") == src:
+        return
     tmp = dst.with_name(dst.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(src, tmp)
     tok.save_pretrained(tmp)
+    (tmp / "SOURCE.json").write_text(json.dumps({"checkpoint": src}))
     if dst.exists():
         shutil.rmtree(dst)
     os.replace(tmp, dst)
@@ -276,7 +309,7 @@ def build_ladder(cfg: LadderConfig, lab_dir: str | Path | None = None, *, progre
     lab = (Path(lab_dir) if lab_dir is not None else lab_home()) / cfg.name
     lab.mkdir(parents=True, exist_ok=True)
     key = sha256_json({"runs": [asdict(r) for r in cfg.runs], "targets": cfg.targets,
-                       "student_run": cfg.student_run, "dev_size": cfg.dev_size})
+                       "student_run": cfg.student_run, "teacher_runs": cfg.teacher_runs, "dev_size": cfg.dev_size})
     record_path = lab / LADDER_FILE
     if record_path.exists():
         rec = read_json(record_path)
@@ -284,23 +317,32 @@ def build_ladder(cfg: LadderConfig, lab_dir: str | Path | None = None, *, progre
             rec["cached"] = True
             return rec
     t0 = time.time()
-    order = sorted(cfg.runs, key=lambda r: -r.steps * r.hidden ** 2 * r.layers)  # longest first
-    if cfg.workers > 1 and len(order) > 1:
+    # finished runs are read back here; the others train longest first, `workers` at a time, one thread each
+    todo = sorted([r for r in cfg.runs if not (run_dir(lab, r) / "curve.json").exists() and not r.init_from],
+                  key=lambda r: -r.steps * r.hidden ** 2 * r.layers)
+    if cfg.workers > 1 and len(todo) > 1:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as ex:
-            futs = [ex.submit(pretrain, r, str(lab), cfg.dev_size, i) for i, r in enumerate(order)]
-            curves = [f.result() for f in futs]
+            futs = [ex.submit(pretrain, r, str(lab), cfg.dev_size, i) for i, r in enumerate(todo)]
+            for f in futs:
+                f.result()
     else:
-        curves = [pretrain(r, str(lab), cfg.dev_size, 0, threads=1) for r in order]
-    rungs = select_rungs(curves, cfg.targets, cfg.student_run)
+        for r in todo:
+            pretrain(r, str(lab), cfg.dev_size, 0, threads=1)
+    curves = []
+    for r in cfg.runs:  # continuations after their parent run; then everything is cached, in the recipe's order
+        parent = next((c for c in curves if c["run"]["name"] == r.init_from), None) if r.init_from else None
+        curves.append(pretrain(r, str(lab), cfg.dev_size, init_path=parent["curve"][-1]["path"] if parent else ""))
+    rungs = select_rungs(curves, cfg.targets, cfg.student_run, cfg.teacher_runs)
     student_curve = next(c for c in curves if c["run"]["name"] == cfg.student_run)
     student = dict(student_curve["curve"][-1], run=cfg.student_run, name="student")
     tok = build_tokenizer()
     for r in rungs + [student]:
         _install(r["path"], lab / r["name"], tok)
     rec = {"config_hash": key, "config": {"runs": [asdict(r) for r in cfg.runs], "targets": cfg.targets,
-                                          "student_run": cfg.student_run, "dev_size": cfg.dev_size},
+                                          "student_run": cfg.student_run, "teacher_runs": cfg.teacher_runs,
+                                          "dev_size": cfg.dev_size},
            "rungs": rungs, "student": student, "models": [r["name"] for r in rungs] + ["student"],
            "curves": curves, "wall_s": round(time.time() - t0, 1), "cached": False}
     write_json_atomic(record_path, rec)
