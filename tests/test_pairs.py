@@ -290,3 +290,16 @@ def test_pairs_dataset_trains_one_step_in_trl(ladder, tmp_path, smollm2_dir):
     result = trainer.train()
     assert result.global_step == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_generation_folder_labels(tmp_path):
+    """<slug>.jsonl is labelled by its model's name; a --label'ed file (same model, other settings) by its name."""
+    from deltalearn.io import JsonlAppender, write_json_atomic
+
+    for stem, model in (("smollm2-135m", "smollm2-135m"), ("smollm2-135m-t1.2", "smollm2-135m"), ("lab_s", "lab:s")):
+        with JsonlAppender(tmp_path / f"{stem}.jsonl") as f:
+            f.write({"id": "a", "prompt": "Q", "response": stem, "model": model})
+        write_json_atomic(tmp_path / f"{stem}.meta.json", {"model": model})
+    g = load_generations(tmp_path)
+    assert sorted(g) == ["lab:s", "smollm2-135m", "smollm2-135m-t1.2"]
+    assert g["smollm2-135m-t1.2"][0]["response"] == "smollm2-135m-t1.2"

@@ -99,7 +99,7 @@ def load_generations(paths, *, models: Optional[list[str]] = None, prompt_column
                      id_column: Optional[str] = None) -> Generations:
     """{label: rows} from one or more sources:
     - a `deltalearn generate` folder: each <slug>.jsonl is one set, labelled by the model name in its sidecar
-      (by the file name when two files hold the same model, e.g. two sampled runs);
+      (by the file name for a `--label`ed file, e.g. a second sampled run of the same model);
     - a single generations .jsonl, or any table/dataset with id/prompt/response(/model) columns;
     - a "wide" table or dataset (prompt + one response column per model; `models` picks the columns).
     """
@@ -117,18 +117,16 @@ def load_generations(paths, *, models: Optional[list[str]] = None, prompt_column
         p = Path(path)
         if p.is_dir() and list(p.glob("*.jsonl")):
             files = sorted(p.glob("*.jsonl"))
-            from deltalearn.generate import meta_path, read_generations
+            from deltalearn.generate import meta_path, model_slug, read_generations
 
-            names = {}
             for f in files:
                 mp = meta_path(f)
-                names[f] = read_json(mp).get("model", f.stem) if mp.exists() else f.stem
-            counts = Counter(names.values())
-            for f in files:
+                model = read_json(mp).get("model") if mp.exists() else None
                 rows = read_generations(f)
-                if not rows:
-                    continue
-                add(names[f] if counts[names[f]] == 1 else f.stem, rows, str(f))
+                if rows:
+                    # The model's name when the file is its default <slug>.jsonl; else the file's own name
+                    # (a --label, e.g. a second sampled run of the same model).
+                    add(model if isinstance(model, str) and model_slug(model) == f.stem else f.stem, rows, str(f))
             continue
         rows = read_table(p)
         if not rows:
