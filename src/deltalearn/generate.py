@@ -339,7 +339,10 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
 
         from deltalearn.models import load_model
 
-        model, tokenizer = load_model(name, device="cuda" if torch.cuda.is_available() else None)
+        try:
+            model, tokenizer = load_model(name, device="cuda" if torch.cuda.is_available() else None)
+        except OSError as e:  # transformers' "not a local folder and not a valid model identifier", no network
+            raise DataError(name, f"cannot load model: {str(e).splitlines()[0]}") from None
         model.eval()
         loaded_here = True
     elif backend == "vllm" and tokenizer is None:
