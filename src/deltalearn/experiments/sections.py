@@ -475,7 +475,7 @@ def markdown_table(table: dict) -> str:
 
 def plot_sections(records: list[dict], path: Path) -> None:
     """Bars: mean bold sections per run with s.e. error bars; the training k marked on each bar (solid: chosen or
-    SFT target, dashed: rejected); dotted line: the base model's habit."""
+    SFT target or the habit stage's k, dashed: rejected); dotted line: the base (student) habit."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -491,7 +491,7 @@ def plot_sections(records: list[dict], path: Path) -> None:
     ax.bar(xs, means, yerr=ses, capsize=4, color=cols, edgecolor="black", linewidth=0.5)
     labelled = set()
     for x, r in zip(xs, records):
-        for key, style, lab in (("k_chosen", "-", "training k (chosen / SFT)"), ("k_rejected", "--", "rejected k")):
+        for key, style, lab in (("k_chosen", "-", "training k (chosen / SFT / habit)"), ("k_rejected", "--", "rejected k")):
             k = r.get(key)
             if k is not None:
                 ax.hlines(k, x - 0.42, x + 0.42, colors="black", linestyles=style, linewidth=2,
@@ -501,8 +501,9 @@ def plot_sections(records: list[dict], path: Path) -> None:
     if base:
         ax.axhline(base[0]["metrics"]["bold_sections"]["mean"], color="#888888", linestyle=":", linewidth=1,
                    label="base (student) habit")
-    for x, m in zip(xs, means):
-        ax.text(x, m, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
+    top = max([m + e for m, e in zip(means, ses)] + [1.0])
+    for x, m, e in zip(xs, means, ses):  # the value above the error bar, clear of it
+        ax.text(x, m + e + 0.02 * top, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(xs)
     ax.set_xticklabels(titles, rotation=20, ha="right", fontsize=9)
     ax.set_ylabel("bold section headers per answer")
@@ -668,7 +669,7 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
         records.append(rec)
     base_rec = eval_record("base", "base", base_eval, None, settings=eval_settings)
     base_rec.update({"trained_on": f"habit: SFT on y_{settings.habit_k}" if settings.habit_k else "-",
-                     "kind": "base", "model": student})
+                     "kind": "base", "model": student, "k_chosen": settings.habit_k})
     write_json_atomic(run_dir / "eval" / "base.json", base_rec)
     records.append(base_rec)
     habit = base_rec["metrics"]["bold_sections"]["mean"]
