@@ -1,0 +1,338 @@
+"""Training speed and memory, side by side with TRL: one DPO job, five ways, in one process tree and one sitting.
+
+    python benchmarks/bench_train.py                 # the full benchmark (64 pairs; ~15-25 min on an idle 2-core CPU)
+    python benchmarks/bench_train.py --pairs 16 --bf16-pairs 8 --configs dl-fp32,trl   # a quick check
+
+The job (issue 2's "Speed and memory" and issue 8): SmolLM2-135M-Instruct, 64 preference pairs of ~200-token
+responses, DPO (sigmoid, beta 0.1, summed log-probs), batch 4 x gradient accumulation 2, max length 512, fp32,
+2 threads, one epoch, constant learning rate, AdamW (0.9, 0.999), grad clip 1, pairs in file order (no shuffle:
+TRL gets a sequential sampler) so that both libraries see the same micro-batches and their per-step losses can be
+compared. The 64 pairs are shipped in benchmarks/data/train_pairs.jsonl (real prompts of the sections experiment;
+chosen and rejected are distinct ~200-token passages of real English prose; see `build_pairs`).
+
+Configurations, each in its own subprocess (peak RSS is that child's `ru_maxrss`, read with os.wait4):
+- dl-fp32    deltalearn, precision=fp32, cold reference cache: the reference pass is timed inside end-to-end.
+- dl-auto    deltalearn, precision=auto (bf16 autocast on native-bf16 hardware, else fp32), cold cache.
+- dl-bf16    deltalearn, precision=bf16 forced. On CPUs without AMX / AVX512-BF16 bf16 is emulated and very slow,
+             so it runs on the first --bf16-pairs pairs only (the table says how many).
+- trl        TRL DPOTrainer defaults: a live reference model scored on every micro-batch.
+- trl-pre    TRL DPOTrainer with precompute_ref_log_probs=True (its reference pass is timed inside end-to-end).
+
+End-to-end tokens/s = (prompt+response tokens of both sides of every pair, counted once with deltalearn's
+tokenization, identical for every configuration) / (reference pass + training loop seconds); model loading and
+tokenization are outside it. Model FLOPs = 6 N T for training plus 2 N T for the reference forward (N = parameters
+taking part in matrix products, the tied LM head included; T = those tokens), the same for every configuration, so
+MFU = achieved FLOP/s over the matrix-product rate of this machine measured in this run (2048^2 fp32 matmuls, and
+1024^2 under bf16 autocast, on the same threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+THREADS = 2
+CONFIGS = ("dl-fp32", "dl-auto", "dl-bf16", "trl", "trl-pre")
+MODEL = os.environ.get("BENCH_MODEL", "smollm2-135m")  # a folder here gives a quick check of the script itself
+JOB = dict(beta=0.1, lr=1e-5, batch=4, accum=2, max_len=512, seed=0)
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: shipped with the benchmark
+# ---------------------------------------------------------------------------------------------------------
+
+
+DATA = Path(__file__).resolve().parent / "data" / "train_pairs.jsonl"
+LICENSES = ("GPL-3", "GPL-2", "LGPL-2.1", "MPL-2.0", "GFDL-1.3", "Apache-2.0", "MPL-1.1")
+
+
+def build_pairs(out: Path = DATA, n_pairs: int = 64, words: int = 160) -> Path:
+    """How benchmarks/data/train_pairs.jsonl was made (it is shipped, so every machine benchmarks the same data):
+    the first 64 train prompts of the sections experiment; chosen and rejected are consecutive, distinct 160-word
+    passages of the Debian license texts (real English prose, ~200 SmolLM2 tokens each)."""
+    import re
+    from importlib import resources
+
+    text = " ".join(Path("/usr/share/common-licenses", n).read_text() for n in LICENSES)
+    tokens = re.sub(r"\s+", " ", text).strip().split(" ")
+    chunks = [" ".join(tokens[i:i + words]) for i in range(0, len(tokens) - words, words)]
+    src = resources.files("deltalearn") / "data" / "sections_prompts.jsonl"
+    prompts = [json.loads(ln) for ln in src.read_text().splitlines() if ln.strip()]
+    prompts = [p for p in prompts if p.get("split") == "train"][:n_pairs]
+    rows = [{"id": p["id"], "prompt": [{"role": "user", "content": p["prompt"]}],
+             "chosen": [{"role": "assistant", "content": chunks[2 * i]}],
+             "rejected": [{"role": "assistant", "content": chunks[2 * i + 1]}]} for i, p in enumerate(prompts)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def workload(path: Path, n_pairs: int) -> dict:
+    """Token counts of the job under deltalearn's tokenization (the numerator of every tokens/s)."""
+    from deltalearn.models import load_tokenizer
+    from deltalearn.tokenize import encode_pairs
+
+    rows = [json.loads(ln) for ln in path.read_text().splitlines()][:n_pairs]
+    enc, _, stats = encode_pairs(load_tokenizer(MODEL), rows, max_len=JOB["max_len"])
+    resp = [len(e.chosen) for e in enc] + [len(e.rejected) for e in enc]
+    return {"pairs": len(enc), "tokens": sum(2 * len(e.prompt) + len(e.chosen) + len(e.rejected) for e in enc),
+            "response_tokens_mean": sum(resp) / len(resp), "prompt_tokens_mean": sum(len(e.prompt) for e in enc)
+            / len(enc), "truncated_pairs": stats.truncated_pairs}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Children: one configuration each
+# ---------------------------------------------------------------------------------------------------------
+
+
+def matmul_rates() -> dict:
+    """GFLOP/s of square matmuls on THREADS threads: fp32 (2048) and bf16 autocast (1024, it can be very slow)."""
+    import torch
+
+    def rate(n: int, bf16: bool, min_s: float = 2.0) -> float:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+        with ctx:
+            a @ b  # warm-up (oneDNN primitive creation)
+            reps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < min_s or reps < 2:
+                a @ b
+                reps += 1
+            dt = time.perf_counter() - t0
+        return 2 * n ** 3 * reps / dt / 1e9
+
+    from deltalearn.precision import cpu_has_native_bf16
+
+    return {"fp32_gflops": rate(2048, False), "bf16_gflops": rate(1024, True),
+            "native_bf16": cpu_has_native_bf16()}
+
+
+def matmul_params() -> int:
+    """Parameters that take part in matrix products: everything but the input embedding, plus the LM head (tied
+    to the embedding in SmolLM2, so it is counted once here as the head)."""
+    from deltalearn.models import load_model
+
+    m, _ = load_model(MODEL, with_tokenizer=False)
+    emb = m.get_input_embeddings().weight
+    head = m.get_output_embeddings().weight
+    n = sum(p.numel() for p in m.parameters())
+    return n if head.data_ptr() == emb.data_ptr() else n - emb.numel()
+
+
+def run_deltalearn(precision: str, path: Path, n_pairs: int) -> dict:
+    from deltalearn.recipe import TrainConfig
+    from deltalearn.train import train
+
+    rows = [json.loads(ln) for ln in path.read_text().splitlines()][:n_pairs]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(model=MODEL, loss="dpo", beta=JOB["beta"], lr=JOB["lr"], min_lr_ratio=1.0,
+                          warmup_ratio=0.0, adam_betas=(0.9, 0.999), weight_decay=0.0, grad_clip=1.0,
+                          batch_size=JOB["batch"] * JOB["accum"], micro_batch_size=JOB["batch"],
+                          max_len=JOB["max_len"], precision=precision, shuffle=False, seed=JOB["seed"],
+                          ref_cache_dir=str(Path(tmp) / "refcache"))  # cold cache: the reference pass is timed
+        s = train(cfg, rows, Path(tmp) / "run", progress=False)
+        losses = [json.loads(ln)["loss"] for ln in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    return {"ref_s": s["ref_s"], "train_s": s["train_s"], "losses": losses, "precision": s["precision"]}
+
+
+def run_trl(precompute: bool, path: Path, n_pairs: int) -> dict:
+    import datasets
+    import torch
+    from torch.utils.data import SequentialSampler
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from deltalearn.models import local_folder
+
+    class InOrderDPOTrainer(DPOTrainer):
+        """Pairs in file order, like deltalearn with shuffle=False, so per-step losses can be compared."""
+
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    timings = {"ref_s": 0.0}
+    original = DPOTrainer._precompute_ref_logps
+
+    def timed_precompute(self, *a, **k):
+        t = time.perf_counter()
+        out = original(self, *a, **k)
+        timings["ref_s"] += time.perf_counter() - t
+        return out
+
+    DPOTrainer._precompute_ref_logps = timed_precompute
+    folder = local_folder(MODEL)
+    rows = [json.loads(ln) for ln in path.read_text().splitlines()][:n_pairs]
+    ds = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = DPOConfig(output_dir=tmp, per_device_train_batch_size=JOB["batch"],
+                         gradient_accumulation_steps=JOB["accum"], max_length=JOB["max_len"],
+                         learning_rate=JOB["lr"], lr_scheduler_type="constant", warmup_steps=0,
+                         adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0, max_grad_norm=1.0,
+                         num_train_epochs=1, beta=JOB["beta"], loss_type=["sigmoid"], seed=JOB["seed"],
+                         precompute_ref_log_probs=precompute, use_cpu=True, bf16=False, fp16=False,
+                         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+                         dataloader_num_workers=0)
+        trainer = InOrderDPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+        t = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # Trainer prints a dict per logging step
+            trainer.train()
+        train_s = time.perf_counter() - t
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"ref_s": timings["ref_s"], "train_s": train_s, "losses": losses, "precision": "fp32"}
+
+
+def child(args) -> None:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    path = Path(args.data)
+    if args.child == "matmul":
+        result = matmul_rates()
+    elif args.child == "params":
+        result = {"params": matmul_params()}
+    elif args.child.startswith("dl-"):
+        precision = {"dl-fp32": "fp32", "dl-auto": "auto", "dl-bf16": "bf16"}[args.child]
+        result = run_deltalearn(precision, path, args.pairs)
+    else:
+        result = run_trl(args.child == "trl-pre", path, args.pairs)
+    Path(args.result).write_text(json.dumps(result))
+
+
+def spawn(name: str, data: Path, n_pairs: int) -> dict:
+    """Run one configuration in a fresh interpreter; returns its result plus peak RSS and wall time."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
+           "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+           "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result_path = f.name
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", name, "--data", str(data), "--pairs",
+                             str(n_pairs), "--result", result_path], env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"configuration {name} failed (exit {os.waitstatus_to_exitcode(status)})")
+    out = json.loads(Path(result_path).read_text())
+    os.unlink(result_path)
+    # Linux reports ru_maxrss in KiB (macOS: bytes)
+    out["peak_rss_gb"] = usage.ru_maxrss * (1 if platform.system() == "Darwin" else 1024) / 1e9
+    out["process_wall_s"] = wall
+    out["load_after"] = _load()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--bf16-pairs", type=int, default=None,
+                    help="pairs for dl-bf16 (default: all on native-bf16 hardware, else 16 = 2 optimizer steps, "
+                    "since emulated bf16 is several times slower)")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, also through a pipe
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS)}")
+    import torch
+    import transformers
+    import trl
+
+    print(f"== bench_train ({MODEL}): load average at start {_load()} (1/5/15 min), cores visible {os.cpu_count()}, "
+          f"threads {THREADS}, torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
+    if os.getloadavg()[0] > 1.5:
+        print("   WARNING: the machine is busy (1-min load > 1.5); timings below are not idle-machine numbers")
+    t_all = time.time()
+    data = DATA
+    if args.pairs > sum(1 for _ in data.open()):
+        ap.error(f"--pairs {args.pairs}: {data} has fewer pairs")
+    w = workload(data, args.pairs)
+    mm = spawn("matmul", data, 0)
+    n_params = spawn("params", data, 0)["params"]
+    bf16_pairs = args.bf16_pairs or (args.pairs if mm["native_bf16"] else min(16, args.pairs))
+    print(f"   data {data}: {w['pairs']} pairs, prompt {w['prompt_tokens_mean']:.0f} and response "
+          f"{w['response_tokens_mean']:.0f} tokens on average, {w['tokens']} tokens per epoch "
+          f"({w['truncated_pairs']} pairs truncated at {JOB['max_len']})")
+    print(f"   matmul rate on {THREADS} threads: fp32 {mm['fp32_gflops']:.0f} GFLOP/s, bf16 autocast "
+          f"{mm['bf16_gflops']:.1f} GFLOP/s (native bf16: {mm['native_bf16']}); matmul parameters {n_params / 1e6:.1f}M")
+
+    results = {}
+    for name in configs:
+        n = bf16_pairs if name == "dl-bf16" else args.pairs
+        wl = w if n == args.pairs else workload(data, n)
+        print(f"-- {name} ({n} pairs) ... load {_load()}", flush=True)
+        r = spawn(name, data, n)
+        r["pairs"], r["tokens"] = n, wl["tokens"]
+        r["e2e_s"] = r["ref_s"] + r["train_s"]
+        r["tokens_per_s"] = wl["tokens"] / r["e2e_s"]
+        r["flops"] = 8 * n_params * wl["tokens"]  # 6NT training + 2NT reference forward
+        results[name] = r
+        print(f"   {name}: {r['tokens_per_s']:.1f} tokens/s end to end (ref {r['ref_s']:.1f} s + train "
+              f"{r['train_s']:.1f} s), peak RSS {r['peak_rss_gb']:.2f} GB, losses "
+              f"{[round(x, 4) for x in r['losses']]}", flush=True)
+
+    base = results.get("trl")
+    print(f"\n== Results: SmolLM2-135M DPO, batch {JOB['batch']} x {JOB['accum']}, max_len {JOB['max_len']}, "
+          f"{THREADS} threads; load average at end {_load()}")
+    head = (f"| {'configuration':<10} | precision | pairs | ref s | train s | tokens/s | x TRL | peak RSS GB | "
+            f"x TRL RSS | MFU fp32 | MFU bf16 | load after |")
+    print(head)
+    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    for name, r in results.items():
+        achieved = r["flops"] / r["e2e_s"] / 1e9
+        x_tps = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
+        x_rss = f"{r['peak_rss_gb'] / base['peak_rss_gb']:.2f}" if base else "-"
+        print(f"| {name:<10} | {r['precision']:<9} | {r['pairs']:>5} | {r['ref_s']:>5.1f} | {r['train_s']:>7.1f} | "
+              f"{r['tokens_per_s']:>8.1f} | {x_tps:>5} | {r['peak_rss_gb']:>11.2f} | {x_rss:>9} | "
+              f"{achieved / mm['fp32_gflops']:>8.0%} | {achieved / mm['bf16_gflops']:>8.0%} | {r['load_after']:>10} |")
+    if "trl-pre" in results:
+        pre = results["trl-pre"]
+        for name in ("dl-fp32", "dl-auto"):
+            if name in results:
+                print(f"   {name} vs TRL precomputed: {results[name]['tokens_per_s'] / pre['tokens_per_s']:.2f}x "
+                      f"tokens/s, {results[name]['peak_rss_gb'] / pre['peak_rss_gb']:.2f}x peak RSS")
+
+    # Numerics: the same data in the same order, so step k's loss is comparable across configurations.
+    ref_name = "dl-fp32" if "dl-fp32" in results else None
+    if ref_name:
+        ref = results[ref_name]["losses"]
+        print(f"\n== Per-step losses (step 1 is log 2 = 0.6931 for all: policy == reference)")
+        for name, r in results.items():
+            if name == ref_name:
+                continue
+            k = min(len(ref), len(r["losses"]))
+            rel = [abs(a - b) / abs(b) for a, b in zip(r["losses"][:k], ref[:k])]
+            print(f"   {name:<8} vs {ref_name}: max relative difference over {k} steps {max(rel):.2%}; "
+                  f"per step {[round(x, 4) for x in r['losses'][:k]]} vs {[round(x, 4) for x in ref[:k]]}")
+    print(f"\n== bench_train done in {time.time() - t_all:.0f} s; load average at end {_load()}")
+    out = Path(os.environ.get("BENCH_OUT", "")) if os.environ.get("BENCH_OUT") else None
+    if out:
+        out.write_text(json.dumps({"job": JOB, "workload": w, "matmul": mm, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
