@@ -152,12 +152,16 @@ def test_mini_lab_end_to_end(mini_lab, tmp_path, monkeypatch):
                   "max_steps": 2, "max_len": 128, "precision": "fp32"},
         "experiment": {"pref_prompts": 16, "eval_prompts": 16, "max_new_tokens": 24, "workers": 1,
                        "drop_truncated": False, "main_chosen": "r3", "main_rejected": "r2", "self_weaker": "r1",
-                       "ladder": MINI_LADDER},
+                       "lr_grid": [1e-6, 3e-6], "dev_prompts": 8, "ladder": MINI_LADDER},
     })
     res = run_lab(recipe, tmp_path / "run", progress=False)
     out = json.loads((tmp_path / "run" / "results.json").read_text())
     assert out == json.loads(json.dumps(res))
     titles = [t["title"] for t in out["tables"]]
+    sel = json.loads((tmp_path / "run" / "dev" / "selection.json").read_text())
+    assert [r["lr"] for r in sel["grid"]] == [1e-6, 3e-6] and sel["lr"] in (1e-6, 3e-6)
+    assert json.loads((tmp_path / "run" / "arms" / "main-dpo" / "train_config.json").read_text())["lr"] == sel["lr"]
+    assert any(t.startswith("Learning rate chosen on the dev split") for t in titles)
     assert titles[0].startswith("Ladder") and any(t.startswith("Main recipe") for t in titles)
     main = next(t for t in out["tables"] if t["title"].startswith("Main recipe"))
     arms = [r[0] for r in main["rows"]]

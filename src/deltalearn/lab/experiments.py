@@ -61,6 +61,10 @@ class LabSettings:
     workers: int = 2
     drop_truncated: bool = True
     """Drop pairs where either side hit max_new_tokens (as PairConfig.drop_truncated)."""
+    lr_grid: list[float] = field(default_factory=list)
+    """When set, the lr of every arm is chosen on the *dev* split first: the main dpo_norm arm is trained at each
+    lr and the one with the best paired dev gain is used (ties: the smaller lr). Empty: train.lr as given."""
+    dev_prompts: int = 1000
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "LabSettings":
@@ -269,6 +273,7 @@ class Lab:
         self.progress = progress
         self.timings: dict[str, float] = {}
         self.ladder: dict = {}
+        self.selection: dict | None = None
 
     # -- stages -------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -276,7 +281,8 @@ class Lab:
         self.ladder = build_ladder(self.s.ladder, progress=self.progress)
         self.timings["ladder_s"] = 0.0 if self.ladder.get("cached") else time.time() - t0
         self.dir.mkdir(parents=True, exist_ok=True)
-        for name, split, n in (("prompts", "pref", self.s.pref_prompts), ("eval_prompts", "eval", self.s.eval_prompts)):
+        for name, split, n in (("prompts", "pref", self.s.pref_prompts), ("eval_prompts", "eval", self.s.eval_prompts),
+                               ("dev_prompts", "dev", self.s.dev_prompts)):
             path = self.dir / f"{name}.jsonl"
             if not path.exists():
                 write_jsonl_atomic(path, task.prompt_rows(task.sample_problems(split, n, seed=self.recipe.seed)))
@@ -329,38 +335,67 @@ class Lab:
         rung, _, seed = spec.partition("#")
         return self.gen_path(rung, self.s.teacher_temperature, int(seed or 0))
 
-    def train_cfg(self, loss: str) -> dict:
+    def train_cfg(self, loss: str, lr: float | None = None) -> dict:
         base = to_dict(self.recipe.train)
         base.update(model=self.s.model("student"), loss=loss, beta=None if loss != self.recipe.train.loss
                     else self.recipe.train.beta)
+        if lr is not None:
+            base["lr"] = lr
         cfg = resolve_train(from_dict(TrainConfig, base))
         return to_dict(cfg)
 
-    def run_arms(self, arms: list[ArmSpec], desc: str) -> dict[str, dict]:
+    def run_arms(self, arms: list[ArmSpec], desc: str, *, where: Path | None = None, eval_prompts: str = "eval",
+                 lrs: list[float | None] | None = None, extra: list[tuple] = ()) -> dict[str, dict]:
+        """Train + evaluate arms (in `where`, default the run folder) on `eval_prompts` ('eval' or 'dev')."""
         t0 = time.time()
+        where = where or self.dir
         jobs, info = [], {}
-        for arm in arms:
+        for arm, lr in zip(arms, lrs or [None] * len(arms)):
             pairs_path, stats = self.build_pairs(arm)
             info[arm.name] = {"spec": asdict(arm), "pairs": stats}
-            jobs.append((arm_job, dict(name=arm.name, cfg=self.train_cfg(arm.loss), pairs_path=str(pairs_path),
-                                       arm_dir=str(self.dir / "arms" / arm.name),
-                                       eval_path=str(self.dir / "eval_prompts.jsonl"),
-                                       eval_json=str(self.dir / "eval" / f"{arm.name}.json"),
+            jobs.append((arm_job, dict(name=arm.name, cfg=self.train_cfg(arm.loss, lr), pairs_path=str(pairs_path),
+                                       arm_dir=str(where / "arms" / arm.name),
+                                       eval_path=str(self.dir / f"{eval_prompts}_prompts.jsonl"),
+                                       eval_json=str(where / "eval" / f"{arm.name}.json"),
                                        max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size)))
-        for arm, r in zip(arms, run_jobs(jobs, self.s.workers, desc, self.progress)):
+        results = run_jobs(list(extra) + jobs, self.s.workers, desc, self.progress)[len(extra):]
+        for arm, r in zip(arms, results):
             info[arm.name]["result"] = r
-        self.timings[desc.replace("lab: ", "") + "_s"] = time.time() - t0
+        self.timings[desc.replace("lab: ", "").replace(" ", "_") + "_s"] = time.time() - t0
         return info
+
+    def select_lr(self) -> dict:
+        """Choose the lr on the dev split (Issue 7, "Honesty"): the main dpo_norm arm at each lr of the grid, its
+        paired dev gain over the base student; the best wins (ties: the smaller lr). Cached in dev/selection.json."""
+        out = self.dir / "dev" / "selection.json"
+        if out.exists():
+            return read_json(out)
+        grid = sorted(self.s.lr_grid)
+        arms = [ArmSpec(f"lr{lr:g}", "dev", self.s.main_chosen, self.s.main_rejected, "dpo_norm") for lr in grid]
+        base_job = (evaluate, dict(model=self.s.model("student"), eval_path=str(self.dir / "dev_prompts.jsonl"),
+                                   out_json=str(self.dir / "dev" / "eval" / f"{BASE}.json"),
+                                   max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size))
+        self.run_arms(arms, "lab: lr on dev", where=self.dir / "dev", eval_prompts="dev", lrs=grid, extra=[base_job])
+        rows = []
+        for arm, lr in zip(arms, grid):
+            g, se, fixed, broken = self.gain(arm.name, where=self.dir / "dev")
+            rows.append({"lr": lr, "dev_gain": g, "se": se, "fixed": fixed, "broken": broken})
+        best = max(rows, key=lambda r: (r["dev_gain"], -r["lr"]))
+        res = {"arm": f"dpo_norm {self.s.main_chosen} > {self.s.main_rejected}", "grid": rows, "lr": best["lr"],
+               "dev_prompts": self.s.dev_prompts}
+        write_json_atomic(out, res)
+        return res
 
     def base_eval_job(self) -> tuple:
         return (evaluate, dict(model=self.s.model("student"), eval_path=str(self.dir / "eval_prompts.jsonl"),
                                out_json=str(self.dir / "eval" / f"{BASE}.json"),
                                max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size))
 
-    def gain(self, arm: str) -> tuple[float, float, int, int]:
+    def gain(self, arm: str, where: Path | None = None) -> tuple[float, float, int, int]:
         """Paired difference of an arm against the base student on the eval prompts: (diff, se, fixed, broken)."""
-        base = eval_scores(self.dir / "eval" / f"{BASE}.json")
-        new = eval_scores(self.dir / "eval" / f"{arm}.json")
+        where = where or self.dir
+        base = eval_scores(where / "eval" / f"{BASE}.json")
+        new = eval_scores(where / "eval" / f"{arm}.json")
         ids = sorted(base)
         b, n = [base[i] for i in ids], [new[i] for i in ids]
         d, se = paired_diff(b, n)
@@ -423,6 +458,9 @@ def run_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False, progres
                         ("student", 0.0, 0)})
     load_start = os.getloadavg()
     gens = lab.generate(needs, extra=[lab.base_eval_job()])
+    if s.lr_grid:
+        lab.selection = lab.select_lr()
+        lab.recipe.train.lr = lab.selection["lr"]
     info = lab.run_arms(arms, "lab: arms")
     lab.timings["total_s"] = time.time() - t0
     results = report.lab_results(lab, arms, info, gens, sweep=sweep)

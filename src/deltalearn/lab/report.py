@@ -81,6 +81,14 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
     plots.append({"title": "Ladder: dev accuracy of each pretraining run, rungs marked",
                   "path": _plot_ladder(ladder, plots_dir / "ladder.png", d)})
 
+    if lab.selection:
+        sel = lab.selection
+        tables.append({"title": f"Learning rate chosen on the dev split ({sel['arm']}, {sel['dev_prompts']} dev prompts)",
+                       "columns": ["lr", "dev gain vs base (pts, paired)", "fixed/broken", "chosen"],
+                       "rows": [[f"{r['lr']:g}", _pm(r["dev_gain"], r["se"]), f"{r['fixed']}/{r['broken']}",
+                                 "yes" if r["lr"] == sel["lr"] else ""] for r in sel["grid"]],
+                       "note": "Every arm below uses the chosen lr; the eval split was not used to choose it."})
+
     def arm_row(a) -> list:
         i = info[a.name]
         ev = read_json(d / "eval" / f"{a.name}.json")["metrics"]["utility/exact_answer"]
