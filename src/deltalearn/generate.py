@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from deltalearn.io import DataError, JsonlAppender, iter_jsonl, read_json, truncate_torn_tail, write_json_atomic
 from deltalearn.prompts import check_prompt_rows
