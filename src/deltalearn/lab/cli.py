@@ -25,6 +25,8 @@ def add_cli_args(p) -> None:
     p.add_argument("--out", default=None, help="run folder (default: runs/NAME, runs/NAME-sweep with --sweep)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set experiment.workers=1 (repeatable)")
+    p.add_argument("--render", action="store_true", help="only rewrite results.json and the plots of a finished "
+                   "run from its files")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -52,7 +54,7 @@ def _print_tables(results: dict) -> None:
 
 
 def run_cli(args) -> int:
-    from deltalearn.lab.experiments import LabSettings, run_lab
+    from deltalearn.lab.experiments import LabSettings, render_lab, run_lab
     from deltalearn.lab.ladder import build_ladder
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -68,6 +70,9 @@ def run_cli(args) -> int:
         print(f"ladder: {how} (load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end)")
         return 0
     out = Path(args.out or f"runs/{recipe.name}{'-sweep' if args.sweep else ''}")
+    if args.render:
+        _print_tables(render_lab(recipe, out, sweep=args.sweep))
+        return 0
     results = run_lab(recipe, out, sweep=args.sweep, progress=progress)
     _print_tables(results)
     wall = time.time() - t0

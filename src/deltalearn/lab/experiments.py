@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from deltalearn.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 from deltalearn.lab import task
@@ -65,6 +66,8 @@ class LabSettings:
     """When set, the lr of every arm is chosen on the *dev* split first: the main dpo_norm arm is trained at each
     lr and the one with the best paired dev gain is used (ties: the smaller lr). Empty: train.lr as given."""
     dev_prompts: int = 1000
+    sweep_lr: Optional[float] = None
+    """The sweep's lr (one for all 28 arms, as the paper's sweep); when set, `--sweep` uses it instead of lr_grid."""
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "LabSettings":
@@ -458,7 +461,9 @@ def run_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False, progres
                         ("student", 0.0, 0)})
     load_start = os.getloadavg()
     gens = lab.generate(needs, extra=[lab.base_eval_job()])
-    if s.lr_grid:
+    if sweep and s.sweep_lr is not None:
+        lab.recipe.train.lr = s.sweep_lr
+    elif s.lr_grid:
         lab.selection = lab.select_lr()
         lab.recipe.train.lr = lab.selection["lr"]
     info = lab.run_arms(arms, "lab: arms")
@@ -466,6 +471,29 @@ def run_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False, progres
     results = report.lab_results(lab, arms, info, gens, sweep=sweep)
     results["load_average"] = {"start": [round(x, 2) for x in load_start],
                                "end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
+    write_json_atomic(lab.dir / "results.json", results)
+    return results
+
+
+def render_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False) -> dict:
+    """Rewrite results.json and the plots of a finished lab run from its files alone (no training, no
+    generation); the timings and load averages of the run that produced them are kept."""
+    from deltalearn.lab import report
+
+    lab = Lab(recipe, run_dir, progress=False)
+    old = read_json(lab.dir / "results.json")
+    lab.ladder = build_ladder(lab.s.ladder, progress=False)
+    lab.timings = dict(old.get("timings_s", {}))
+    sel = lab.dir / "dev" / "selection.json"
+    if sel.exists() and not (sweep and lab.s.sweep_lr is not None):
+        lab.selection = read_json(sel)
+        lab.recipe.train.lr = lab.selection["lr"]
+    elif sweep and lab.s.sweep_lr is not None:
+        lab.recipe.train.lr = lab.s.sweep_lr
+    arms = sweep_arms(lab.s) if sweep else main_arms(lab.s) + self_arms(lab.s)
+    info = {a.name: {"spec": asdict(a), "pairs": read_json(lab.dir / "pairs" / f"{a.name}.stats.json")} for a in arms}
+    results = report.lab_results(lab, arms, info, {}, sweep=sweep)
+    results["load_average"] = old.get("load_average")
     write_json_atomic(lab.dir / "results.json", results)
     return results
 

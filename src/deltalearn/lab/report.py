@@ -160,7 +160,8 @@ def _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, setting
                          ["hinge fit: slope below / above breakpoint", f"{fit['slope_below']:.3f} / {fit['slope_above']:.3f}"],
                          ["hinge vs linear SSE (pts^2)", f"{fit['sse'] * PTS ** 2:.2f} vs {fit['linear_sse'] * PTS ** 2:.2f}"],
                          ["mean gain, pairs with both sides above the student (pts)",
-                          f"{m_far * PTS:+.2f} ± {se_far * PTS:.2f} (n={len(far)})"],
+                          f"{m_far * PTS:+.2f} ± {se_far * PTS:.2f} (n={len(far)})" if far else
+                          "none: no rung pair lies above the student"],
                          ["mean gain, other pairs (pts)", f"{m_below * PTS:+.2f} ± {se_below * PTS:.2f} (n={len(below)})"],
                          ["pairs with gain > 2 s.e. / < -2 s.e.",
                           f"{sum(p['gain'] > 2 * p['se'] for p in pts)} / {sum(p['gain'] < -2 * p['se'] for p in pts)}"]],
@@ -203,13 +204,20 @@ def _fig():
 def _plot_ladder(ladder: dict, path: Path, root: Path) -> str:
     plt = _fig()
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    # a continued run (init_from) is drawn after its parent's last step
+    offset = {}
     for c in ladder["curves"]:
-        ax.plot([p["step"] for p in c["curve"]], [p["dev_acc"] * PTS for p in c["curve"]], marker=".",
-                label=f"{c['run']['name']} (d{c['run']['hidden']} L{c['run']['layers']}, {c['params'] / 1e3:.0f}K)")
+        parent = c["run"].get("init_from")
+        offset[c["run"]["name"]] = (offset.get(parent, 0) + next(
+            p["curve"][-1]["step"] for p in ladder["curves"] if p["run"]["name"] == parent)) if parent else 0
+        o = offset[c["run"]["name"]]
+        ax.plot([o + p["step"] for p in c["curve"]], [p["dev_acc"] * PTS for p in c["curve"]], marker=".",
+                label=f"{c['run']['name']} (d{c['run']['hidden']} L{c['run']['layers']}, {c['params'] / 1e3:.0f}K)"
+                      + (f", from {parent}" if parent else ""))
     for r in ladder["rungs"] + [ladder["student"]]:
-        ax.annotate(r["name"], (r["step"], r["dev_acc"] * PTS), textcoords="offset points", xytext=(4, -10),
-                    fontsize=8)
-        ax.plot([r["step"]], [r["dev_acc"] * PTS], "ko", ms=4)
+        x = offset.get(r["run"], 0) + r["step"]
+        ax.annotate(r["name"], (x, r["dev_acc"] * PTS), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        ax.plot([x], [r["dev_acc"] * PTS], "ko", ms=4)
     ax.set_xlabel("pretraining step")
     ax.set_ylabel("dev accuracy (%)")
     ax.legend(fontsize=8)
