@@ -12,6 +12,7 @@ chosen and rejected are distinct ~200-token passages of real English prose; see 
 
 Configurations, each in its own subprocess (peak RSS is that child's `ru_maxrss`, read with os.wait4):
 - dl-fp32    deltalearn, precision=fp32, cold reference cache: the reference pass is timed inside end-to-end.
+- dl-gc      dl-fp32 with gradient checkpointing, TRL's default memory setting (recompute for memory).
 - dl-auto    deltalearn, precision=auto (bf16 autocast on native-bf16 hardware, else fp32), cold cache.
 - dl-bf16    deltalearn, precision=bf16 forced. On CPUs without AMX / AVX512-BF16 bf16 is emulated and very slow,
              so it runs on the first --bf16-pairs pairs only (the table says how many).
@@ -41,7 +42,7 @@ import time
 from pathlib import Path
 
 THREADS = 2
-CONFIGS = ("dl-fp32", "dl-auto", "dl-bf16", "trl", "trl-pre")
+CONFIGS = ("dl-fp32", "dl-gc", "dl-auto", "dl-bf16", "trl", "trl-pre")
 MODEL = os.environ.get("BENCH_MODEL", "smollm2-135m")  # a folder here gives a quick check of the script itself
 JOB = dict(beta=0.1, lr=1e-5, batch=4, accum=2, max_len=512, seed=0)
 
@@ -131,7 +132,7 @@ def matmul_params() -> int:
     return n if head.data_ptr() == emb.data_ptr() else n - emb.numel()
 
 
-def run_deltalearn(precision: str, path: Path, n_pairs: int) -> dict:
+def run_deltalearn(precision: str, path: Path, n_pairs: int, checkpointing: bool = False) -> dict:
     from deltalearn.recipe import TrainConfig
     from deltalearn.train import train
 
@@ -141,6 +142,7 @@ def run_deltalearn(precision: str, path: Path, n_pairs: int) -> dict:
                           warmup_ratio=0.0, adam_betas=(0.9, 0.999), weight_decay=0.0, grad_clip=1.0,
                           batch_size=JOB["batch"] * JOB["accum"], micro_batch_size=JOB["batch"],
                           max_len=JOB["max_len"], precision=precision, shuffle=False, seed=JOB["seed"],
+                          gradient_checkpointing=checkpointing,
                           ref_cache_dir=str(Path(tmp) / "refcache"))  # cold cache: the reference pass is timed
         s = train(cfg, rows, Path(tmp) / "run", progress=False)
         losses = [json.loads(ln)["loss"] for ln in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -205,8 +207,8 @@ def child(args) -> None:
     elif args.child == "params":
         result = {"params": matmul_params()}
     elif args.child.startswith("dl-"):
-        precision = {"dl-fp32": "fp32", "dl-auto": "auto", "dl-bf16": "bf16"}[args.child]
-        result = run_deltalearn(precision, path, args.pairs)
+        precision = {"dl-fp32": "fp32", "dl-gc": "fp32", "dl-auto": "auto", "dl-bf16": "bf16"}[args.child]
+        result = run_deltalearn(precision, path, args.pairs, checkpointing=args.child == "dl-gc")
     else:
         result = run_trl(args.child == "trl-pre", path, args.pairs)
     Path(args.result).write_text(json.dumps(result))
@@ -311,7 +313,7 @@ def main() -> None:
               f"{achieved / mm['fp32_gflops']:>8.0%} | {achieved / mm['bf16_gflops']:>8.0%} | {r['load_after']:>10} |")
     if "trl-pre" in results:
         pre = results["trl-pre"]
-        for name in ("dl-fp32", "dl-auto"):
+        for name in ("dl-fp32", "dl-gc", "dl-auto"):
             if name in results:
                 print(f"   {name} vs TRL precomputed: {results[name]['tokens_per_s'] / pre['tokens_per_s']:.2f}x "
                       f"tokens/s, {results[name]['peak_rss_gb'] / pre['peak_rss_gb']:.2f}x peak RSS")
