@@ -298,7 +298,7 @@ def main() -> None:
               f"{[round(x, 4) for x in r['losses']]}", flush=True)
 
     base = results.get("trl")
-    print(f"\n== Results: SmolLM2-135M DPO, batch {JOB['batch']} x {JOB['accum']}, max_len {JOB['max_len']}, "
+    print(f"\n== Results: {MODEL} DPO, batch {JOB['batch']} x {JOB['accum']}, max_len {JOB['max_len']}, "
           f"{THREADS} threads; load average at end {_load()}")
     head = (f"| {'configuration':<10} | precision | pairs | ref s | train s | tokens/s | x TRL | peak RSS GB | "
             f"x TRL RSS | MFU fp32 | MFU bf16 | load after |")
