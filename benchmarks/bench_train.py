@@ -1,6 +1,6 @@
 """Training speed and memory, side by side with TRL: one DPO job, five ways, in one process tree and one sitting.
 
-    python benchmarks/bench_train.py                 # the full benchmark (64 pairs; ~15-25 min on an idle 2-core CPU)
+    python benchmarks/bench_train.py                 # the full benchmark (64 pairs; tens of minutes on 2 cores)
     python benchmarks/bench_train.py --pairs 16 --bf16-pairs 8 --configs dl-fp32,trl   # a quick check
 
 The job (issue 2's "Speed and memory" and issue 8): SmolLM2-135M-Instruct, 64 preference pairs of ~200-token
