@@ -1,4 +1,4 @@
-"""Training speed and memory, side by side with TRL: one DPO job, five ways, in one process tree and one sitting.
+"""Training speed and memory, side by side with TRL: one DPO job, six ways, in one process tree and one sitting.
 
     python benchmarks/bench_train.py                 # the full benchmark (64 pairs; tens of minutes on 2 cores)
     python benchmarks/bench_train.py --pairs 16 --bf16-pairs 8 --configs dl-fp32,trl   # a quick check
