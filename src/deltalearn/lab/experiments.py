@@ -473,17 +473,12 @@ def run_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False, progres
                                "end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
     write_json_atomic(lab.dir / "results.json", results)
     from deltalearn.manifest import update_manifest
+    from deltalearn.models import lab_home
     from deltalearn.recipe import to_dict
 
     update_manifest(lab.dir, recipe=to_dict(lab.recipe), stage="lab-sweep" if sweep else "lab",
-                    seconds=round(lab.timings["total_s"], 2), ladder=str(lab_home_ladder()))
+                    seconds=round(lab.timings["total_s"], 2), ladder=str(lab_home() / "ladder.json"))
     return results
-
-
-def lab_home_ladder():
-    from deltalearn.models import lab_home
-
-    return lab_home() / "ladder.json"
 
 
 def render_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False) -> dict:
