@@ -220,12 +220,7 @@ def _plot_ladder(ladder: dict, path: Path, root: Path) -> str:
         ax.plot([x], [r["dev_acc"] * PTS], "ko", ms=4)
     ax.set_xlabel("pretraining step")
     ax.set_ylabel("dev accuracy (%)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path.relative_to(root))
+    return _save(plt, fig, ax, path, root)
 
 
 def _plot_bars(lab, arms, path: Path, root: Path) -> str:
@@ -268,12 +263,7 @@ def _plot_sweep(pts: list[dict], fit: dict, path: Path, root: Path) -> str:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("delta: chosen minus rejected accuracy on the pairs (points)")
     ax.set_ylabel("gain over base student (points)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path.relative_to(root))
+    return _save(plt, fig, ax, path, root)
 
 
 def _plot_curves(sft_pts, dpo_pts, student: float, path: Path, root: Path) -> str:
@@ -287,6 +277,11 @@ def _plot_curves(sft_pts, dpo_pts, student: float, path: Path, root: Path) -> st
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("chosen responses' accuracy (%)")
     ax.set_ylabel("gain over base student (points)")
+    return _save(plt, fig, ax, path, root)
+
+
+def _save(plt, fig, ax, path: Path, root: Path) -> str:
+    """Legend, grid, save as PNG, close; the path relative to the run folder (for results.json)."""
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
