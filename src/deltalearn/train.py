@@ -106,7 +106,6 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, acceler
         write_json_atomic(tmp / "state.json", {
             "step": step, "param_groups": opt["param_groups"], "optimizer_scalars": scalars,
             "scheduler": scheduler.state_dict(), "python_rng": random.getstate(),
-            "numpy_rng": np.random.get_state()[1].tolist(),
         })
         (tmp / "COMPLETE").write_text("ok\n")
         shutil.rmtree(path, ignore_errors=True)
