@@ -19,6 +19,12 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 ARM_STYLE = {"preference": ("C0", "preference (chosen > rejected)"), "sft": ("C3", "SFT on chosen"),
              "reversed": ("C1", "reversed (rejected > chosen)"), "tied": ("C7", "tied teachers (equal quality)")}
 
@@ -50,9 +56,7 @@ def plot_arms(arms: dict, t: Targets, d: int, steps: int, path: Path) -> None:
     zoom.annotate(f"preference sweet spot: step {best}", (best, pref[best]), textcoords="offset points", xytext=(5, -12), fontsize=8)
     zoom.set(xlabel="SGD step (first phase, constant step size)", ylabel="cos(theta_t, theta*)", title="First phase: the sweet spot")
     zoom.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_scatter(sc: dict, d: int, path: Path) -> None:
@@ -70,9 +74,7 @@ def plot_scatter(sc: dict, d: int, path: Path) -> None:
     a2.loglog(xs, xs / 2, "C2--", lw=1, label="guide: kappa^2 / 2")
     a2.set(xlabel="kappa^2", ylabel="gain in cos (clipped at 1e-7)", title="gain is Theta(kappa^2)")
     a2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_corollary(curves: dict, exact: dict, path: Path) -> None:
@@ -95,6 +97,4 @@ def plot_corollary(curves: dict, exact: dict, path: Path) -> None:
     ax.set(xlabel="dimension d", ylabel="fraction of teacher pairs", ylim=(0, 1.02),
            title="Corollary 6.2: teacher pairs that help (dotted: normal approx.)")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
