@@ -66,6 +66,8 @@ def test_result_depends_only_on_global_batch(tiny_model_dir, toy_pairs, tmp_path
     for ra, rb in zip(metrics(a), metrics(b)):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5, abs=1e-6)
         assert ra["rewards/margin"] == pytest.approx(rb["rewards/margin"], rel=1e-4, abs=1e-6)
+        # Adam and clipping hide a wrongly scaled gradient in the weights; the pre-clip norm does not
+        assert ra["grad_norm"] == pytest.approx(rb["grad_norm"], rel=1e-4)
     wa, wb = weights(a), weights(b)
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
@@ -166,5 +168,6 @@ def test_two_processes_match_one(tiny_model_dir, toy_pairs, tmp_path):
     for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two")):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["rewards/accuracy"] == b["rewards/accuracy"]
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)  # the all-reduce scale is right
     wa, wb = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
