@@ -64,6 +64,24 @@ def test_load_split_prompts_is_deterministic_and_sized():
     assert len({x["category"] for x in train}) == 4  # the seeded order interleaves the categories
 
 
+def _split(*overrides):
+    recipe = load_recipe(ROOT / "recipes" / "sections-demo.yaml", list(overrides))
+    return S.load_split_prompts(recipe, S.settings_from(recipe))
+
+
+def test_dev_split_is_unused_train_prompts():
+    """eval_split=dev evaluates on train-split prompts that no arm trains on, never on held-out ones."""
+    train, dev = _split("experiment.eval_split=dev")
+    _, held = _split()
+    ids = lambda rows: {x["id"] for x in rows}  # noqa: E731
+    assert len(dev) == len(held) and train == _split()[0]
+    assert not ids(dev) & ids(train) and not ids(dev) & ids(held)
+    with pytest.raises(ConfigError, match="eval_split=dev needs 200 train-split prompts beyond the 100"):
+        _split("experiment.eval_split=dev", "experiment.train_prompts=100", "experiment.eval_prompts=200")
+    with pytest.raises(ConfigError, match="eval_split"):
+        _split("experiment.eval_split=test")
+
+
 # ------------------------------------------------------------------------------------------------ y_k
 
 # Answers in the styles SmolLM2-135M-Instruct writes (paragraphs; numbered lists with bold lead-ins; its own
@@ -257,6 +275,10 @@ def test_results_table_markdown_and_plot(tmp_path):
     assert len(md.splitlines()) == 4
     S.plot_sections([base, dpo], tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # two arms with one title (an lr grid) are told apart by their arm names; unique titles stay as they are
+    dpo2, _ = _record("dpo-lr1e-5", "dpo_norm 3>2", [4, 6, 7], base_scores, kind="pref", k_chosen=3, k_rejected=2)
+    assert [r[0] for r in S.results_table([base, dpo, dpo2])["rows"]] == [
+        "base", "dpo_norm 3>2 (dpo)", "dpo_norm 3>2 (dpo-lr1e-5)"]
 
 
 # ------------------------------------------------------------------------------------------------ slow: miniature run

@@ -74,6 +74,9 @@ class SectionsSettings:
     """Overrides of the recipe's `train` section for the habit stage (its loss is always sft), e.g. {lr: 3e-5}."""
     eval_original: bool = False
     """With a habit stage: also evaluate `train.model` before it (one more eval pass)."""
+    eval_split: str = "eval"
+    """`eval`: the held-out split (report numbers). `dev`: the tail of the train split, never trained on, for
+    choosing learning rates and steps without looking at the held-out prompts."""
 
 
 def column_k(name: str, where: str = "pair") -> tuple[int, int]:
@@ -94,7 +97,7 @@ def settings_from(recipe: Recipe) -> SectionsSettings:
         raise ConfigError(f"kind: the sections experiment runs recipes with kind: sections, got {recipe.kind!r}")
     if not recipe.train.model:
         raise ConfigError("train.model: name the student model (e.g. smollm2-135m)")
-    known = {"train_prompts", "eval_prompts", "habit_k", "habit_train", "eval_original"}
+    known = {"train_prompts", "eval_prompts", "habit_k", "habit_train", "eval_original", "eval_split"}
     for key, value in recipe.experiment.items():
         if key not in known:
             import difflib
@@ -105,6 +108,10 @@ def settings_from(recipe: Recipe) -> SectionsSettings:
         if key == "habit_train":
             if not isinstance(value, dict):
                 raise ConfigError(f"experiment.habit_train: expected a mapping of train keys, got {value!r}")
+        elif key == "eval_split":
+            if value not in ("eval", "dev"):
+                raise ConfigError(f"experiment.eval_split: expected 'eval' (held-out) or 'dev' (unused train "
+                                  f"prompts, for choosing settings), got {value!r}")
         elif key == "eval_original":
             if not isinstance(value, bool):
                 raise ConfigError(f"experiment.eval_original: expected true or false, got {value!r}")
@@ -369,8 +376,18 @@ def load_split_prompts(recipe: Recipe, settings: SectionsSettings) -> tuple[list
     def order(r):
         return hashlib.sha256(f"{recipe.seed}:{r['id']}".encode()).hexdigest()
 
-    train = sorted((r for r in rows if split_of(r) == "train"), key=order)[: settings.train_prompts]
-    held = sorted((r for r in rows if split_of(r) == "eval"), key=order)[: settings.eval_prompts]
+    pool = sorted((r for r in rows if split_of(r) == "train"), key=order)
+    train = pool[: settings.train_prompts]
+    if settings.eval_split == "dev":
+        # dev = the end of the train split's order, so it never meets the training prompts or the held-out split
+        n_dev = settings.eval_prompts or max(1, len(pool) // 5)
+        if len(pool) - len(train) < n_dev:
+            raise ConfigError(f"experiment.eval_split=dev needs {n_dev} train-split prompts beyond the "
+                              f"{len(train)} trained on, but the split has {len(pool)}: lower "
+                              "experiment.train_prompts or experiment.eval_prompts")
+        held = pool[len(pool) - n_dev:]
+    else:
+        held = sorted((r for r in rows if split_of(r) == "eval"), key=order)[: settings.eval_prompts]
     if not train or not held:
         raise DataError(path, f"need prompts in both splits; got {len(train)} train and {len(held)} eval")
     def slim(r):  # id, prompt, category, and any ready-made K_sections columns (e.g. the paper's released data)
@@ -446,11 +463,14 @@ def _short(column: str) -> str:
 
 def results_table(records: list[dict]) -> dict:
     rows = []
+    titles = [rec["title"] for rec in records]
     for rec in records:
         m, p = rec["metrics"], rec.get("paired_vs_base")
         tr = rec.get("train") or {}
+        # arms that differ only in settings (e.g. an lr grid) share a title: name them by arm
+        title = rec["title"] if titles.count(rec["title"]) == 1 else f"{rec['title']} ({rec['label']})"
         rows.append([
-            rec["title"], rec.get("trained_on", "-"),
+            title, rec.get("trained_on", "-"),
             fmt_pm(m["bold_sections"]["mean"], m["bold_sections"]["se"]),
             fmt_pm(p["bold_sections"]["mean"], p["bold_sections"]["se"]) if p else "-",
             fmt_pm(m["distinct_headers"]["mean"], m["distinct_headers"]["se"]),
@@ -460,7 +480,8 @@ def results_table(records: list[dict]) -> dict:
         ])
     n = records[0]["n"] if records else 0
     s = records[0]["settings"] if records else {}
-    note = (f"Mean ± s.e. over {n} held-out prompts, greedy, max {s.get('max_new_tokens')} new tokens, "
+    where = "DEV (unused train-split)" if s.get("split") == "dev" else "held-out"
+    note = (f"Mean ± s.e. over {n} {where} prompts, greedy, max {s.get('max_new_tokens')} new tokens, "
             f"system prompt: {s.get('system_prompt')!r}. Δ vs base is the paired difference on the same prompts. "
             "Bold sections = standalone bold header lines (deltalearn.utility.bold_sections).")
     return {"title": "Bold sections after training (paper Experiment 1, stylistic delta)", "columns": TABLE_COLUMNS,
@@ -507,7 +528,8 @@ def plot_sections(records: list[dict], path: Path) -> None:
     ax.set_xticks(xs)
     ax.set_xticklabels(titles, rotation=20, ha="right", fontsize=9)
     ax.set_ylabel("bold section headers per answer")
-    ax.set_title(f"Bold sections on {records[0]['n'] if records else 0} held-out prompts (mean ± s.e.)")
+    where = "dev" if records and records[0].get("settings", {}).get("split") == "dev" else "held-out"
+    ax.set_title(f"Bold sections on {records[0]['n'] if records else 0} {where} prompts (mean ± s.e.)")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -602,10 +624,11 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
                        + [{**r, "split": "eval"} for r in eval_prompts])
     _log(f"{original}" + (f" + system prompt {system_prompt!r}" if system_prompt else "")
          + (f", habit stage: SFT on y_{settings.habit_k}" if settings.habit_k else "")
-         + f"; {len(train_prompts)} train / {len(eval_prompts)} held-out prompts; columns {', '.join(columns)}; "
-         f"{len(recipe.arms)} trained arms")
+         + f"; {len(train_prompts)} train / {len(eval_prompts)} "
+         + ("held-out" if settings.eval_split == "eval" else "DEV (unused train-split)")
+         + f" prompts; columns {', '.join(columns)}; {len(recipe.arms)} trained arms")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    eval_settings = {"max_new_tokens": ev.max_new_tokens, "system_prompt": system_prompt, "greedy": True,
+    eval_settings = {"split": settings.eval_split, "max_new_tokens": ev.max_new_tokens, "system_prompt": system_prompt, "greedy": True,
                      "batch_size": ev.batch_size, "precision": gen.precision, "bf16": use_bf16(gen.precision, device),
                      "eval_ids_sha256": hashlib.sha256(json.dumps([r["id"] for r in eval_prompts]).encode()).hexdigest()}
     gens = run_dir / "generations"
@@ -656,7 +679,8 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
 
     # 4. the student's habit on the held-out prompts: the base row
     t = time.time()
-    _log(f"{next(stage)}/{n_stages} base (the student) on {len(eval_prompts)} held-out prompts "
+    where = "held-out" if settings.eval_split == "eval" else "DEV"
+    _log(f"{next(stage)}/{n_stages} base (the student) on {len(eval_prompts)} {where} prompts "
          f"(max {ev.max_new_tokens} new tokens)")
     base_eval = answers(student, eval_prompts, "base-eval.jsonl", ev.max_new_tokens, ev.batch_size)
     timed("eval_base", t)
@@ -674,7 +698,7 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
     records.append(base_rec)
     habit = base_rec["metrics"]["bold_sections"]["mean"]
     _log(f"the student's habit: {fmt_pm(habit, base_rec['metrics']['bold_sections']['se'])} bold sections per "
-         "held-out answer")
+         f"{where} answer")
 
     # 5. arms, each from the student
     for arm in recipe.arms:
