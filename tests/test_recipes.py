@@ -116,3 +116,22 @@ def test_local_prompts_are_counted(tmp_path):
     p = plan(r)
     assert p["prompts"]["count"] == 7 and p["arms"][0]["steps"] == 2
     assert p["models"]["smollm2-135m"]["params"] == 134_515_008
+
+
+def test_sections_plan_counts_the_habit_stage_and_every_generation_pass():
+    """The sections experiment's dry run shows what it will really do: the habit stage as a training run, the
+    train-prompt answers, and one eval pass per row of the results table."""
+    r = load_recipe(ROOT / "recipes" / "sections-smollm2.yaml")
+    p = plan(r)
+    assert [a["arm"] for a in p["arms"]] == ["habit"] + [a.name for a in r.arms]
+    assert p["arms"][0]["loss"] == "sft" and p["arms"][0]["lr"] == r.experiment["habit_train"]["lr"]
+    assert p["arms"][0]["steps"] == r.experiment["habit_train"]["max_steps"]
+    train_pass, *eval_passes = p["generation"]
+    assert train_pass["prompts"] == r.experiment["train_prompts"]
+    # original model (eval_original) + student + one per arm, each on the held-out prompts
+    assert [g["prompts"] for g in eval_passes] == [r.experiment["eval_prompts"]] * (2 + len(r.arms))
+    assert eval_passes[0]["flops"] == pytest.approx(train_pass["flops"] * 80 / 128)
+    assert any("habit stage: SFT on y_6" in s for s in p["stages"])
+    no_habit = plan(load_recipe(ROOT / "recipes" / "sections-smollm2.yaml",
+                                ["experiment.habit_k=null", "experiment.habit_train={}"]))
+    assert [a["arm"] for a in no_habit["arms"]] == [a.name for a in r.arms]

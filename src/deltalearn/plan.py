@@ -173,6 +173,12 @@ def _arm_list(recipe: Recipe):
     if not recipe.arms:
         return [("main", recipe.pair, recipe.train, _pairs_per_prompt(recipe.pair, g.models))]
     out = []
+    if recipe.kind == "sections":
+        from deltalearn.experiments import sections
+
+        settings = sections.settings_from(recipe)
+        if settings.habit_k is not None:  # the habit stage trains the student every arm starts from
+            out.append(("habit", recipe.pair, sections.habit_config(recipe, settings), 1))
     for arm in recipe.arms:
         pair_cfg, train_cfg = arm_configs(recipe, arm)
         out.append((arm.name, pair_cfg, train_cfg, _pairs_per_prompt(pair_cfg, g.models)))
@@ -300,13 +306,15 @@ def plan(recipe: Recipe, *, hardware: Hardware = Hardware(), prompt_tokens: Opti
                                  ("judge", n in (recipe.pair.judge, recipe.eval.judge))) if ok]
         models[n] = {"params": params, "params_source": src, "roles": roles}
 
-    # Generation: every prompt through every model.
-    gen_tokens = None if n_prompts is None else n_prompts * (prompt_tokens + response_tokens)
+    # Generation: every prompt through every model (sections: the student's own answers, then one eval pass per run).
+    gen_passes = [(m, n_prompts, m) for m in g.models]  # (label, prompts, the model whose size counts)
+    if recipe.kind == "sections":
+        gen_passes, n_prompts, prompt_source = _sections_generation(recipe, prompt_source)
     gen = []
-    for m in g.models:
-        p = models[m]["params"]
-        flops = None if p is None or gen_tokens is None else 2 * p * gen_tokens
-        gen.append({"model": m, "prompts": n_prompts, "flops": flops,
+    for m, n, sized_by in gen_passes:
+        p = models[sized_by]["params"]
+        flops = None if p is None or n is None else 2 * p * n * (prompt_tokens + response_tokens)
+        gen.append({"model": m, "prompts": n, "flops": flops,
                     "gpu_hours": gpu_hours(flops, hardware.generate_mfu, hardware)})
 
     # Arms: the recipe's own train section, or one per arm.
@@ -358,12 +366,46 @@ def plan(recipe: Recipe, *, hardware: Hardware = Hardware(), prompt_tokens: Opti
     return out
 
 
+def _sections_generation(recipe: Recipe, prompt_source: str) -> tuple[list[tuple[str, int, str]], int, str]:
+    """The sections experiment's generation passes: the model's answers on the train prompts (y_k are cut from
+    them), then greedy eval passes on the held-out prompts (the original model when eval_original, the student,
+    every arm). Returns (passes, train prompts, source)."""
+    from deltalearn.experiments import sections
+
+    settings = sections.settings_from(recipe)
+    if recipe.prompts.dataset:  # a hub dataset: a dry run loads nothing, so only the recipe's own counts are known
+        n_train, n_eval = settings.train_prompts, settings.eval_prompts
+    else:
+        n_train, n_eval = (len(x) for x in sections.load_split_prompts(recipe, settings))
+    m = recipe.train.model
+    passes = [(m, n_train, m)]
+    if settings.habit_k is not None and settings.eval_original:
+        passes.append((f"{m} (eval)", n_eval, m))
+    passes += [(f"{'student' if settings.habit_k is not None else m} (eval)", n_eval, m)]
+    passes += [(f"arm {a.name} (eval)", n_eval, m) for a in recipe.arms]
+    return passes, n_train, (f"{prompt_source}; {n_train or 'all'} train / {n_eval or 'all'} {settings.eval_split} "
+                             "prompts used")
+
+
 def _sum(values: list[Optional[float]]) -> Optional[float]:
     return None if any(v is None for v in values) else float(sum(values))
 
 
 def _stages(recipe: Recipe, arms: list[dict]) -> list[str]:
     d = recipe.run_dir
+    if recipe.kind == "sections":
+        habit = [a for a in arms if a["arm"] == "habit"]
+        s = [f"prompts (train / {recipe.experiment.get('eval_split', 'eval')} split) -> {d}/prompts.jsonl",
+             f"generate {recipe.train.model}'s greedy answers on the train prompts -> {d}/generations/base-train.jsonl"
+             " (skipped when the prompt set already has the K_sections columns)",
+             f"y_k columns (exactly k bold header lines) -> {d}/data/sections.jsonl"]
+        if habit:
+            s.append(f"habit stage: SFT on y_{recipe.experiment['habit_k']} (lr {habit[0]['lr']:g}) -> "
+                     f"{d}/arms/habit/ (the student of every arm)")
+        s.append(f"eval the student (base row) -> {d}/eval/base.json")
+        s += [f"train arm '{a['arm']}' ({a['loss']}, lr {a['lr']:g}) and eval it -> {d}/arms/{a['arm']}/"
+              for a in arms if a["arm"] != "habit"]
+        return s + [f"table, bar chart -> {d}/results.json, {d}/sections.png", f"report -> {d}/report.html"]
     if recipe.kind not in ("pipeline", "sweep"):
         return [f"experiment kind={recipe.kind} -> {d}/ (results.json, arms/*, eval/*)", f"report -> {d}/report.html"]
     s = [f"prompts -> {d}/prompts.jsonl"]
