@@ -10,6 +10,7 @@ import pytest
 
 from deltalearn.lab import task
 from deltalearn.lab.tokenizer import build_tokenizer
+from deltalearn.recipe import ConfigError
 
 
 def test_worked_solution_and_answer_are_right():
@@ -138,6 +139,26 @@ def test_ladder_pretraining_learns_and_caches(mini_lab):
     assert (home / "mini" / "student" / "tokenizer_config.json").exists()
     again = build_ladder(LadderConfig.from_dict(MINI_LADDER), home, progress=False)
     assert again["cached"] and again["rungs"] == rec["rungs"]
+
+
+def test_student_step_installs_an_earlier_checkpoint_without_retraining(mini_lab, tmp_path):
+    """ladder.student_step makes an earlier checkpoint of the student's run `lab:student`; nothing is retrained
+    and that checkpoint cannot also be a rung."""
+    import shutil
+
+    from deltalearn.lab.ladder import LadderConfig, build_ladder
+
+    home = tmp_path / "home"
+    shutil.copytree(mini_lab[0], home)
+    curve_file = next((home / "mini" / "runs").glob("a-*/curve.json"))
+    stamp = curve_file.stat().st_mtime_ns
+    rec = build_ladder(LadderConfig.from_dict(dict(MINI_LADDER, student_step=16)), home, progress=False)
+    assert rec["student"]["step"] == 16 and not rec["cached"]
+    assert rec["student"]["path"] not in [r["path"] for r in rec["rungs"]]
+    assert json.loads((home / "mini" / "student" / "SOURCE.json").read_text())["checkpoint"].endswith("step-16")
+    assert curve_file.stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="student_step: 12 is not a checkpoint of run a"):
+        LadderConfig.from_dict(dict(MINI_LADDER, student_step=12))
 
 
 def test_mini_lab_end_to_end(mini_lab, tmp_path, monkeypatch):

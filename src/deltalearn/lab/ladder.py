@@ -60,6 +60,9 @@ class LadderConfig:
     """Dev accuracy each teacher rung should have, increasing; rung i is named `r{i+1}`."""
     student_run: str = ""
     """The run whose final checkpoint is the student (named `student`)."""
+    student_step: int = 0
+    """Another checkpoint of `student_run` as the student (0: the final one), e.g. an under-trained student that
+    SFT on correct solutions still lifts. The runs are not retrained: only `lab:student` is re-installed."""
     teacher_runs: list[str] = field(default_factory=list)
     """Runs whose checkpoints may become rungs (default: all). Naming other runs than the student's keeps the
     teachers one family and the student a separate model."""
@@ -89,6 +92,10 @@ class LadderConfig:
                                 (r.hidden, r.layers, r.heads)):
                 raise ConfigError(f"experiment.ladder.runs[{r.name}].init_from must name an earlier run of the same "
                                   "size")
+            if r.name == self.student_run and self.student_step and (
+                    self.student_step > r.steps or (self.student_step % r.eval_every and self.student_step != r.steps)):
+                raise ConfigError(f"experiment.ladder.student_step: {self.student_step} is not a checkpoint of run "
+                                  f"{r.name} (every {r.eval_every} steps up to {r.steps})")
             if r.hidden % r.heads or r.steps < r.eval_every or r.eval_every < 1:
                 raise ConfigError(f"experiment.ladder.runs[{r.name}]: hidden must divide by heads and "
                                   f"steps >= eval_every >= 1")
@@ -97,7 +104,8 @@ class LadderConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "LadderConfig":
         d = dict(d)
-        unknown = set(d) - {"runs", "targets", "student_run", "teacher_runs", "dev_size", "workers", "name"}
+        unknown = set(d) - {"runs", "targets", "student_run", "student_step", "teacher_runs", "dev_size", "workers",
+                            "name"}
         if unknown:
             raise ConfigError(f"experiment.ladder: unknown keys {sorted(unknown)}")
         runs = []
@@ -257,15 +265,21 @@ def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, thre
 # ---------------------------------------------------------------------------------------------------------
 
 
+def student_point(curves: list[dict], student_run: str, student_step: int = 0) -> dict:
+    """The student's checkpoint record: `student_step` of its run, or the run's final checkpoint."""
+    curve = next(c for c in curves if c["run"]["name"] == student_run)["curve"]
+    return curve[-1] if not student_step else next(pt for pt in curve if pt["step"] == student_step)
+
+
 def select_rungs(curves: list[dict], targets: list[float], student_run: str,
-                 teacher_runs: list[str] | None = None) -> list[dict]:
+                 teacher_runs: list[str] | None = None, student_step: int = 0) -> list[dict]:
     """For each target dev accuracy (increasing), the unused checkpoint closest to it, from `teacher_runs` (all
-    when empty), excluding the student's final checkpoint. Ties go to the earlier-listed run and step. Rungs come
-    back ordered by dev accuracy."""
+    when empty), excluding the student's checkpoint. Ties go to the earlier-listed run and step. Rungs come back
+    ordered by dev accuracy."""
     cands = [(c["run"]["name"], pt) for c in curves for pt in c["curve"]
              if not teacher_runs or c["run"]["name"] in teacher_runs]
-    student_final = next(c for c in curves if c["run"]["name"] == student_run)["curve"][-1]["path"]
-    cands = [(n, pt) for n, pt in cands if pt["path"] != student_final]
+    student_path = student_point(curves, student_run, student_step)["path"]
+    cands = [(n, pt) for n, pt in cands if pt["path"] != student_path]
     used, rungs = set(), []
     for t in targets:
         free = [(n, pt) for n, pt in cands if pt["path"] not in used]
@@ -308,8 +322,10 @@ def build_ladder(cfg: LadderConfig, lab_dir: str | Path | None = None, *, progre
     cfg.validate()
     lab = (Path(lab_dir) if lab_dir is not None else lab_home()) / cfg.name
     lab.mkdir(parents=True, exist_ok=True)
-    key = sha256_json({"runs": [asdict(r) for r in cfg.runs], "targets": cfg.targets,
-                       "student_run": cfg.student_run, "teacher_runs": cfg.teacher_runs, "dev_size": cfg.dev_size})
+    config = {"runs": [asdict(r) for r in cfg.runs], "targets": cfg.targets, "student_run": cfg.student_run,
+              "teacher_runs": cfg.teacher_runs, "dev_size": cfg.dev_size,
+              **({"student_step": cfg.student_step} if cfg.student_step else {})}  # unset: earlier hashes stay valid
+    key = sha256_json(config)
     record_path = lab / LADDER_FILE
     if record_path.exists():
         rec = read_json(record_path)
@@ -334,15 +350,12 @@ def build_ladder(cfg: LadderConfig, lab_dir: str | Path | None = None, *, progre
     for r in cfg.runs:  # continuations after their parent run; then everything is cached, in the recipe's order
         parent = next((c for c in curves if c["run"]["name"] == r.init_from), None) if r.init_from else None
         curves.append(pretrain(r, str(lab), cfg.dev_size, init_path=parent["curve"][-1]["path"] if parent else ""))
-    rungs = select_rungs(curves, cfg.targets, cfg.student_run, cfg.teacher_runs)
-    student_curve = next(c for c in curves if c["run"]["name"] == cfg.student_run)
-    student = dict(student_curve["curve"][-1], run=cfg.student_run, name="student")
+    rungs = select_rungs(curves, cfg.targets, cfg.student_run, cfg.teacher_runs, cfg.student_step)
+    student = dict(student_point(curves, cfg.student_run, cfg.student_step), run=cfg.student_run, name="student")
     tok = build_tokenizer()
     for r in rungs + [student]:
         _install(r["path"], lab / r["name"], tok)
-    rec = {"config_hash": key, "config": {"runs": [asdict(r) for r in cfg.runs], "targets": cfg.targets,
-                                          "student_run": cfg.student_run, "teacher_runs": cfg.teacher_runs,
-                                          "dev_size": cfg.dev_size},
+    rec = {"config_hash": key, "config": config,
            "rungs": rungs, "student": student, "models": [r["name"] for r in rungs] + ["student"],
            "curves": curves, "wall_s": round(time.time() - t0, 1), "cached": False}
     write_json_atomic(record_path, rec)
