@@ -281,6 +281,19 @@ def test_results_table_markdown_and_plot(tmp_path):
         "base", "dpo_norm 3>2 (dpo)", "dpo_norm 3>2 (dpo-lr1e-5)"]
 
 
+def test_delta_table_pairs_each_preference_arm_with_the_tie():
+    base, base_scores = _record("base", "base", [5, 5, 5], kind="base")
+    sft, _ = _record("sft-3", "SFT on 3", [3, 3, 3], base_scores, kind="sft")
+    fwd, _ = _record("fwd", "dpo_norm 3>2", [4, 6, 8], base_scores, kind="pref", trained_on="y_3 > y_2")
+    rev, _ = _record("rev", "dpo_norm 2>3 (reversed)", [1, 2, 0], base_scores, kind="rev")
+    tie, _ = _record("tie", "dpo_norm 3>3 (tied)", [2, 3, 4], base_scores, kind="tie")
+    assert S.delta_table([base, sft, fwd, rev]) is None  # no tied arm: nothing to isolate the delta with
+    t = S.delta_table([base, sft, fwd, rev, tie])
+    # forward - tie per prompt: 2, 3, 4 -> mean 3, s.e. 0.58; reversed - tie: -1, -1, -4 -> mean -2, s.e. 1.0
+    assert [r[0] for r in t["rows"]] == ["dpo_norm 3>2", "dpo_norm 2>3 (reversed)"]
+    assert [r[2] for r in t["rows"]] == ["3.00 ± 0.58", "-2.00 ± 1.00"] and t["rows"][0][3] == 3
+
+
 # ------------------------------------------------------------------------------------------------ slow: miniature run
 
 
