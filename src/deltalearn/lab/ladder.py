@@ -200,7 +200,7 @@ def run_dir(lab_dir: Path, spec: RunSpec) -> Path:
 
 
 def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, threads: int = 1,
-             init_path: str = "") -> dict:
+             init_path: str = "", progress: bool = True) -> dict:
     """Train one run, checkpointing and scoring dev accuracy every `eval_every` steps. Returns its curve.
     A finished run (curve.json present) is not retrained."""
     import torch
@@ -235,7 +235,7 @@ def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, thre
     dev = task.sample_problems("dev", dev_size, seed=0)
     curve, t0 = [], time.time()
     bar = tqdm(range(spec.steps), desc=f"ladder {spec.name} (d{spec.hidden} L{spec.layers})", position=position,
-               leave=True, dynamic_ncols=True)
+               leave=True, dynamic_ncols=True, disable=not progress)
     model.train()
     for step in bar:
         ids, att, lab = _batch(tok, [task.random_problem(rng, "train") for _ in range(spec.batch)])
@@ -340,16 +340,17 @@ def build_ladder(cfg: LadderConfig, lab_dir: str | Path | None = None, *, progre
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as ex:
-            futs = [ex.submit(pretrain, r, str(lab), cfg.dev_size, i) for i, r in enumerate(todo)]
+            futs = [ex.submit(pretrain, r, str(lab), cfg.dev_size, i, progress=progress) for i, r in enumerate(todo)]
             for f in futs:
                 f.result()
     else:
         for r in todo:
-            pretrain(r, str(lab), cfg.dev_size, 0, threads=1)
+            pretrain(r, str(lab), cfg.dev_size, 0, threads=1, progress=progress)
     curves = []
     for r in cfg.runs:  # continuations after their parent run; then everything is cached, in the recipe's order
         parent = next((c for c in curves if c["run"]["name"] == r.init_from), None) if r.init_from else None
-        curves.append(pretrain(r, str(lab), cfg.dev_size, init_path=parent["curve"][-1]["path"] if parent else ""))
+        curves.append(pretrain(r, str(lab), cfg.dev_size, init_path=parent["curve"][-1]["path"] if parent else "",
+                               progress=progress))
     rungs = select_rungs(curves, cfg.targets, cfg.student_run, cfg.teacher_runs, cfg.student_step)
     student = dict(student_point(curves, cfg.student_run, cfg.student_step), run=cfg.student_run, name="student")
     tok = build_tokenizer()
