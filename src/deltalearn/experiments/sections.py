@@ -652,7 +652,8 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
          + ("held-out" if settings.eval_split == "eval" else "DEV (unused train-split)")
          + f" prompts; columns {', '.join(columns)}; {len(recipe.arms)} trained arms")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    eval_settings = {"split": settings.eval_split, "max_new_tokens": ev.max_new_tokens, "system_prompt": system_prompt, "greedy": True,
+    eval_settings = {"split": settings.eval_split, "max_new_tokens": ev.max_new_tokens,
+                     "system_prompt": system_prompt, "greedy": True,
                      "batch_size": ev.batch_size, "precision": gen.precision, "bf16": use_bf16(gen.precision, device),
                      "eval_ids_sha256": hashlib.sha256(json.dumps([r["id"] for r in eval_prompts]).encode()).hexdigest()}
     gens = run_dir / "generations"
