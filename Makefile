@@ -28,10 +28,14 @@ chromium:
 demo: setup
 	$(BIN)/deltalearn demo
 
+# doctor first, so every test log says which machine kind it ran on (CPU model, avx2 / avx512_bf16 / amx flags, what
+# precision 'auto' means there). DELTALEARN_NATIVE_BF16=1|0 runs the suite as a native-bf16 / AVX2-only machine would.
 test: setup chromium
+	$(BIN)/deltalearn doctor
 	$(BIN)/python -m pytest -q
 
 test-slow: setup chromium
+	$(BIN)/deltalearn doctor
 	$(BIN)/python -m pytest -q -m slow
 
 bench: setup

@@ -16,7 +16,7 @@ import torch
 from deltalearn.generate import (_decode_batch, chat_completion, generate_responses, length_sorted_batches,
                                  meta_path, model_slug, read_generations)
 from deltalearn.io import DataError
-from deltalearn.precision import autocast_context, cpu_has_native_bf16, use_bf16
+from deltalearn.precision import autocast_context, cpu_has_native_bf16, cpu_probe_native_bf16, use_bf16
 from deltalearn.recipe import ConfigError
 from deltalearn.tokenize import prompt_ids
 
@@ -54,7 +54,9 @@ def naive_greedy(model, tok, prompt, max_new_tokens):
 
 def test_batched_equals_naive_greedy_rows_in_input_order(smol):
     model, tok = smol
-    rows = generate_responses(model, PROMPTS, tokenizer=tok, max_new_tokens=12, batch_size=3, progress=False)
+    # fp32 pinned: in bf16 the padding of a batch changes the rounding, so batched and alone may differ
+    rows = generate_responses(model, PROMPTS, tokenizer=tok, max_new_tokens=12, batch_size=3, precision="fp32",
+                              progress=False)
     assert [r["id"] for r in rows] == [p["id"] for p in PROMPTS]
     assert rows[0]["reference"] == "4" and "reference" not in rows[1]  # extra keys copied through
     for r, p in zip(rows, PROMPTS):
@@ -102,14 +104,15 @@ def test_sampling_is_seeded(smol):
 def test_out_file_sidecar_skip_and_refusal(smol, tmp_path):
     model, tok = smol
     out = tmp_path / "gen" / "smol.jsonl"
-    rows = generate_responses(model, PROMPTS[:3], out, tokenizer=tok, max_new_tokens=6, progress=False)
+    rows = generate_responses(model, PROMPTS[:3], out, tokenizer=tok, max_new_tokens=6, precision="fp32", progress=False)
     meta = json.loads(meta_path(out).read_text())
     assert meta["complete"] and meta["max_new_tokens"] == 6 and meta["template_hash"] and meta["bf16"] is False
+    assert meta["precision"] == "fp32"
     assert meta["summary"]["rows"] == 3
     # A torn final line (a kill mid-write) is cut off and that row regenerated; finished ids are skipped.
     with out.open("ab") as f:
         f.write(b'{"id": "p3", "resp')
-    more = generate_responses(model, PROMPTS, out, tokenizer=tok, max_new_tokens=6, progress=False)
+    more = generate_responses(model, PROMPTS, out, tokenizer=tok, max_new_tokens=6, precision="fp32", progress=False)
     assert [r["id"] for r in more] == [p["id"] for p in PROMPTS]
     assert more[:3] == rows
     assert sorted(r["id"] for r in read_generations(out)) == sorted(p["id"] for p in PROMPTS)
@@ -117,14 +120,14 @@ def test_out_file_sidecar_skip_and_refusal(smol, tmp_path):
     # Same id, different prompt: the prompt set changed under the file; refused rather than silently reused.
     changed = [dict(PROMPTS[0], prompt="What is 3+3?")] + PROMPTS[1:]
     with pytest.raises(DataError, match="id 'p0' is in the file with a different prompt"):
-        generate_responses(model, changed, out, tokenizer=tok, max_new_tokens=6, progress=False)
+        generate_responses(model, changed, out, tokenizer=tok, max_new_tokens=6, precision="fp32", progress=False)
     # Different decoding settings into the same file: refused, naming the setting.
     with pytest.raises(DataError, match=r"max_new_tokens: file has 6, this run 7"):
-        generate_responses(model, PROMPTS, out, tokenizer=tok, max_new_tokens=7, progress=False)
+        generate_responses(model, PROMPTS, out, tokenizer=tok, max_new_tokens=7, precision="fp32", progress=False)
     # Rows without a sidecar: refused rather than guessed.
     meta_path(out).unlink()
     with pytest.raises(DataError, match="no smol.meta.json sidecar"):
-        generate_responses(model, PROMPTS, out, tokenizer=tok, max_new_tokens=6, progress=False)
+        generate_responses(model, PROMPTS, out, tokenizer=tok, max_new_tokens=6, precision="fp32", progress=False)
 
 
 def test_bad_arguments(smol):
@@ -146,8 +149,18 @@ def test_bad_arguments(smol):
             generate_responses("smollm2-135m", PROMPTS, backend="vllm", progress=False)
 
 
-def test_precision_policy():
+def test_precision_policy(monkeypatch):
     assert use_bf16("fp32", "cpu") is False and use_bf16("bf16", "cpu") is True
+    # DELTALEARN_NATIVE_BF16 makes this machine behave like the other kind; fp32/bf16 are never overridden
+    for value, want in (("1", True), ("0", False)):
+        monkeypatch.setenv("DELTALEARN_NATIVE_BF16", value)
+        assert cpu_has_native_bf16() is want and use_bf16("auto", "cpu") is want
+        assert use_bf16("fp32", "cpu") is False and use_bf16("bf16", "cpu") is True
+    monkeypatch.setenv("DELTALEARN_NATIVE_BF16", "maybe")
+    with pytest.raises(ConfigError, match="DELTALEARN_NATIVE_BF16 must be 1 or 0"):
+        use_bf16("auto", "cpu")
+    monkeypatch.delenv("DELTALEARN_NATIVE_BF16")
+    assert cpu_has_native_bf16() is cpu_probe_native_bf16()
     assert use_bf16("auto", "cpu") is cpu_has_native_bf16()
     assert use_bf16("auto", torch.device("cpu")) is cpu_has_native_bf16()
     with pytest.raises(ValueError, match="precision"):

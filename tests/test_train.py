@@ -19,8 +19,9 @@ from deltalearn.train import train
 
 
 def cfg(model, tmp_path, **kw):
+    # fp32 unless a test says otherwise: these are exactness tests, and what `auto` means depends on the CPU
     base = dict(model=model, loss="dpo_norm", lr=1e-3, batch_size=4, micro_batch_size=2, max_len=128, epochs=2,
-                ref_cache_dir=str(tmp_path / "refcache"))
+                ref_cache_dir=str(tmp_path / "refcache"), precision="fp32")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -155,7 +156,7 @@ def test_two_processes_match_one(tiny_model_dir, toy_pairs, tmp_path):
     common = ["--pairs", str(pairs), "--model", tiny_model_dir, "--no-progress",
               "--set", "train.lr=0.001", "--set", "train.batch_size=4", "--set", "train.micro_batch_size=1",
               "--set", "train.max_len=128", "--set", "train.epochs=2",
-              "--set", f"train.ref_cache_dir={tmp_path / 'refcache'}"]
+              "--set", f"train.ref_cache_dir={tmp_path / 'refcache'}", "--set", "train.precision=fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "deltalearn.cli", "train", "--out", str(tmp_path / "one"), *common],
                          env=env, capture_output=True, text=True, timeout=600)

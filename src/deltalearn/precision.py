@@ -6,20 +6,47 @@ Elsewhere bf16 on CPU is *emulated* and far slower than fp32 (measured on this p
 machine: a 1024x1024 matmul takes ~180x longer under bf16 autocast), so "auto" must look at the hardware.
 
 precision: "auto" (bf16 where native, else fp32), "bf16" (always, even if slow), "fp32" (never).
+
+`DELTALEARN_NATIVE_BF16=1|0` overrides the CPU probe, so one machine can run the test suite (or anything else) as
+a machine of the other kind would: 1 makes "auto" mean bf16 on this CPU, 0 makes it mean fp32.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import ContextManager
+import os
+from typing import ContextManager, Optional
 
 PRECISIONS = ("auto", "bf16", "fp32")
+NATIVE_BF16_ENV = "DELTALEARN_NATIVE_BF16"
+
+
+def native_bf16_override() -> Optional[bool]:
+    """The value of DELTALEARN_NATIVE_BF16 (True/False), or None when unset."""
+    raw = os.environ.get(NATIVE_BF16_ENV)
+    if raw is None or raw.strip() == "":
+        return None
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    from deltalearn.recipe import ConfigError  # a ValueError the CLI prints as a one-line error
+
+    raise ConfigError(f"environment variable {NATIVE_BF16_ENV} must be 1 or 0 (unset: probe the CPU), got {raw!r}")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs whose matmuls run bf16 natively (AMX tiles, or AVX512-BF16), unless DELTALEARN_NATIVE_BF16
+    says otherwise."""
+    forced = native_bf16_override()
+    return cpu_probe_native_bf16() if forced is None else forced
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs whose matmuls run bf16 natively (AMX tiles, or AVX512-BF16)."""
+def cpu_probe_native_bf16() -> bool:
+    """What the CPU itself reports: AMX tiles or AVX512-BF16."""
     import torch
 
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):

@@ -32,9 +32,11 @@ def default_cache_dir() -> Path:
     return cache_home() / "ref_logps"
 
 
-def cache_key(encoded: list[EncodedPair], *, model_fingerprint: str, precision: str) -> str:
+def cache_key(encoded: list[EncodedPair], *, model_fingerprint: str, precision: str, layout=None) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "model": model_fingerprint, "precision": precision}).encode())
+    if layout is not None:  # bf16 values depend on the batch-mates each pair was scored with
+        h.update(json.dumps(layout).encode())
     for e in encoded:
         for part in (e.prompt, e.chosen, e.rejected):
             h.update(np.asarray(part, dtype=np.int64).tobytes())
@@ -74,23 +76,59 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
             os.unlink(tmp)
 
 
+def _score_layout(model, encoded: list[EncodedPair], layout, out: dict, *, pad_id: int, precision: str,
+                  progress: bool) -> None:
+    """Score pairs in given micro-batches, exactly as the training loop batches them: the chosen sides of the
+    micro-batch, then its rejected sides, in one padded batch. Only the `keep` pairs of each are written."""
+    from deltalearn.logps import ResponseLogProbs, collate
+    from deltalearn.precision import autocast_context
+
+    device = next(model.parameters()).device
+    scorer = ResponseLogProbs(model)
+    was_training = model.training
+    model.eval()
+    batches = layout
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(layout, desc="reference log-probs", unit="batch")
+    try:
+        for mb, keep in batches:
+            seqs = [(encoded[i].prompt, encoded[i].chosen) for i in mb] + [(encoded[i].prompt, encoded[i].rejected)
+                                                                           for i in mb]
+            b = collate(seqs, pad_id).to(device)
+            with torch.no_grad(), autocast_context(precision, device):
+                s, c = scorer(b.input_ids, b.attention_mask, b.loss_mask)
+            s, c, k, wanted = s.float().cpu(), c.float().cpu(), len(mb), set(keep)
+            for j, i in enumerate(mb):
+                if i in wanted:
+                    out["chosen_sum"][i], out["chosen_n"][i] = s[j], c[j]
+                    out["rejected_sum"][i], out["rejected_n"][i] = s[k + j], c[k + j]
+    finally:
+        model.train(was_training)
+
+
 def compute(model, encoded: list[EncodedPair], *, pad_id: int, precision: str, batch_size: int,
-            accelerator=None, progress: bool = True) -> dict[str, torch.Tensor]:
-    """Score every pair's chosen and rejected response under `model` (no grad)."""
+            accelerator=None, progress: bool = True, layout=None) -> dict[str, torch.Tensor]:
+    """Score every pair's chosen and rejected response under `model` (no grad): in length-sorted batches, or, with
+    `layout` (this rank's [(micro-batch, pairs to keep)], see train.reference_layout), in the training's batches."""
     from deltalearn.logps import batched_logps
 
     n = len(encoded)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    mine = list(range(rank, n, world))
-    seqs = [(encoded[i].prompt, encoded[i].chosen) for i in mine] + [(encoded[i].prompt, encoded[i].rejected)
-                                                                     for i in mine]
-    sums, counts = batched_logps(model, seqs, pad_id=pad_id, batch_size=batch_size, precision=precision,
-                                 progress=progress and rank == 0, desc="reference log-probs")
     out = {k: torch.full((n,), float("-inf")) for k in ("chosen_sum", "chosen_n", "rejected_sum", "rejected_n")}
-    idx = torch.tensor(mine, dtype=torch.long)
-    k = len(mine)
-    out["chosen_sum"][idx], out["rejected_sum"][idx] = sums[:k], sums[k:]
-    out["chosen_n"][idx], out["rejected_n"][idx] = counts[:k].float(), counts[k:].float()
+    if layout is not None:
+        _score_layout(model, encoded, layout, out, pad_id=pad_id, precision=precision, progress=progress and rank == 0)
+    else:
+        mine = list(range(rank, n, world))
+        seqs = [(encoded[i].prompt, encoded[i].chosen) for i in mine] + [(encoded[i].prompt, encoded[i].rejected)
+                                                                         for i in mine]
+        sums, counts = batched_logps(model, seqs, pad_id=pad_id, batch_size=batch_size, precision=precision,
+                                     progress=progress and rank == 0, desc="reference log-probs")
+        idx = torch.tensor(mine, dtype=torch.long)
+        k = len(mine)
+        out["chosen_sum"][idx], out["rejected_sum"][idx] = sums[:k], sums[k:]
+        out["chosen_n"][idx], out["rejected_n"][idx] = counts[:k].float(), counts[k:].float()
     if world > 1:
         device = accelerator.device
         for key in out:
@@ -105,17 +143,19 @@ def compute(model, encoded: list[EncodedPair], *, pad_id: int, precision: str, b
 
 def reference_logps(model_loader, encoded: list[EncodedPair], *, model_fingerprint: str, precision: str,
                     pad_id: int, batch_size: int = 16, cache_dir: str | Path | None = None, accelerator=None,
-                    progress: bool = True) -> tuple[dict[str, torch.Tensor], Path, bool]:
+                    progress: bool = True, layout=None) -> tuple[dict[str, torch.Tensor], Path, bool]:
     """Cached reference log-probs. `model_loader()` is called only on a cache miss, and the model it returns is
-    dropped before this returns. Returns (tensors, cache path, hit)."""
-    key = cache_key(encoded, model_fingerprint=model_fingerprint, precision=precision)
+    dropped before this returns. `layout`: every rank's micro-batches (train.reference_layout; bf16), or None.
+    Returns (tensors, cache path, hit)."""
+    key = cache_key(encoded, model_fingerprint=model_fingerprint, precision=precision, layout=layout)
     path = Path(cache_dir or default_cache_dir()) / f"{key}.safetensors"
     hit = load(path, len(encoded))
     if hit is not None:
         return hit, path, True
     model = model_loader()
+    rank = accelerator.process_index if accelerator is not None else 0
     tensors = compute(model, encoded, pad_id=pad_id, precision=precision, batch_size=batch_size,
-                      accelerator=accelerator, progress=progress)
+                      accelerator=accelerator, progress=progress, layout=layout[rank] if layout else None)
     del model
     if accelerator is None or accelerator.is_main_process:
         save(path, tensors, {"model": model_fingerprint, "precision": precision, "rows": len(encoded),

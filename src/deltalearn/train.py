@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -56,12 +57,51 @@ def load_pair_rows(pairs, loss: LossType) -> tuple[list[dict], str | None]:
     return rows, source
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+
+
 def step_indices(n: int, batch_size: int, step: int, seed: int, shuffle: bool) -> list[int]:
     """The global batch of optimizer step `step`: epoch e uses a permutation seeded by (seed, e)."""
     per_epoch = n // batch_size
     epoch, pos = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    return order[pos * batch_size:(pos + 1) * batch_size].tolist()
+    return _epoch_order(n, seed, epoch, shuffle)[pos * batch_size:(pos + 1) * batch_size].tolist()
+
+
+def micro_batches(encoded, gidx: list[int], rank: int, world: int, micro_batch_size: int) -> list[list[int]]:
+    """This rank's share of a global batch in micro-batches, longest pairs first (the loss is a sum over pairs, so
+    the grouping does not change it; sorting keeps padding low)."""
+    mine = sorted(gidx[rank::world], key=lambda i: -(len(encoded[i].chosen) + len(encoded[i].rejected)))
+    return [mine[s:s + micro_batch_size] for s in range(0, len(mine), micro_batch_size)]
+
+
+def reference_layout(encoded, cfg: TrainConfig, total_steps: int, world: int) -> list[list[tuple[list[int], list[int]]]]:
+    """For each rank, the micro-batches of the reference pass: (pairs scored together, pairs whose values to keep).
+
+    In bf16 a sequence's log-prob depends on what it is batched with (padding and batch shape change the kernels'
+    rounding: ~0.5 nats on a 200-token response here), so a reference scored in other batches than the policy's makes
+    the first DPO loss differ from ln 2 although policy == reference. So each pair is scored in the micro-batch
+    where training first meets it, with the same batch-mates in the same order; pairs no step uses are scored in
+    length-sorted groups at the end."""
+    n, seen = len(encoded), set()
+    layout: list[list[tuple[list[int], list[int]]]] = [[] for _ in range(world)]
+    for step in range(total_steps):
+        if len(seen) == n or step >= 2 * max(1, n // cfg.batch_size):  # two epochs meet every pair
+            break
+        gidx = step_indices(n, cfg.batch_size, step, cfg.seed, cfg.shuffle)
+        for rank in range(world):
+            for mb in micro_batches(encoded, gidx, rank, world, cfg.micro_batch_size):
+                new = [i for i in mb if i not in seen]
+                if new:
+                    layout[rank].append((mb, new))
+                    seen.update(new)
+    rest = sorted((i for i in range(n) if i not in seen),
+                  key=lambda i: -(len(encoded[i].chosen) + len(encoded[i].rejected)))
+    for j, s in enumerate(range(0, len(rest), cfg.micro_batch_size)):
+        group = rest[s:s + cfg.micro_batch_size]
+        layout[j % world].append((group, group))
+    return layout
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
@@ -249,10 +289,13 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                                      trust_remote_code=cfg.trust_remote_code)
             return m
 
+        # fp32 is batch-invariant to ~1e-6, so it scores in length-sorted batches (least padding); bf16 is not, so
+        # it replays the training's micro-batches (reference_layout) and the first loss is ln 2 exactly
+        layout = reference_layout(encoded, cfg, total_steps, world) if precision == "bf16" else None
         ref, path, hit = refcache.reference_logps(loader, encoded, model_fingerprint=fp, precision=precision,
                                                   pad_id=pad_id, batch_size=max(cfg.micro_batch_size * 2, 8),
                                                   cache_dir=cfg.ref_cache_dir, accelerator=acc if world > 1 else None,
-                                                  progress=progress)
+                                                  progress=progress, layout=layout)
         ref_info = {"ref_cache": str(path), "ref_cache_hit": hit}
     ref_seconds = time.time() - t_ref
 
@@ -306,10 +349,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     for step in range(start_step, total_steps):
         t0 = time.time()
         gidx = step_indices(n, cfg.batch_size, step, cfg.seed, cfg.shuffle)
-        mine = gidx[rank::world]
-        # length-sorted micro-batches: the loss is a sum over pairs, so grouping does not change it
-        mine.sort(key=lambda i: -(len(encoded[i].chosen) + len(encoded[i].rejected)))
-        micro = [mine[s:s + cfg.micro_batch_size] for s in range(0, len(mine), cfg.micro_batch_size)]
+        micro = micro_batches(encoded, gidx, rank, world, cfg.micro_batch_size)
         sft_tokens = sum(len(encoded[i].chosen) for i in gidx)  # trained tokens in the whole global batch
         agg = torch.zeros(7, dtype=torch.float64)  # loss, r_c, r_r, acc, lp_c, lp_r, tokens
         for j, mb in enumerate(micro):
