@@ -327,3 +327,27 @@ def test_openai_backend_against_a_real_vllm_server(smol, smollm2_dir, tmp_path):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_model_fingerprint_does_not_depend_on_threads(smol):
+    """A rerun with another thread count must recognise its own file (a float sum of the weights did not)."""
+    from deltalearn.generate import model_fingerprint
+
+    model, _ = smol
+    threads = torch.get_num_threads()
+    try:
+        fps = set()
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            fps.add(model_fingerprint(model, None))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(fps) == 1
+    with torch.no_grad():
+        first = next(model.parameters())
+        old = first.view(-1)[0].item()
+        first.view(-1)[0] += 1.0
+        try:
+            assert model_fingerprint(model, None) not in fps
+        finally:
+            first.view(-1)[0] = old

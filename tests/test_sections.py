@@ -57,10 +57,12 @@ def test_prompt_splits_do_not_overlap_and_have_no_near_duplicates():
 def test_load_split_prompts_is_deterministic_and_sized():
     r = load_recipe(ROOT / "recipes" / "sections-demo.yaml")
     settings = S.settings_from(r)
-    train, held = S.load_split_prompts(r, settings)
+    train, habit, held = S.load_split_prompts(r, settings)
     assert len(train) == settings.train_prompts and len(held) == settings.eval_prompts
-    assert not {x["id"] for x in train} & {x["id"] for x in held}
-    assert S.load_split_prompts(r, settings) == (train, held)
+    assert len(habit) == (settings.habit_prompts or 0)
+    ids = lambda rows: {x["id"] for x in rows}  # noqa: E731
+    assert not ids(train) & ids(held) and not ids(habit) & ids(train) and not ids(habit) & ids(held)
+    assert S.load_split_prompts(r, settings) == (train, habit, held)
     assert len({x["category"] for x in train}) == 4  # the seeded order interleaves the categories
 
 
@@ -71,11 +73,11 @@ def _split(*overrides):
 
 def test_dev_split_is_unused_train_prompts():
     """eval_split=dev evaluates on train-split prompts that no arm trains on, never on held-out ones."""
-    train, dev = _split("experiment.eval_split=dev")
-    _, held = _split()
+    train, habit, dev = _split("experiment.eval_split=dev")
+    _, _, held = _split()
     ids = lambda rows: {x["id"] for x in rows}  # noqa: E731
     assert len(dev) == len(held) and train == _split()[0]
-    assert not ids(dev) & ids(train) and not ids(dev) & ids(held)
+    assert not ids(dev) & ids(train) and not ids(dev) & ids(held) and not ids(dev) & ids(habit)
     with pytest.raises(ConfigError, match="eval_split=dev needs 200 train-split prompts beyond the 100"):
         _split("experiment.eval_split=dev", "experiment.train_prompts=100", "experiment.eval_prompts=200")
     with pytest.raises(ConfigError, match="eval_split"):

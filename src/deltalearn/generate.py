@@ -107,10 +107,15 @@ def model_fingerprint(model, name: str | None) -> str:
 
     import torch
 
+    # The raw bytes of a strided sample of the first and last weights: a float sum would depend on the thread
+    # count (summation order), and a rerun with other threads would then refuse its own file.
     params = list(model.parameters())
+    h = hashlib.sha256(json.dumps([getattr(model.config, "_name_or_path", ""),
+                                   sum(p.numel() for p in params)]).encode())
     with torch.no_grad():
-        probe = [float(params[0].float().sum()), float(params[-1].float().sum()), sum(p.numel() for p in params)]
-    return hashlib.sha256(json.dumps([getattr(model.config, "_name_or_path", ""), probe]).encode()).hexdigest()[:16]
+        for p in (params[0], params[-1]):
+            h.update(p.detach().flatten()[::101].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -374,11 +374,13 @@ def _sections_generation(recipe: Recipe, prompt_source: str) -> tuple[list[tuple
 
     settings = sections.settings_from(recipe)
     if recipe.prompts.dataset:  # a hub dataset: a dry run loads nothing, so only the recipe's own counts are known
-        n_train, n_eval = settings.train_prompts, settings.eval_prompts
+        n_train, n_habit, n_eval = settings.train_prompts, settings.habit_prompts, settings.eval_prompts
     else:
-        n_train, n_eval = (len(x) for x in sections.load_split_prompts(recipe, settings))
+        n_train, n_habit, n_eval = (len(x) for x in sections.load_split_prompts(recipe, settings))
     m = recipe.train.model
     passes = [(m, n_train, m)]
+    if settings.habit_k is not None and n_habit:
+        passes.append((f"{m} (habit prompts)", n_habit, m))
     if settings.habit_k is not None and settings.eval_original:
         passes.append((f"{m} (eval)", n_eval, m))
     passes += [(f"{'student' if settings.habit_k is not None else m} (eval)", n_eval, m)]

@@ -52,7 +52,8 @@ from deltalearn.utility import bold_sections, bold_spans, distinct_headers, resp
 
 DEFAULT_PROMPTS = "builtin:sections_prompts"
 COLUMN = re.compile(r"^(?P<k>\d+)_sections(?P<alt>_alt)?$")
-METRICS = ("bold_sections", "distinct_headers", "bold_spans", "response_words", "response_tokens")
+METRICS = ("bold_sections", "headers_per_100_words", "distinct_headers", "bold_spans", "response_words",
+           "response_tokens")
 MAX_K = 50
 
 
@@ -70,6 +71,10 @@ class SectionsSettings:
     habit_k: Optional[int] = None
     """Give the student a habit first: SFT `train.model` on y_{habit_k} (built from its own answers to the train
     prompts) and use that model as the student of every arm. Needed for SmolLM2, whose habit is ~0 sections."""
+    habit_prompts: Optional[int] = None
+    """With a habit stage: train it on this many train-split prompts that no arm trains on (the next ones after the
+    arms' `train_prompts` in the split's seeded order), so the habit is the student's own on new prompts, not a
+    memory of the arms' data. Unset: the habit trains on the arms' prompts."""
     habit_train: dict = field(default_factory=dict)
     """Overrides of the recipe's `train` section for the habit stage (its loss is always sft), e.g. {lr: 3e-5}."""
     eval_original: bool = False
@@ -97,7 +102,7 @@ def settings_from(recipe: Recipe) -> SectionsSettings:
         raise ConfigError(f"kind: the sections experiment runs recipes with kind: sections, got {recipe.kind!r}")
     if not recipe.train.model:
         raise ConfigError("train.model: name the student model (e.g. smollm2-135m)")
-    known = {"train_prompts", "eval_prompts", "habit_k", "habit_train", "eval_original", "eval_split"}
+    known = {"train_prompts", "eval_prompts", "habit_k", "habit_prompts", "habit_train", "eval_original", "eval_split"}
     for key, value in recipe.experiment.items():
         if key not in known:
             import difflib
@@ -120,6 +125,8 @@ def settings_from(recipe: Recipe) -> SectionsSettings:
             raise ConfigError(f"experiment.{key}: expected a whole number >= 1{f' and <= {MAX_K}' if key == 'habit_k' else ''}"
                               f" (or null), got {value!r}")
     settings = SectionsSettings(**recipe.experiment)
+    if settings.habit_prompts is not None and settings.habit_k is None:
+        raise ConfigError("experiment.habit_prompts is set but experiment.habit_k is not: name the habit's k (e.g. 6)")
     if settings.habit_train and settings.habit_k is None:
         raise ConfigError("experiment.habit_train is set but experiment.habit_k is not: name the habit's k (e.g. 6)")
     if settings.habit_k is not None:
@@ -361,8 +368,9 @@ def split_of(row: dict) -> str:
     return "eval" if int(hashlib.sha256(str(row["id"]).encode()).hexdigest(), 16) % 4 == 0 else "train"
 
 
-def load_split_prompts(recipe: Recipe, settings: SectionsSettings) -> tuple[list[dict], list[dict]]:
-    """(train, eval) prompt rows; each split in a seeded order that interleaves the categories, then cut to size."""
+def load_split_prompts(recipe: Recipe, settings: SectionsSettings) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, habit, eval) prompt rows; each split in a seeded order that interleaves the categories, then cut to
+    size. The train split's order is [arms' prompts | habit prompts | ... | dev prompts]: no two overlap."""
     from deltalearn.prompts import load_prompts
 
     pc = recipe.prompts
@@ -378,13 +386,21 @@ def load_split_prompts(recipe: Recipe, settings: SectionsSettings) -> tuple[list
 
     pool = sorted((r for r in rows if split_of(r) == "train"), key=order)
     train = pool[: settings.train_prompts]
+    habit: list[dict] = []
+    if settings.habit_prompts:
+        habit = pool[len(train): len(train) + settings.habit_prompts]
+        if len(habit) < settings.habit_prompts:
+            raise ConfigError(f"experiment.habit_prompts={settings.habit_prompts} needs that many train-split prompts "
+                              f"beyond the {len(train)} the arms train on, but the split has {len(pool)}: lower "
+                              "experiment.train_prompts or experiment.habit_prompts")
     if settings.eval_split == "dev":
         # dev = the end of the train split's order, so it never meets the training prompts or the held-out split
         n_dev = settings.eval_prompts or max(1, len(pool) // 5)
-        if len(pool) - len(train) < n_dev:
+        used = len(train) + len(habit)
+        if len(pool) - used < n_dev:
             raise ConfigError(f"experiment.eval_split=dev needs {n_dev} train-split prompts beyond the "
-                              f"{len(train)} trained on, but the split has {len(pool)}: lower "
-                              "experiment.train_prompts or experiment.eval_prompts")
+                              f"{used} trained on, but the split has {len(pool)}: lower "
+                              "experiment.train_prompts, experiment.habit_prompts or experiment.eval_prompts")
         held = pool[len(pool) - n_dev:]
     else:
         held = sorted((r for r in rows if split_of(r) == "eval"), key=order)[: settings.eval_prompts]
@@ -393,7 +409,7 @@ def load_split_prompts(recipe: Recipe, settings: SectionsSettings) -> tuple[list
     def slim(r):  # id, prompt, category, and any ready-made K_sections columns (e.g. the paper's released data)
         return {k: v for k, v in r.items() if k in ("id", "prompt", "category") or COLUMN.match(str(k))}
 
-    return [slim(r) for r in train], [slim(r) for r in held]
+    return [slim(r) for r in train], [slim(r) for r in habit], [slim(r) for r in held]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -401,10 +417,18 @@ def load_split_prompts(recipe: Recipe, settings: SectionsSettings) -> tuple[list
 # ---------------------------------------------------------------------------------------------------------
 
 
+def headers_per_100_words(text: str) -> float:
+    """Header density: bold header lines per 100 words of the answer (0 for an empty answer). Unlike the count it is
+    not capped by max_new_tokens: an answer that makes every phrase a header scores high however soon it is cut."""
+    words = response_words(text)
+    return 100.0 * bold_sections(text) / words if words else 0.0
+
+
 def score_rows(rows: list[dict]) -> dict[str, list[float]]:
     """Per-prompt utility values of generated rows (same order as rows)."""
     return {
         "bold_sections": [bold_sections(r["response"]) for r in rows],
+        "headers_per_100_words": [headers_per_100_words(r["response"]) for r in rows],
         "distinct_headers": [distinct_headers(r["response"]) for r in rows],
         "bold_spans": [bold_spans(r["response"]) for r in rows],
         "response_words": [response_words(r["response"]) for r in rows],
@@ -423,7 +447,7 @@ def eval_record(label: str, title: str, rows: list[dict], base: Optional[dict[st
         rec["metrics"][name] = {"mean": m, "se": se, "n": len(vals)}
     if base is not None:
         rec["paired_vs_base"] = {}
-        for name in ("bold_sections", "distinct_headers", "bold_spans", "response_words"):
+        for name in ("bold_sections", "headers_per_100_words", "distinct_headers", "bold_spans", "response_words"):
             d, se = paired_diff(base[name], scores[name])
             rec["paired_vs_base"][name] = {"mean": d, "se": se, "n": len(rows)}
     if train_summary is not None:
@@ -437,8 +461,9 @@ def eval_record(label: str, title: str, rows: list[dict], base: Optional[dict[st
 # Report: table, chart, Markdown
 # ---------------------------------------------------------------------------------------------------------
 
-TABLE_COLUMNS = ["run", "trained on", "bold sections", "Δ vs base (paired)", "distinct headers", "bold spans",
-                 "length (tokens)", "length (words)", "steps", "train s"]
+TABLE_COLUMNS = ["run", "trained on", "bold sections", "Δ vs base (paired)", "headers / 100 words",
+                 "Δ density (paired)", "distinct headers", "bold spans", "length (tokens)", "length (words)", "steps",
+                 "train s"]
 
 
 def arm_title(loss: str, chosen: Optional[str], rejected: Optional[str], reverse: bool) -> tuple[str, str]:
@@ -473,6 +498,8 @@ def results_table(records: list[dict]) -> dict:
             title, rec.get("trained_on", "-"),
             fmt_pm(m["bold_sections"]["mean"], m["bold_sections"]["se"]),
             fmt_pm(p["bold_sections"]["mean"], p["bold_sections"]["se"]) if p else "-",
+            fmt_pm(m["headers_per_100_words"]["mean"], m["headers_per_100_words"]["se"]),
+            fmt_pm(p["headers_per_100_words"]["mean"], p["headers_per_100_words"]["se"]) if p else "-",
             fmt_pm(m["distinct_headers"]["mean"], m["distinct_headers"]["se"]),
             fmt_pm(m["bold_spans"]["mean"], m["bold_spans"]["se"]),
             f"{m['response_tokens']['mean']:.0f}", f"{m['response_words']['mean']:.0f}",
@@ -640,14 +667,17 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
     stage = iter(range(1, n_stages + 1))
 
     # 1. prompts
-    train_prompts, eval_prompts = load_split_prompts(recipe, settings)
-    overlap = {r["id"] for r in train_prompts} & {r["id"] for r in eval_prompts}
+    train_prompts, habit_prompts, eval_prompts = load_split_prompts(recipe, settings)
+    ids = [{r["id"] for r in x} for x in (train_prompts, habit_prompts, eval_prompts)]
+    overlap = (ids[0] & ids[1]) | (ids[0] & ids[2]) | (ids[1] & ids[2])
     if overlap:
-        raise DataError(None, f"prompts in both splits: {sorted(overlap)[:5]}")
+        raise DataError(None, f"prompts in two splits: {sorted(overlap)[:5]}")
     write_jsonl_atomic(run_dir / "prompts.jsonl", [{**r, "split": "train"} for r in train_prompts]
+                       + [{**r, "split": "habit"} for r in habit_prompts]
                        + [{**r, "split": "eval"} for r in eval_prompts])
     _log(f"{original}" + (f" + system prompt {system_prompt!r}" if system_prompt else "")
          + (f", habit stage: SFT on y_{settings.habit_k}" if settings.habit_k else "")
+         + (f" of {len(habit_prompts)} prompts of its own" if habit_prompts else "")
          + f"; {len(train_prompts)} train / {len(eval_prompts)} "
          + ("held-out" if settings.eval_split == "eval" else "DEV (unused train-split)")
          + f" prompts; columns {', '.join(columns)}; {len(recipe.arms)} trained arms")
@@ -693,9 +723,15 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
         if settings.eval_original:
             original_rows = answers(original, eval_prompts, "original-eval.jsonl", ev.max_new_tokens, ev.batch_size)
         hcfg = habit_config(recipe, settings)
-        rows = arm_pairs(table, f"{k}_sections", None, reverse=False, system_prompt=system_prompt)
-        _log(f"{next(stage)}/{n_stages} habit stage: SFT on y_{k} (lr {hcfg.lr:g}, batch {hcfg.batch_size}, "
-             f"{hcfg.max_steps or 'all'} steps); the result is the student of every arm")
+        habit_table = table
+        if habit_prompts:  # the habit's own prompts: answers, then y_k, as for the arms
+            habit_answers = answers(original, habit_prompts, "base-habit.jsonl", gen.max_new_tokens, gen.batch_size)
+            habit_table, habit_dropped = build_sections_table(habit_answers, [f"{k}_sections"])
+            update_manifest(run_dir, habit_data={"prompts": len(habit_table), "dropped": habit_dropped})
+        rows = arm_pairs(habit_table, f"{k}_sections", None, reverse=False, system_prompt=system_prompt)
+        _log(f"{next(stage)}/{n_stages} habit stage: SFT on y_{k} of {len(rows)} "
+             f"{'prompts no arm trains on' if habit_prompts else 'train prompts'} (lr {hcfg.lr:g}, "
+             f"batch {hcfg.batch_size}, {hcfg.max_steps or 'all'} steps); the result is the student of every arm")
         t = time.time()
         summary = _train_arm(hcfg, rows, run_dir / "arms" / "habit", {"chosen": f"{k}_sections"}, progress)
         timed("train_habit", t)
@@ -809,8 +845,9 @@ def run_cli(args) -> int:
     t = time.time()
     results = run_sections(recipe, progress=not args.no_progress)
     wall = time.time() - t
-    print(f"\ndemo finished in {wall / 60:.1f} min; results: {recipe.run_dir / 'results.json'}"
-          + (f"; report: {results['report']}" if results.get("report") else ""))
+    print(f"\ndemo finished in {wall / 60:.1f} min\n  results:   {recipe.run_dir / 'results.json'}\n"
+          f"  bar chart: {recipe.run_dir / 'sections.png'}"
+          + (f"\n  report:    {results['report']}" if results.get("report") else ""))
     return 0
 
 
