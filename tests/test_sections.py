@@ -10,7 +10,7 @@ import pytest
 
 from deltalearn.experiments import sections as S
 from deltalearn.recipe import ConfigError, load_recipe
-from deltalearn.utility import bold_sections, distinct_headers, header_lines
+from deltalearn.utility import bold_sections, response_words, distinct_headers, header_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT / "src" / "deltalearn" / "data" / "sections_prompts.jsonl"
@@ -78,10 +78,32 @@ def test_dev_split_is_unused_train_prompts():
     ids = lambda rows: {x["id"] for x in rows}  # noqa: E731
     assert len(dev) == len(held) and train == _split()[0]
     assert not ids(dev) & ids(train) and not ids(dev) & ids(held) and not ids(dev) & ids(habit)
-    with pytest.raises(ConfigError, match="eval_split=dev needs 200 train-split prompts beyond the 100"):
+    with pytest.raises(ConfigError, match="eval_split=dev needs 200 train-split prompts beyond the 164"):
         _split("experiment.eval_split=dev", "experiment.train_prompts=100", "experiment.eval_prompts=200")
     with pytest.raises(ConfigError, match="eval_split"):
         _split("experiment.eval_split=test")
+
+
+def test_habit_prompts_are_their_own():
+    """The habit stage trains on prompts that neither the arms, the dev split nor the held-out split contain."""
+    train, habit, dev = _split("experiment.eval_split=dev")
+    _, habit2, held = _split()
+    ids = lambda rows: {x["id"] for x in rows}  # noqa: E731
+    assert len(habit) == 64 and habit == habit2
+    assert not ids(habit) & (ids(train) | ids(dev) | ids(held))
+    with pytest.raises(ConfigError, match="habit_prompts=300 needs that many"):
+        _split("experiment.habit_prompts=300")
+    with pytest.raises(ConfigError, match="habit_prompts is set but experiment.habit_k is not"):
+        _split("experiment.habit_k=null")
+    with pytest.raises(ConfigError, match="eval_split=dev needs 150 train-split prompts beyond the 96"):
+        _split("experiment.eval_split=dev", "experiment.eval_prompts=150")
+
+
+def test_header_density_is_per_100_words():
+    text = "**One**\nfirst part of it.\n\n**Two**\nsecond part here now."
+    assert bold_sections(text) == 2
+    assert S.headers_per_100_words(text) == pytest.approx(100 * 2 / response_words(text))
+    assert S.headers_per_100_words("") == 0.0
 
 
 # ------------------------------------------------------------------------------------------------ y_k
