@@ -276,7 +276,7 @@ def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: O
         from deltalearn.prompts import load_prompts
 
         prompts = load_prompts(p.path, column=p.column, id_column=p.id_column, dataset=p.dataset, split=p.split,
-                               limit=limit or p.limit, dedupe=True)
+                               default_split="eval", limit=limit or p.limit, dedupe=True)
     pairs = load_eval_pairs(cfg.pairs, limit=limit) if cfg.pairs else None
 
     scores: dict[str, list[float]] = {}
@@ -284,6 +284,7 @@ def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: O
     settings: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
                                 "temperature": 0.0, "system_prompt": cfg.system_prompt, "utilities": cfg.utilities,
                                 "prompts": (cfg.prompts.path or cfg.prompts.dataset) if cfg.prompts else None,
+                                "split": (cfg.prompts.split or "eval (default)") if cfg.prompts else None,
                                 "n_prompts": len(prompts) if prompts else 0, "pairs": cfg.pairs,
                                 "limit": limit, "precision": precision}
     if prompts or pairs:
@@ -435,7 +436,12 @@ def add_cli_args(p) -> None:
     p.add_argument("--out", help="where eval/<label>.json goes (default: the run folder, or runs/eval)")
     p.add_argument("--label", help="name of the result file (default: from the model name)")
     p.add_argument("--prompts", help="held-out prompts (.jsonl/.json/.csv/.parquet, a dataset folder, builtin:NAME)")
-    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--prompt-column", default="prompt", help="column holding the prompt (default: %(default)s)")
+    p.add_argument("--id-column", default=None,
+                   help="column with stable prompt ids (default: a hash of the prompt); pairs per-prompt scores")
+    p.add_argument("--split", default=None,
+                   help="which rows of the prompt file to evaluate, by its `split` column (default: eval, the "
+                        "held-out split, when the file has that column; every row otherwise; a hub dataset: train)")
     p.add_argument("--utilities", nargs="*", default=None, help="utilities to score, e.g. bold_sections exact_answer")
     p.add_argument("--pairs", help="held-out pairs (prompt/chosen/rejected) for preference accuracy and margin")
     p.add_argument("--reference", help="reference model for the implicit reward (default: none; with --run: base)")
@@ -464,7 +470,8 @@ def _cfg_from_args(args, base_cfg: Optional[EvalConfig] = None) -> EvalConfig:
 
     cfg = EvalConfig(**(base_cfg.__dict__ if base_cfg else {}))
     if args.prompts:
-        cfg.prompts = PromptsConfig(path=args.prompts, column=args.prompt_column)
+        cfg.prompts = PromptsConfig(path=args.prompts, column=args.prompt_column, id_column=args.id_column,
+                                    split=args.split)
     if args.utilities is not None:
         cfg.utilities = list(args.utilities)
     if args.pairs:
@@ -522,7 +529,8 @@ def run_cli(args) -> int:
         from deltalearn.generate import generate_responses
         from deltalearn.prompts import load_prompts
 
-        prompts = load_prompts(cfg.prompts.path, column=cfg.prompts.column, limit=args.limit, dedupe=True)
+        prompts = load_prompts(cfg.prompts.path, column=cfg.prompts.column, id_column=cfg.prompts.id_column,
+                               split=cfg.prompts.split, default_split="eval", limit=args.limit, dedupe=True)
         baseline = generate_responses(args.base, prompts, out / "eval" / f"{_slug(args.base)}.baseline.jsonl",
                                       max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                       system_prompt=cfg.system_prompt, precision=args.precision,

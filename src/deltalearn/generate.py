@@ -466,8 +466,10 @@ def add_cli_args(p) -> None:
                         "server's model name)")
     p.add_argument("--prompts", help="prompt file (.jsonl/.json/.parquet/.csv), a save_to_disk folder, or builtin:NAME")
     p.add_argument("--dataset", help="hub dataset name instead of --prompts (needs network)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--split", default=None,
+                   help="which rows of the prompt file, by its `split` column (default: train when the file has that "
+                        "column, every row otherwise); for --dataset, the hub split (default: train)")
+    p.add_argument("--prompt-column", default="prompt", help="column holding the prompt (default: %(default)s)")
     p.add_argument("--id-column", default=None, help="column with stable ids (default: a hash of the prompt)")
     p.add_argument("--keep", nargs="*", default=None, help="extra prompt columns to copy to the output (default all)")
     p.add_argument("--dedupe", action="store_true", help="drop repeated prompts (counted) instead of failing")
@@ -507,7 +509,7 @@ def run_cli(args) -> int:
         for m in args.models:  # unknown local models fail now, not after the first model's hours of work
             resolve(m)
     prompts = load_prompts(args.prompts, column=args.prompt_column, id_column=args.id_column, dataset=args.dataset,
-                           split=args.split, limit=args.limit, keep=args.keep, dedupe=args.dedupe)
+                           split=args.split, default_split="train", limit=args.limit, keep=args.keep, dedupe=args.dedupe)
     out = Path(args.out)
     for slug, m in slugs.items():
         generate_responses(m, prompts, out / f"{slug}.jsonl", max_new_tokens=args.max_new_tokens,

@@ -47,7 +47,7 @@ def run_pipeline(recipe: Recipe, *, progress: bool = True) -> Path:
                                                              "prompts_sha256": input_hash(pc.path)})
     with _stage(run_dir, "prompts"):
         prompts = load_prompts(pc.path, column=pc.column, id_column=pc.id_column, dataset=pc.dataset,
-                               split=pc.split, limit=pc.limit)
+                               split=pc.split, default_split="train", limit=pc.limit)
         write_jsonl_atomic(run_dir / "prompts.jsonl", prompts)
     g = recipe.generate
     gen_dir = run_dir / "generations"

@@ -43,7 +43,10 @@ class PromptsConfig:
     `builtin:NAME` for the prompt sets the package ships."""
     dataset: Optional[str] = None
     """A hub dataset name (needs network); used when `path` is empty."""
-    split: str = "train"
+    split: Optional[str] = None
+    """A hub dataset's split (default train), or the value of a prompt file's `split` column to keep. Default for
+    a file with a `split` column: `train` for generation, `eval` (held-out) for evaluation; a file without one
+    gives every row."""
     column: str = "prompt"
     """Column holding the prompt: a string, or a list of chat messages."""
     id_column: Optional[str] = None
