@@ -316,7 +316,9 @@ def _pair_row(pid: str, prompt, c: dict, r: dict, cm: str, rm: str, rule: str, c
            "rejected": [{"role": "assistant", "content": r["response"]}],
            "chosen_model": cm, "rejected_model": rm, "rule": rule,
            "chosen_score": None if cs is None else float(cs), "rejected_score": None if rs is None else float(rs),
-           "chosen_size": sizes.get(cm), "rejected_size": sizes.get(rm)}
+           "chosen_size": sizes.get(cm), "rejected_size": sizes.get(rm),
+           # kept with --keep-truncated: the trainer gives a cut-off response no EOS (deltalearn.tokenize)
+           "chosen_truncated": bool(c.get("truncated")), "rejected_truncated": bool(r.get("truncated"))}
     ref = c.get("reference", r.get("reference"))
     if ref is not None:
         row["reference"] = ref
@@ -438,7 +440,7 @@ def make_pairs(generations: Generations, cfg: PairConfig, *,
 
     if cfg.control == "reverse":
         for p in pairs:
-            for k in ("", "_model", "_score", "_size"):
+            for k in ("", "_model", "_score", "_size", "_truncated"):
                 p["chosen" + k], p["rejected" + k] = p["rejected" + k], p["chosen" + k]
     for p in pairs:
         p["control"] = cfg.control
