@@ -207,3 +207,20 @@ def test_a_run_built_command_by_command_is_not_called_complete(tmp_path, capsys)
     assert "| cli | no-manifest | columns | smollm2-135m |" in capsys.readouterr().out
     assert main(["report", str(run), "--out", str(out), "--strict"]) == 1
     assert "manifest.json: not found" in capsys.readouterr().err
+
+
+def test_report_and_json_files_get_ordinary_permissions(tmp_path):
+    """report.html, report.md and every JSON artifact are readable like any other file (0644 under umask 022),
+    not 0600 as mkstemp makes them (issue 17)."""
+    import os
+
+    from deltalearn.io import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        out = build_report([make_run(tmp_path)])
+        write_json_atomic(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for f in (out, out.with_suffix(".md"), tmp_path / "x.json"):
+        assert oct(f.stat().st_mode & 0o777) == oct(0o644), f
