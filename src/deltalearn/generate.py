@@ -504,10 +504,10 @@ def run_cli(args) -> int:
                               "the folder) or generate them into different --out folders")
         slugs[s] = m
     if args.backend == "transformers":
-        from deltalearn.models import resolve
+        from deltalearn.models import check_available
 
-        for m in args.models:  # unknown local models fail now, not after the first model's hours of work
-            resolve(m)
+        for m in args.models:  # unknown or unreachable models fail now, not after the first model's hours of work
+            check_available(m)
     prompts = load_prompts(args.prompts, column=args.prompt_column, id_column=args.id_column, dataset=args.dataset,
                            split=args.split, default_split="train", limit=args.limit, keep=args.keep, dedupe=args.dedupe)
     out = Path(args.out)

@@ -82,10 +82,12 @@ def model_params(name: str) -> tuple[Optional[int], str]:
     key = _norm(name)
     if key in KNOWN_PARAMS:
         return KNOWN_PARAMS[key], "known size"
-    try:
-        from deltalearn.models import resolve
+    from deltalearn.models import UnknownModelError, resolve
 
+    try:
         src = resolve(name)
+    except UnknownModelError as e:  # a misspelled name: the dry run's job is to catch it
+        raise ConfigError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - a missing lab rung or folder is reported in the plan, not fatal
         return None, f"unknown ({e})"
     if src.kind == "folder":
