@@ -81,3 +81,36 @@ def test_missing_recipe_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(p)
     assert isinstance(load_recipe(), Recipe)
+
+
+def test_set_errors_name_the_set_and_experiment_errors_name_the_file(tmp_path, capsys):
+    """A bad value from --set blames the --set, not the recipe file; an empty value says so instead of 'got None';
+    an experiment-key typo in the file names the file (issue 17)."""
+    from deltalearn.cli import main
+
+    demo = "recipes/sections-demo.yaml"
+    with pytest.raises(ConfigError, match=r"^--set train.lr=abc: train.lr: expected a number, got 'abc'$"):
+        load_recipe(demo, ["train.lr=abc"])
+    with pytest.raises(ConfigError, match=r"^--set train.lr=: no value after '='"):
+        load_recipe(demo, ["train.lr="])
+    in_file = _write(tmp_path, "lr: abc", demo)
+    with pytest.raises(ConfigError, match=f"^{in_file}: train.lr: expected a number, got 'abc'$"):
+        load_recipe(in_file, [])
+    bad = _write(tmp_path, "habitk: 6", demo)
+    assert main(["run", bad, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: unknown key 'experiment.habitk'; did you mean 'habit_k'?" in err
+    assert main(["run", demo, "--dry-run", "--set", "experiment.habitk=6"]) == 2
+    assert "--set experiment.habitk=6: unknown key 'experiment.habitk'" in capsys.readouterr().err
+
+
+def _write(tmp_path, line: str, demo: str) -> str:
+    """The demo recipe with one extra line under train: (lr) or experiment: (anything else)."""
+    import yaml
+
+    data = yaml.safe_load(open(demo))
+    key, value = line.split(": ")
+    (data["train"] if key == "lr" else data["experiment"])[key] = value if key == "lr" else int(value)
+    out = tmp_path / f"{key}.yaml"
+    out.write_text(yaml.safe_dump(data))
+    return str(out)

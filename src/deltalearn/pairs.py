@@ -460,7 +460,7 @@ def make_pairs(generations: Generations, cfg: PairConfig, *,
 def save_pairs(pairs: list[dict], out_dir, *, summary: Optional[dict] = None, export: tuple[str, ...] = ()) -> Path:
     """Save as an HF dataset (save_to_disk) atomically: written to a temporary folder, then renamed into place,
     so a killed run never leaves a half-written dataset under the final name. `export` adds
-    <out_dir>.jsonl / .parquet beside it."""
+    out_dir/pairs.jsonl / pairs.parquet inside it."""
     import datasets
 
     if not pairs:
@@ -474,24 +474,22 @@ def save_pairs(pairs: list[dict], out_dir, *, summary: Optional[dict] = None, ex
     ds.save_to_disk(str(tmp))
     if summary is not None:
         write_json_atomic(tmp / "pair_summary.json", summary)
+    # Exports go inside the folder (pairs.jsonl / pairs.parquet), so the folder is the whole artifact.
+    for fmt in export:
+        if fmt == "jsonl":
+            from deltalearn.io import write_jsonl_atomic
+
+            write_jsonl_atomic(tmp / "pairs.jsonl", pairs)
+        elif fmt == "parquet":
+            ds.to_parquet(str(tmp / "pairs.parquet"))
+        else:
+            raise ConfigError(f"unknown export format '{fmt}' (jsonl, parquet)")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
     if old.exists():
         shutil.rmtree(old)
-    for fmt in export:
-        if fmt == "jsonl":
-            from deltalearn.io import write_jsonl_atomic
-
-            write_jsonl_atomic(out.with_suffix(".jsonl"), pairs)
-        elif fmt == "parquet":
-            dest = out.with_suffix(".parquet")
-            part = dest.with_name(f".{dest.name}.tmp")
-            ds.to_parquet(str(part))
-            os.replace(part, dest)
-        else:
-            raise ConfigError(f"unknown export format '{fmt}' (jsonl, parquet)")
     return out
 
 
@@ -631,6 +629,13 @@ def add_cli_args(p) -> None:
 
 
 def run_cli(args) -> int:
+    try:
+        return _run_cli(args)
+    except ConfigError as e:  # the user typed flags, not recipe keys: pair.rejected -> --rejected
+        raise ConfigError(re.sub(r"\bpair\.([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
+
+
+def _run_cli(args) -> int:
     from deltalearn.generate import model_slug
 
     cfg = PairConfig(rule=args.rule, chosen=args.chosen, rejected=args.rejected, sizes=_parse_sizes(args.sizes),
@@ -652,7 +657,8 @@ def run_cli(args) -> int:
         if not pairs:
             raise DataError(args.out, "no pairs survived the filters; nothing saved (see the summary above)")
         save_pairs(pairs, args.out, summary=summary, export=tuple(args.export))
-        print(f"saved {len(pairs)} pairs to {args.out}", file=sys.stderr)
+        exported = "".join(f", {Path(args.out) / ('pairs.' + fmt)}" for fmt in args.export)
+        print(f"saved {len(pairs)} pairs to {args.out}{exported}", file=sys.stderr)
     if args.stats:
         util = args.stats_utility or (args.utility if args.rule == "utility" else None)
         sizes = None

@@ -120,11 +120,16 @@ def add_cli_args(p) -> None:
 
 
 def run_cli(args) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
-    if args.dry_run:
-        from deltalearn.plan import format_plan, plan
+    from deltalearn.recipe import blame
 
-        print(format_plan(plan(recipe)))
-        return 0
-    run_recipe(recipe, progress=not args.no_progress)
+    recipe = load_recipe(args.recipe, args.overrides)
+    try:
+        if args.dry_run:
+            from deltalearn.plan import format_plan, plan
+
+            print(format_plan(plan(recipe)))
+            return 0
+        run_recipe(recipe, progress=not args.no_progress)
+    except ConfigError as e:  # experiment settings are checked by their module: name the file (or --set) here too
+        raise ConfigError(blame(str(e), args.recipe, args.overrides)) from None
     return 0

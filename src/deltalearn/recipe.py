@@ -323,8 +323,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{text}' must look like key.path=value (e.g. train.beta=5)")
     key, raw = text.split("=", 1)
     if not key.strip():
-        raise ConfigError(f"override '{text}' has an empty key")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+        raise ConfigError(f"--set {text}: the key is empty")
+    if not raw.strip():
+        raise ConfigError(f"--set {text}: no value after '=' (write {key.strip()}=null to unset it)")
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text}: the value is not valid YAML ({e.problem})") from None
+
+
+def blame(message: str, path: str | Path | None, overrides: list[str] | None) -> str:
+    """Prefix a recipe error with where the bad value came from: the `--set` that wrote the key it names, or else
+    the recipe file."""
+    for text in reversed(overrides or []):
+        key = text.split("=", 1)[0].strip()
+        if key and (f"'{key}'" in message or message.startswith((f"{key}:", f"{key} ")) or f" {key}:" in message):
+            return f"--set {text}: {message}"
+    if path and not str(message).startswith(str(path)):
+        return f"{path}: {message}"
+    return message
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -423,4 +440,4 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         # An explicit beta in the YAML/overrides wins; otherwise the loss's default.
         return validate(recipe)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise ConfigError(blame(str(e), path, overrides)) from None
