@@ -212,3 +212,13 @@ def test_eval_cli_uses_the_held_out_split_by_default(tiny_model_dir, tmp_path):
         saved = json.loads((tmp_path / "eval" / f"{label}.json").read_text())
         ids = saved["items"]["ids"]["utility/bold_sections"]
         assert len(ids) == 4 and {rows[i] for i in ids} == {split or "eval"}
+
+
+def test_numbers_print_at_the_precision_their_error_allows():
+    from deltalearn.stats import fmt_mean_se
+
+    assert fmt_mean_se(37.123456, 0.44071) == "37.12 ± 0.44"
+    assert fmt_mean_se(0.5, 0.19) == "0.50 ± 0.19"
+    assert fmt_mean_se(48.0, 0.0) == "48 ± 0"
+    assert fmt_mean_se(-0.9712, 0.3913, signed=True) == "-0.97 ± 0.39"
+    assert fmt_mean_se(1.96, 1.234, signed=True) == "+2.0 ± 1.2"

@@ -1,5 +1,6 @@
 """Recipes are validated before any work starts, with errors a person can act on."""
 
+import json
 import warnings
 
 import pytest
@@ -114,3 +115,28 @@ def _write(tmp_path, line: str, demo: str) -> str:
     out = tmp_path / f"{key}.yaml"
     out.write_text(yaml.safe_dump(data))
     return str(out)
+
+
+def test_config_reference_is_current_and_complete():
+    """docs/config.md is generated from the dataclasses (python -m deltalearn.configdoc > docs/config.md); every
+    recipe field has a docstring, and every train.* key it lists is one --set accepts."""
+    import dataclasses
+    from pathlib import Path
+
+    from deltalearn import configdoc
+    from deltalearn import recipe as R
+
+    doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    assert doc == configdoc.render(), "docs/config.md is stale: python -m deltalearn.configdoc > docs/config.md"
+    for cls in (R.PromptsConfig, R.GenerateConfig, R.PairConfig, R.TrainConfig, R.LoraConfig, R.EvalConfig, R.Arm,
+                R.Recipe):
+        nested = {"prompts", "generate", "pair", "train", "eval", "arms"} if cls is R.Recipe else set()
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in nested
+                   and f.name not in configdoc.field_docs(cls)]
+        assert not missing, f"{cls.__name__}: fields without a docstring: {missing}"
+    for f in dataclasses.fields(R.TrainConfig):
+        assert f"| `train.{f.name}` |" in doc
+        if f.name not in ("lora", "model", "reference"):
+            value = getattr(R.TrainConfig(), f.name)
+            text = "null" if value is None else json.dumps(list(value) if isinstance(value, tuple) else value)
+            load_recipe(data={"train": {"model": "m"}}, overrides=[f"train.{f.name}={text}"])

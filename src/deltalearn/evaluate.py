@@ -449,20 +449,28 @@ def add_cli_args(p) -> None:
     p.add_argument("--reduction", choices=["mean", "sum"], default=None,
                    help="per-token mean (dpo_norm, default) or summed log-probs")
     p.add_argument("--judge", help="judge model for the win rate against the base model (position-swapped)")
-    p.add_argument("--judge-backend", choices=["transformers", "openai"], default="transformers")
+    p.add_argument("--judge-backend", choices=["transformers", "openai"], default="transformers",
+                   help="run the judge in process, or through an OpenAI-compatible server (--judge-base-url)")
     p.add_argument("--judge-base-url", help="OpenAI-compatible endpoint of the judge, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--base", help="base model: the judge's comparison (and, with --run, the model tuned)")
     p.add_argument("--lm-eval", nargs="*", default=None, metavar="TASK",
                    help="lm-evaluation-harness tasks, `preset:tulu3-dev`, or `local:tiny_facts` (needs [eval])")
-    p.add_argument("--lm-eval-limit", type=int, help="lm-eval: at most N documents per task")
+    from deltalearn.cli import positive_int
+
+    p.add_argument("--lm-eval-limit", type=positive_int, help="lm-eval: at most N documents per task")
     p.add_argument("--lm-eval-include", help="lm-eval: a folder of your own YAML tasks")
-    p.add_argument("--limit", type=int, help="at most N prompts / pairs")
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--limit", type=positive_int, help="at most N prompts (of the split) / pairs")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help="longest greedy response (default: eval.max_new_tokens, 256)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="prompts per generation batch (default: eval.batch_size, 16)")
     p.add_argument("--max-len", type=int, default=None, help="max tokens of prompt + response for eval pairs")
-    p.add_argument("--system-prompt")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--system-prompt", help="a system message put before every prompt")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 where the device has fast bf16 (AMX CPUs, Ampere+ GPUs), else fp32")
+    from deltalearn.cli import add_no_progress
+
+    add_no_progress(p)
 
 
 def _cfg_from_args(args, base_cfg: Optional[EvalConfig] = None) -> EvalConfig:
@@ -489,11 +497,19 @@ def _cfg_from_args(args, base_cfg: Optional[EvalConfig] = None) -> EvalConfig:
     return cfg
 
 
-def _print_result(res: dict) -> None:
+def _print_result(res: dict, base: Optional[dict] = None) -> None:
+    """One line per metric at the precision its s.e. allows; with a base result, the paired gain over the same
+    prompts beside it."""
+    from deltalearn.report import gain
+    from deltalearn.stats import fmt_mean_se
+
     print(f"{res['label']} ({res['model']}):")
     for k, v in res["metrics"].items():
-        se = "" if v["se"] is None else f" ± {v['se']:.4g}"
-        print(f"  {k:<40} {v['mean']:.4g}{se}  (n={v['n']})")
+        line = f"  {k:<32} {fmt_mean_se(v['mean'], v['se']):>16}  (n={v['n']})"
+        g = gain(base, res, k) if base is not None and base is not res else None
+        if g is not None:
+            line += f"   vs base {fmt_mean_se(g['gain'], g['se'], signed=True)}{' paired' if g['paired'] else ''}"
+        print(line)
 
 
 def run_cli(args) -> int:
@@ -515,7 +531,7 @@ def run_cli(args) -> int:
         base_cfg = from_dict(EvalConfig, rec.get("eval") or {}, f"{run_dir}/manifest.json: recipe.eval")
         results = evaluate_run(run_dir, _cfg_from_args(args, base_cfg), base=args.base, **kw)
         for res in results.values():
-            _print_result(res)
+            _print_result(res, results.get("base"))
         print(f"wrote {run_dir / 'eval'}/{{{','.join(results)}}}.json", file=sys.stderr)
         return 0
     cfg = _cfg_from_args(args)

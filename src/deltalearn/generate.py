@@ -461,8 +461,8 @@ def read_generations(out_path: str | Path) -> list[dict]:
 
 
 def add_cli_args(p) -> None:
-    p.add_argument("--models", nargs="+", required=True,
-                   help="models: smollm2-135m, lab:RUNG, a .gguf file, an HF folder or hub id (openai backend: the "
+    p.add_argument("--models", "--model", dest="models", nargs="+", required=True,
+                   help="one or more models: smollm2-135m, lab:RUNG, a .gguf file, an HF folder or hub id (openai backend: the "
                         "server's model name)")
     p.add_argument("--prompts", help="prompt file (.jsonl/.json/.parquet/.csv), a save_to_disk folder, or builtin:NAME")
     p.add_argument("--dataset", help="hub dataset name instead of --prompts (needs network)")
@@ -473,20 +473,28 @@ def add_cli_args(p) -> None:
     p.add_argument("--id-column", default=None, help="column with stable ids (default: a hash of the prompt)")
     p.add_argument("--keep", nargs="*", default=None, help="extra prompt columns to copy to the output (default all)")
     p.add_argument("--dedupe", action="store_true", help="drop repeated prompts (counted) instead of failing")
-    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    from deltalearn.cli import positive_int
+
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (of the split)")
     p.add_argument("--out", required=True, help="folder for <model-slug>.jsonl + .meta.json")
     p.add_argument("--label", default=None, help="one model only: write <label>.jsonl instead of <model-slug>.jsonl "
                    "(e.g. a second, sampled run of the same model beside the greedy one)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the paper's setting)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--system-prompt", default=None)
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", choices=list(BACKENDS), default="transformers")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256,
+                   help="longest response; a response that hits it is marked truncated")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (the paper's "
+                   "setting)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature > 0)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per generation batch")
+    p.add_argument("--system-prompt", default=None, help="a system message put before every prompt")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 where the device has fast bf16 (AMX CPUs, Ampere+ GPUs), else fp32")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--backend", choices=list(BACKENDS), default="transformers",
+                   help="transformers (in process), openai (a served model at --base-url) or vllm")
     p.add_argument("--base-url", default=None, help="openai backend: e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--no-progress", action="store_true")
+    from deltalearn.cli import add_no_progress
+
+    add_no_progress(p)
 
 
 def run_cli(args) -> int:

@@ -116,7 +116,9 @@ def add_cli_args(p) -> None:
                    help="override a recipe value, e.g. --set train.beta=5 (repeatable)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the recipe and print the plan and compute estimate; load no model")
-    p.add_argument("--no-progress", action="store_true")
+    from deltalearn.cli import add_no_progress
+
+    add_no_progress(p)
 
 
 def run_cli(args) -> int:

@@ -395,6 +395,17 @@ def _sections_generation(recipe: Recipe, prompt_source: str) -> tuple[list[tuple
                              "prompts used")
 
 
+def _setting(v: Any) -> str:
+    """A setting as a person writes it in YAML ({lr: 0.0001, max_steps: 8}), not as a Python dict repr."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_setting(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_setting(x) for x in v) + "]"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
 def _sum(values: list[Optional[float]]) -> Optional[float]:
     return None if any(v is None for v in values) else float(sum(values))
 
@@ -495,9 +506,9 @@ def format_plan(p: dict[str, Any]) -> str:
               "no padding)"]
     if p.get("experiment"):
         lines += ["", f"Experiment settings (checked by the {p['kind']} experiment when it runs): "
-                  + ", ".join(f"{k}={v}" for k, v in p["experiment"].items())]
+                  + ", ".join(f"{k}={_setting(v)}" for k, v in p["experiment"].items())]
     if p.get("eval"):
-        lines += ["", "Eval: " + ", ".join(f"{k}={v}" for k, v in p["eval"].items())]
+        lines += ["", "Eval: " + ", ".join(f"{k}={_setting(v)}" for k, v in p["eval"].items())]
     cmp_ = p.get("tulu3_comparison")
     if cmp_:
         lines += ["", "Weak generation vs Tulu 3's strong generation (same prompts, same response lengths):",

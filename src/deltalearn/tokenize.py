@@ -190,19 +190,25 @@ def render_roles(tokenizer, enc: EncodedPair, side: str = "chosen") -> str:
 
 
 def add_cli_args(p) -> None:
-    p.add_argument("pairs", help="pairs file or folder (prompt/chosen/rejected)")
+    p.add_argument("pairs_positional", nargs="?", metavar="PAIRS", help="the same as --pairs")
+    p.add_argument("--pairs", help="pairs file or folder (prompt/chosen/rejected), as for `train --pairs`")
     p.add_argument("--model", default="smollm2-135m", help="model whose tokenizer and chat template to use")
     p.add_argument("--rows", type=int, default=2, help="how many rows to show")
-    p.add_argument("--max-len", type=int, default=2048)
+    p.add_argument("--max-len", type=int, default=2048, help="max tokens of prompt + response, as train.max_len")
 
 
 def run_cli(args) -> int:
     from deltalearn.io import read_table
     from deltalearn.models import load_tokenizer
 
+    from deltalearn.recipe import ConfigError
+
+    if bool(args.pairs) == bool(args.pairs_positional):
+        raise ConfigError("give the pairs once: --pairs PAIRS (or PAIRS alone)")
+    path = args.pairs or args.pairs_positional
     tok = load_tokenizer(args.model)
-    rows = read_table(args.pairs)
-    pairs, kept, stats = encode_pairs(tok, rows[: args.rows], max_len=args.max_len, source=args.pairs)
+    rows = read_table(path)
+    pairs, kept, stats = encode_pairs(tok, rows[: args.rows], max_len=args.max_len, source=path)
     for enc, i in zip(pairs, kept):
         print(f"=== row {i + 1}")
         for side in ("chosen", "rejected"):

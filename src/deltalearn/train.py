@@ -521,9 +521,14 @@ def add_cli_args(p) -> None:
     p.add_argument("--model", help="model to tune (overrides train.model)")
     p.add_argument("--loss", choices=[t.value for t in LossType], help="overrides train.loss")
     p.add_argument("--resume", help="resume from this checkpoint folder (default: the latest in --out)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
+                   help="overrides train.precision (auto: bf16 autocast where the device has fast bf16)")
+    p.add_argument("--seed", type=int, default=None, help="overrides train.seed (data order and init of LoRA)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.beta=5 (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
+    from deltalearn.cli import add_no_progress
+
+    add_no_progress(p)
 
 
 def run_cli(args) -> int:
@@ -534,10 +539,16 @@ def run_cli(args) -> int:
         overrides.append(f"train.model={args.model}")
     if args.loss:
         overrides.append(f"train.loss={args.loss}")
+    if args.precision:
+        overrides.append(f"train.precision={args.precision}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
     recipe = load_recipe(args.recipe, overrides)
     summary = train(recipe.train, args.pairs, args.out, progress=not args.no_progress, resume=args.resume)
     if summary.pop("skipped", False):
         print(f"deltalearn train: {args.out} already holds this finished run (same settings and data); skipped "
               "training and printed its summary (delete the folder to train again)", file=sys.stderr)
-    print(json.dumps({k: v for k, v in summary.items() if k != "encode_stats"}, indent=2))
+    # 4 significant digits on screen (train_summary.json keeps full precision)
+    print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in summary.items()
+                      if k != "encode_stats"}, indent=2))
     return 0
