@@ -302,7 +302,7 @@ def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: O
                 responses = generate_responses(m, prompts, eval_dir / f"{label}.responses.jsonl", tokenizer=tok,
                                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                                system_prompt=cfg.system_prompt, precision=precision,
-                                               progress=progress)
+                                               progress=progress, label=f"{label} ({model})")
                 src = cfg.prompts.path or cfg.prompts.dataset
                 for k, v in utility_scores(responses, cfg.utilities, source=src).items():
                     scores[k], item_ids[k] = v, [r["id"] for r in responses]

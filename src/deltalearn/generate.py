@@ -313,13 +313,14 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
                        temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
                        system_prompt: str | None = None, precision: str = "auto", seed: int = 0,
                        backend: str = "transformers", base_url: str | None = None,
-                       progress: bool = True) -> list[dict]:
+                       progress: bool = True, label: str | None = None) -> list[dict]:
     """One response per prompt, returned in input order: {"id", "prompt", "response", "model", "n_tokens",
     "truncated", **extra keys of the prompt row}.
 
     model: a name `deltalearn.models.load_model` takes (loaded here, freed at the end), or a loaded HF model
     (then `tokenizer` is required). For backend="openai", the server's model name. With `out_path`, rows are
-    appended durably as they finish and a rerun resumes (see the module docstring).
+    appended durably as they finish and a rerun resumes (see the module docstring). `label`: the name the
+    progress bar shows (default: the model's name; a loaded model's own path is a cache folder nobody typed).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -402,7 +403,7 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
         from tqdm.auto import tqdm
 
         t0 = time.time()
-        bar = tqdm(total=len(todo), desc=f"generate {name}", unit="row", disable=not progress or not todo,
+        bar = tqdm(total=len(todo), desc=f"generate {label or name}", unit="row", disable=not progress or not todo,
                    file=sys.stderr, dynamic_ncols=True)
         try:
             if todo:
@@ -523,6 +524,7 @@ def run_cli(args) -> int:
         generate_responses(m, prompts, out / f"{slug}.jsonl", max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
                            system_prompt=args.system_prompt, precision=args.precision, seed=args.seed,
-                           backend=args.backend, base_url=args.base_url, progress=not args.no_progress)
+                           backend=args.backend, base_url=args.base_url, progress=not args.no_progress,
+                           label=args.label or m)
         print(f"{m}: {out / (slug + '.jsonl')}")
     return 0
