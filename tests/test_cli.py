@@ -106,16 +106,35 @@ def test_one_name_for_one_thing():
     assert (e.id_column, e.split) == ("id", "eval")
 
 
-def test_no_progress_silences_transformers_bars(tmp_path, tiny_model_dir):
-    """--no-progress: no bar at all on stderr, transformers' `Loading weights` / `Writing model shards` included."""
-    pairs = tmp_path / "pairs.jsonl"
+def test_no_progress_silences_transformers_bars(tmp_path, tiny_model_dir, capfd, monkeypatch):
+    """--no-progress: no bar at all on stderr, transformers' `Loading weights` / `Writing model shards` included
+    (in process, so the check sees the switch work after transformers is already imported)."""
+    from transformers.utils import logging as hf_logging
+
     from conftest import toy_pair_rows
 
+    pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pair_rows()))
     args = ["train", "--pairs", str(pairs), "--model", tiny_model_dir, "--loss", "sft", "--set", "train.max_steps=1",
             "--set", "train.batch_size=4", "--set", "train.micro_batch_size=4", "--precision", "fp32"]
-    r = run(*args, "--out", str(tmp_path / "quiet"), "--no-progress")
+    for key in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(key, raising=False)  # restored after the test: --no-progress sets them
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    assert main([*args, "--out", str(tmp_path / "loud")]) == 0
+    assert "it/s" in capfd.readouterr().err  # the bars exist without the flag
+    try:
+        assert main([*args, "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
+        err = capfd.readouterr().err
+        assert "Loading weights" not in err and "Writing model shards" not in err and "it/s" not in err, err
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def test_our_warnings_print_as_a_message():
+    """The DPO-scale-beta advice prints as one `deltalearn run: warning: ...` line, not a UserWarning with a
+    source path and a code excerpt."""
+    r = run("run", "recipes/sections-demo.yaml", "--dry-run", "--set", "train.beta=0.1")
     assert r.returncode == 0, r.stderr
-    assert "Loading weights" not in r.stderr and "Writing model shards" not in r.stderr and "it/s" not in r.stderr
-    loud = run(*args, "--out", str(tmp_path / "loud"))
-    assert loud.returncode == 0 and "it/s" in loud.stderr  # the bars exist without the flag
+    assert "deltalearn run: warning: train.beta=0.1 with loss=dpo_norm" in r.stderr
+    assert "UserWarning" not in r.stderr and "recipe.py" not in r.stderr
