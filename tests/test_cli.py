@@ -52,3 +52,89 @@ def test_inspect_data_shows_masked_and_trained_tokens(tmp_path, toy_pairs, smoll
     bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"\n')
     r = run("inspect-data", str(bad))
     assert r.returncode == 2 and "bad.jsonl, row 2: not valid JSON" in r.stderr
+
+
+def test_version():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("deltalearn ")
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_every_flag_has_help_and_shows_its_default(name, capsys):
+    """One consistent CLI (issue 17): every flag says what it does, and a flag with a default shows it."""
+    import argparse
+    import importlib
+
+    from deltalearn.cli import DefaultsHelpFormatter
+
+    p = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter)
+    importlib.import_module(SUBCOMMANDS[name][0]).add_cli_args(p)
+    fmt = DefaultsHelpFormatter("x")
+    for a in p._actions:
+        if isinstance(a, argparse._HelpAction):
+            continue
+        text = fmt._get_help_string(a) % {"default": a.default}
+        assert a.help, f"{name} {a.option_strings or a.dest}: no help text"
+        if a.option_strings and a.default not in (None, False, []):
+            assert "default" in text, f"{name} {a.option_strings[0]}: default {a.default!r} not shown"
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_limit_below_one_is_refused_at_once(value, tmp_path):
+    r = run("generate", "--models", "smollm2-135m", "--prompts", "builtin:sections_prompts", "--limit", value,
+            "--out", str(tmp_path))
+    assert r.returncode == 2 and "--limit: must be at least 1" in r.stderr
+
+
+def test_one_name_for_one_thing():
+    """--model works on generate as elsewhere; train takes --precision/--seed like generate; inspect-data takes
+    --pairs like train; theory's count is --n-pairs (its old --pairs still works)."""
+    import argparse
+    import importlib
+
+    def parser(name):
+        p = argparse.ArgumentParser()
+        importlib.import_module(SUBCOMMANDS[name][0]).add_cli_args(p)
+        return p
+
+    assert parser("generate").parse_args(["--model", "a", "--prompts", "p", "--out", "o"]).models == ["a"]
+    t = parser("train").parse_args(["--pairs", "p", "--out", "o", "--precision", "fp32", "--seed", "3"])
+    assert (t.precision, t.seed) == ("fp32", 3)
+    assert parser("inspect-data").parse_args(["--pairs", "p"]).pairs == "p"
+    assert parser("theory").parse_args(["--n-pairs", "7"]).pairs == parser("theory").parse_args(["--pairs", "7"]).pairs == 7
+    e = parser("eval").parse_args(["--model", "m", "--id-column", "id", "--split", "eval"])
+    assert (e.id_column, e.split) == ("id", "eval")
+
+
+def test_no_progress_silences_transformers_bars(tmp_path, tiny_model_dir, capfd, monkeypatch):
+    """--no-progress: no bar at all on stderr, transformers' `Loading weights` / `Writing model shards` included
+    (in process, so the check sees the switch work after transformers is already imported)."""
+    from transformers.utils import logging as hf_logging
+
+    from conftest import toy_pair_rows
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pair_rows()))
+    args = ["train", "--pairs", str(pairs), "--model", tiny_model_dir, "--loss", "sft", "--set", "train.max_steps=1",
+            "--set", "train.batch_size=4", "--set", "train.micro_batch_size=4", "--precision", "fp32"]
+    for key in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(key, raising=False)  # restored after the test: --no-progress sets them
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    assert main([*args, "--out", str(tmp_path / "loud")]) == 0
+    assert "it/s" in capfd.readouterr().err  # the bars exist without the flag
+    try:
+        assert main([*args, "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
+        err = capfd.readouterr().err
+        assert "Loading weights" not in err and "Writing model shards" not in err and "it/s" not in err, err
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def test_our_warnings_print_as_a_message():
+    """The DPO-scale-beta advice prints as one `deltalearn run: warning: ...` line, not a UserWarning with a
+    source path and a code excerpt."""
+    r = run("run", "recipes/sections-demo.yaml", "--dry-run", "--set", "train.beta=0.1")
+    assert r.returncode == 0, r.stderr
+    assert "deltalearn run: warning: train.beta=0.1 with loss=dpo_norm" in r.stderr
+    assert "UserWarning" not in r.stderr and "recipe.py" not in r.stderr

@@ -195,3 +195,30 @@ def test_judge_through_an_openai_compatible_endpoint(tmp_path):
     assert ids == ["p1", "p2"] and len(scores["judge/win_rate"]) == 2
     assert all(w in (0.0, 0.25, 0.5, 0.75, 1.0) for w in scores["judge/win_rate"])
     assert len((tmp_path / "judge.jsonl").read_text().splitlines()) == 4  # two orders x two prompts
+
+
+def test_eval_cli_uses_the_held_out_split_by_default(tiny_model_dir, tmp_path):
+    """`eval --prompts builtin:sections_prompts --limit 4` takes held-out (split: eval) prompts, never the
+    train-split prompts pairs are built from (issue 17 item 2); --split train asks for those explicitly."""
+    from deltalearn.cli import main
+
+    rows = {json.loads(x)["id"]: json.loads(x)["split"] for x in
+            (Path(__file__).parents[1] / "src/deltalearn/data/sections_prompts.jsonl").read_text().splitlines()}
+    for split, label in ((None, "held"), ("train", "train")):
+        argv = ["eval", "--model", tiny_model_dir, "--label", label, "--prompts", "builtin:sections_prompts",
+                "--id-column", "id", "--limit", "4", "--max-new-tokens", "2", "--utilities", "bold_sections",
+                "--out", str(tmp_path), "--no-progress"] + (["--split", split] if split else [])
+        assert main(argv) == 0
+        saved = json.loads((tmp_path / "eval" / f"{label}.json").read_text())
+        ids = saved["items"]["ids"]["utility/bold_sections"]
+        assert len(ids) == 4 and {rows[i] for i in ids} == {split or "eval"}
+
+
+def test_numbers_print_at_the_precision_their_error_allows():
+    from deltalearn.stats import fmt_mean_se
+
+    assert fmt_mean_se(37.123456, 0.44071) == "37.12 ± 0.44"
+    assert fmt_mean_se(0.5, 0.19) == "0.50 ± 0.19"
+    assert fmt_mean_se(48.0, 0.0) == "48 ± 0"
+    assert fmt_mean_se(-0.9712, 0.3913, signed=True) == "-0.97 ± 0.39"
+    assert fmt_mean_se(1.96, 1.234, signed=True) == "+2.0 ± 1.2"

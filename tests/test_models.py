@@ -61,3 +61,40 @@ def test_embedded_model_loads_identically_with_one_parse(tmp_path, monkeypatch):
     tok = AutoTokenizer.from_pretrained(fast)
     text = "**Plan**\nStep one: mix 2 cups.\n"
     assert tok(text)["input_ids"] == plain_tok(text)["input_ids"] and len(tok) == len(plain_tok)
+
+
+def test_a_misspelled_or_unreachable_model_fails_at_once(monkeypatch, tmp_path):
+    """`smollm2-135` is a typo, not a hub id: an error with a did-you-mean before any hub call; a real-looking hub id
+    with the hub unreachable fails in seconds, not after transformers' retries (issue 17)."""
+    import subprocess
+    import sys
+    import time
+
+    with pytest.raises(models.UnknownModelError, match="unknown model 'smollm2-135'; did you mean 'smollm2-135m'"):
+        models.resolve("smollm2-135")
+    assert models.resolve("gpt2").kind == "hub"  # an org-less hub id nothing local resembles is left to the hub
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(models.UnknownModelError, match="hub is unreachable from here"):
+        models.load_tokenizer("someorg/not-cached-model")  # the loaders check before transformers is asked
+    t = time.time()
+    with pytest.raises(models.UnknownModelError, match="hub is unreachable from here"):
+        models.check_available("someorg/not-cached-model")
+    assert time.time() - t < 5
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.UnknownModelError, match=r"offline \(HF_HUB_OFFLINE\)"):
+        models.check_available("someorg/not-cached-model")
+    # the CLI: rc 2 and the did-you-mean, at once; and a dry run flags it instead of "size unknown"
+    t = time.time()
+    p = subprocess.run([sys.executable, "-m", "deltalearn.cli", "generate", "--models", "smollm2-135", "--prompts",
+                        "builtin:sections_prompts", "--limit", "1", "--out", str(tmp_path / "g")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "did you mean 'smollm2-135m'" in p.stderr and len(p.stderr.splitlines()) == 1
+    assert time.time() - t < 60
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nprompts: {path: 'builtin:sections_prompts', limit: 4}\n"
+                      "generate: {models: [smollm2-135m, smollm2-135]}\npair: {rule: ladder}\n"
+                      "train: {model: smollm2-135m, batch_size: 2, micro_batch_size: 2}\n")
+    p = subprocess.run([sys.executable, "-m", "deltalearn.cli", "run", str(recipe), "--dry-run"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "did you mean 'smollm2-135m'" in p.stderr

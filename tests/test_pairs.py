@@ -228,12 +228,12 @@ def test_save_load_and_export(ladder, tmp_path):
     ds = datasets.load_from_disk(str(out))
     assert ds.to_list() == pairs
     assert json.loads((out / "pair_summary.json").read_text())["pairs"] == len(pairs)
-    assert read_table(tmp_path / "pairs.jsonl") == pairs
-    assert read_table(tmp_path / "pairs.parquet")[0]["chosen"] == pairs[0]["chosen"]
+    assert read_table(out / "pairs.jsonl") == pairs  # exports live inside the output folder (issue 17)
+    assert read_table(out / "pairs.parquet")[0]["chosen"] == pairs[0]["chosen"]
     # Saving again replaces the dataset whole; no temporary folders are left behind.
     save_pairs(pairs[:2], out)
     assert len(datasets.load_from_disk(str(out))) == 2
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["pairs", "pairs.jsonl", "pairs.parquet"]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["pairs"]
     with pytest.raises(DataError, match="no pairs"):
         save_pairs([], tmp_path / "none", summary={"pairs": 0})
 
@@ -258,11 +258,15 @@ def test_cli_on_generation_folders(tmp_path):
     assert '"pairs": 2' in r.stdout and "delta statistics: 2 pairs scored by bold_sections" in r.stdout
     assert "size heuristic agrees (bigger model scores higher): 100.0% of 2 pairs" in r.stdout
     assert json.loads((out / "delta_stats.json").read_text())["delta_mean"] == 1.0
-    assert len(read_table(tmp_path / "pairs.jsonl")) == 2
+    assert len(read_table(out / "pairs.jsonl")) == 2 and f"{out / 'pairs.jsonl'}" in r.stderr
     r = subprocess.run([sys.executable, "-m", "deltalearn.cli", "pair", "--generations", str(folder), "--rule",
                         "columns", "--chosen", "bigg", "--rejected", "small"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 2 and "did you mean 'big'" in r.stderr
+    # errors name the flags the user typed, not recipe keys
+    r = subprocess.run([sys.executable, "-m", "deltalearn.cli", "pair", "--generations", str(folder), "--rule",
+                        "columns", "--chosen", "big"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--rejected is required" in r.stderr and "pair.rejected" not in r.stderr
 
 
 def test_pairs_dataset_trains_one_step_in_trl(ladder, tmp_path, smollm2_dir):

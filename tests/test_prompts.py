@@ -121,3 +121,25 @@ def test_api_rows_are_checked():
         check_prompt_rows([{"id": "x", "prompt": "a"}, {"id": "x", "prompt": "b"}])
     with pytest.raises(DataError, match=r"no key 'prompt'.*did you mean 'promt'"):
         check_prompt_rows([{"id": "x", "promt": "a"}])
+
+
+def test_split_selects_rows_of_a_files_split_column(tmp_path):
+    """--split is honoured for files and builtin sets (issue 17 item 3); the default applies only to files that
+    have a split column; asking for a split of a file without one, or one it lacks, is an error."""
+    train = load_prompts("builtin:sections_prompts", id_column="id", split="train", limit=2)
+    assert [r["id"] for r in train] == ["howto-000", "howto-004"] and {r["split"] for r in train} == {"train"}
+    held = load_prompts("builtin:sections_prompts", id_column="id", default_split="eval", limit=8)
+    assert len(held) == 8 and {r["split"] for r in held} == {"eval"}
+    assert len(load_prompts("builtin:sections_prompts", id_column="id")) == 312  # no split asked: every row
+    plain = write_jsonl(tmp_path / "p.jsonl", ROWS)
+    assert len(load_prompts(plain, column="q", default_split="eval")) == 3  # no split column: every row
+    with pytest.raises(DataError, match="has no 'split' column, so split 'eval' cannot be selected"):
+        load_prompts(plain, column="q", split="eval")
+    with pytest.raises(DataError, match=r"no rows with split 'test' \(splits in the file: eval, train\)"):
+        load_prompts("builtin:sections_prompts", split="test")
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_limit_below_one_is_an_error(tmp_path, limit):
+    with pytest.raises(DataError, match=f"limit must be at least 1 \\(got {limit}\\)"):
+        load_prompts(write_jsonl(tmp_path / "p.jsonl", ROWS), column="q", limit=limit)

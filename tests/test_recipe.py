@@ -1,5 +1,6 @@
 """Recipes are validated before any work starts, with errors a person can act on."""
 
+import json
 import warnings
 
 import pytest
@@ -81,3 +82,61 @@ def test_missing_recipe_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(p)
     assert isinstance(load_recipe(), Recipe)
+
+
+def test_set_errors_name_the_set_and_experiment_errors_name_the_file(tmp_path, capsys):
+    """A bad value from --set blames the --set, not the recipe file; an empty value says so instead of 'got None';
+    an experiment-key typo in the file names the file (issue 17)."""
+    from deltalearn.cli import main
+
+    demo = "recipes/sections-demo.yaml"
+    with pytest.raises(ConfigError, match=r"^--set train.lr=abc: train.lr: expected a number, got 'abc'$"):
+        load_recipe(demo, ["train.lr=abc"])
+    with pytest.raises(ConfigError, match=r"^--set train.lr=: no value after '='"):
+        load_recipe(demo, ["train.lr="])
+    in_file = _write(tmp_path, "lr: abc", demo)
+    with pytest.raises(ConfigError, match=f"^{in_file}: train.lr: expected a number, got 'abc'$"):
+        load_recipe(in_file, [])
+    bad = _write(tmp_path, "habitk: 6", demo)
+    assert main(["run", bad, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: unknown key 'experiment.habitk'; did you mean 'habit_k'?" in err
+    assert main(["run", demo, "--dry-run", "--set", "experiment.habitk=6"]) == 2
+    assert "--set experiment.habitk=6: unknown key 'experiment.habitk'" in capsys.readouterr().err
+
+
+def _write(tmp_path, line: str, demo: str) -> str:
+    """The demo recipe with one extra line under train: (lr) or experiment: (anything else)."""
+    import yaml
+
+    data = yaml.safe_load(open(demo))
+    key, value = line.split(": ")
+    (data["train"] if key == "lr" else data["experiment"])[key] = value if key == "lr" else int(value)
+    out = tmp_path / f"{key}.yaml"
+    out.write_text(yaml.safe_dump(data))
+    return str(out)
+
+
+def test_config_reference_is_current_and_complete():
+    """docs/config.md is generated from the dataclasses (python -m deltalearn.configdoc > docs/config.md); every
+    recipe field has a docstring, and every train.* key it lists is one --set accepts."""
+    import dataclasses
+    from pathlib import Path
+
+    from deltalearn import configdoc
+    from deltalearn import recipe as R
+
+    doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    assert doc == configdoc.render(), "docs/config.md is stale: python -m deltalearn.configdoc > docs/config.md"
+    for cls in (R.PromptsConfig, R.GenerateConfig, R.PairConfig, R.TrainConfig, R.LoraConfig, R.EvalConfig, R.Arm,
+                R.Recipe):
+        nested = {"prompts", "generate", "pair", "train", "eval", "arms"} if cls is R.Recipe else set()
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in nested
+                   and f.name not in configdoc.field_docs(cls)]
+        assert not missing, f"{cls.__name__}: fields without a docstring: {missing}"
+    for f in dataclasses.fields(R.TrainConfig):
+        assert f"| `train.{f.name}` |" in doc
+        if f.name not in ("lora", "model", "reference"):
+            value = getattr(R.TrainConfig(), f.name)
+            text = "null" if value is None else json.dumps(list(value) if isinstance(value, tuple) else value)
+            load_recipe(data={"train": {"model": "m"}}, overrides=[f"train.{f.name}={text}"])

@@ -5,7 +5,6 @@ The list is read from recipes/ at test time, so recipes other engineers add are 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -41,12 +40,13 @@ def test_main_recipe_numbers_follow_the_paper_settings():
     p = _qwen_plan()
     (arm,) = p["arms"]
     assert (arm["loss"], arm["beta"], arm["lr"], arm["batch_size"], arm["epochs"]) == ("dpo_norm", 5.0, 5e-8, 32, 1)
-    assert arm["pairs"] == 150_000 and arm["steps"] == math.ceil(150_000 / 32)
+    assert arm["pairs"] == 150_000 and arm["steps"] == 150_000 // 32  # whole batches, as the trainer counts
     assert p["prompts"]["count"] == 265_000
     # Training = 6N per token (policy) + 2N per token (one cached reference pass), both sides of every pair.
     n = KNOWN_PARAMS["llama-3.1-tulu-3-8b"]
-    tokens = 150_000 * 2 * p["assumptions"]["train_seq_tokens"]
-    assert arm["policy_flops"] == 6 * n * tokens and arm["reference_flops"] == 2 * n * tokens
+    per_pair = 2 * p["assumptions"]["train_seq_tokens"]
+    assert arm["policy_flops"] == 6 * n * (150_000 // 32) * 32 * per_pair  # every trained pair
+    assert arm["reference_flops"] == 2 * n * 150_000 * per_pair  # the cache covers every pair once
     # Generation = 2N per token for each model over every prompt.
     gen = {g["model"]: g["flops"] for g in p["generation"]}
     per_prompt = p["assumptions"]["prompt_tokens"] + p["assumptions"]["response_tokens"]
@@ -114,7 +114,7 @@ def test_local_prompts_are_counted(tmp_path):
                           "pair": {"rule": "utility", "utility": "bold_sections"},
                           "train": {"model": "smollm2-135m", "batch_size": 4, "micro_batch_size": 2}})
     p = plan(r)
-    assert p["prompts"]["count"] == 7 and p["arms"][0]["steps"] == 2
+    assert p["prompts"]["count"] == 7 and p["arms"][0]["steps"] == 1  # 7 // 4: the trainer drops a partial batch
     assert p["models"]["smollm2-135m"]["params"] == 134_515_008
 
 
@@ -135,3 +135,16 @@ def test_sections_plan_counts_the_habit_stage_and_every_generation_pass():
     no_habit = plan(load_recipe(ROOT / "recipes" / "sections-smollm2.yaml",
                                 ["experiment.habit_k=null", "experiment.habit_train={}"]))
     assert [a["arm"] for a in no_habit["arms"]] == [a.name for a in r.arms]
+
+
+def test_dry_run_steps_follow_max_steps_and_set_overrides():
+    """max_steps is the trainer's step count even past one epoch: the sections demo's arms run 8 steps over 32 pairs
+    of batch 8 (issue 17 item 4), and --set train.max_steps changes the plan and its FLOPs."""
+    r = load_recipe(ROOT / "recipes" / "sections-demo.yaml")
+    arms = {a["arm"]: a for a in plan(r)["arms"]}
+    assert r.train.max_steps == 8 and all(a["steps"] == 8 for name, a in arms.items() if name != "habit")
+    more = {a["arm"]: a for a in plan(load_recipe(ROOT / "recipes" / "sections-demo.yaml",
+                                                  ["train.max_steps=100"]))["arms"]}
+    name = next(n for n in arms if n != "habit")
+    assert more[name]["steps"] == 100
+    assert more[name]["policy_flops"] == pytest.approx(arms[name]["policy_flops"] * 100 / 8)

@@ -17,7 +17,7 @@ import pytest
 
 from deltalearn.cli import main
 from deltalearn.io import DataError
-from deltalearn.report import build_report, gain, load_run, render
+from deltalearn.report import build_report, gain, load_run, provenance, render
 
 
 def _metrics_rows(n: int, sign: float) -> str:
@@ -185,3 +185,42 @@ def test_gain_vs_delta_scatter_recognizes_sweep_tables():
         assert scatter_png(t).startswith(b"\x89PNG")
     assert scatter_png({"title": "n", "columns": ["quantity", "value"], "rows": [["a", 1], ["b", 2]]}) is None
     assert scatter_png({**sweep, "rows": sweep["rows"][:1]}) is None  # one point is not a trend
+
+
+def test_a_run_built_command_by_command_is_not_called_complete(tmp_path, capsys):
+    """No manifest (the quickstart's generate/pair/train/eval): rule and student come from the pair set's and arms'
+    own records, the run is marked no-manifest, not complete, and --strict fails on it (issue 17 item 6)."""
+    run = make_run(tmp_path, "cli")
+    (run / "manifest.json").unlink()
+    (run / "pairs").mkdir()
+    (run / "pairs" / "pair_summary.json").write_text(json.dumps({"rule": "columns", "control": "none", "pairs": 8}))
+    for arm in ("dpo", "reversed"):
+        (run / "arms" / arm / "train_config.json").write_text(json.dumps(
+            {"model": "smollm2-135m", "loss": "dpo_norm", "beta": 5.0, "lr": 2e-5, "batch_size": 8,
+             "pairs_source": "runs/x/pairs"}))
+    r = load_run(run)
+    assert r.status == "no-manifest" and not r.problems
+    prov = dict(provenance(r))
+    assert prov["pair rule"] == "columns" and prov["student"] == "smollm2-135m"
+    out = tmp_path / "r.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert "| cli | no-manifest | columns | smollm2-135m |" in capsys.readouterr().out
+    assert main(["report", str(run), "--out", str(out), "--strict"]) == 1
+    assert "manifest.json: not found" in capsys.readouterr().err
+
+
+def test_report_and_json_files_get_ordinary_permissions(tmp_path):
+    """report.html, report.md and every JSON artifact are readable like any other file (0644 under umask 022),
+    not 0600 as mkstemp makes them (issue 17)."""
+    import os
+
+    from deltalearn.io import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        out = build_report([make_run(tmp_path)])
+        write_json_atomic(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for f in (out, out.with_suffix(".md"), tmp_path / "x.json"):
+        assert oct(f.stat().st_mode & 0o777) == oct(0o644), f

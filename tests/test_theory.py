@@ -146,7 +146,7 @@ def test_preference_improves_a_student_that_sft_on_the_chosen_labels_makes_worse
         (dict(dims=(10, 1)), "--dims"),
         (dict(steps=0), "--steps"),
         (dict(steps=-5), "--steps"),
-        (dict(pairs=0), "--pairs"),
+        (dict(pairs=0), "--n-pairs"),
         (dict(sgd_pairs=5000), "--sgd-pairs"),
         (dict(lr=0.0), "--lr"),
     ],

@@ -99,3 +99,25 @@ def test_bad_rows_name_row_and_field(smol_tok):
                      max_len=100, source="pairs.jsonl")
     with pytest.raises(DataError, match="row 1, field 'chosen'"):
         encode_pairs(smol_tok, [{"prompt": "a", "chosen": 3, "rejected": "c"}], max_len=100, source="p")
+
+
+def test_a_cut_off_response_trains_no_eos(smol_tok, tulu_tok):
+    """A response kept with --keep-truncated stopped at max_new_tokens, not by choice: training EOS after it would
+    teach the model to stop mid-sentence (issue 17 item 5). The pair row's *_truncated flags say which side."""
+    from deltalearn.pairs import make_pairs
+    from deltalearn.recipe import PairConfig
+
+    gens = {m: [{"id": "p", "prompt": "List three colors.", "response": text, "model": m, "truncated": cut}]
+            for m, text, cut in (("a", "Red, green, and blue.", False), ("b", "Red, green, and", True))}
+    (pair,), _ = make_pairs(gens, PairConfig(rule="columns", chosen="a", rejected="b", drop_truncated=False))
+    assert (pair["chosen_truncated"], pair["rejected_truncated"]) == (False, True)
+    (rev,), _ = make_pairs(gens, PairConfig(rule="columns", chosen="a", rejected="b", drop_truncated=False,
+                                            control="reverse"))
+    assert (rev["chosen_truncated"], rev["rejected_truncated"]) == (True, False)  # the flag follows its text
+    for tok in (smol_tok, tulu_tok):
+        (enc,), _, _ = encode_pairs(tok, [pair], max_len=256)
+        assert enc.chosen[-1] == tok.eos_token_id  # a finished answer ends with a trained EOS
+        assert tok.eos_token_id not in enc.rejected and enc.rejected_truncated
+        assert tok.decode(enc.rejected).strip().endswith("and")
+        (r_enc,), _, _ = encode_pairs(tok, [rev], max_len=256)
+        assert tok.eos_token_id not in r_enc.chosen and r_enc.rejected[-1] == tok.eos_token_id

@@ -48,7 +48,8 @@ def test_dpo_norm_learns_and_writes_artifacts(tiny_model_dir, toy_pairs, tmp_pat
     assert any(not torch.equal(before[k], after[k]) for k in before)
     # a finished run is a cached artifact: rerunning returns the saved summary and does not train again
     mtime = (out / "metrics.jsonl").stat().st_mtime_ns
-    assert train(cfg(tiny_model_dir, tmp_path), toy_pairs, out, progress=False) == s
+    again = train(cfg(tiny_model_dir, tmp_path), toy_pairs, out, progress=False)
+    assert again.pop("skipped") is True and again == s
     assert (out / "metrics.jsonl").stat().st_mtime_ns == mtime
 
 
@@ -92,6 +93,33 @@ def test_resume_continues_the_loss_curve_exactly(tiny_model_dir, toy_pairs, tmp_
         assert r1["loss"] == pytest.approx(r2["loss"], abs=1e-6), r1["step"]
     wa, wb = weights(cut), weights(full)
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_rerun_into_a_folder_refuses_other_settings_or_data(tiny_model_dir, toy_pairs, tmp_path):
+    """A finished or interrupted run is never reused or resumed under another config or other pairs: the error
+    names each differing setting (issue 17 item 1; issue 16 defect 7)."""
+    out = tmp_path / "run"
+    c = cfg(tiny_model_dir, tmp_path, save_every=2, epochs=2)
+    train(c, toy_pairs, out, progress=False)
+    with pytest.raises(DataError, match=r"finished run .*loss: folder has 'dpo_norm', this run 'sft'.*lr: folder "
+                       r"has 0.001, this run 9e-05"):
+        train(cfg(tiny_model_dir, tmp_path, save_every=2, epochs=2, loss="sft", lr=9e-5), toy_pairs, out,
+              progress=False)
+    other = [dict(r) for r in toy_pairs]
+    other[0]["prompt"] = "an edited prompt"
+    with pytest.raises(DataError, match="pairs_sha256: folder has"):
+        train(c, other, out, progress=False)
+    # only logging / memory settings may change on a rerun: still the same run, skipped
+    assert train(cfg(tiny_model_dir, tmp_path, save_every=1, epochs=2, micro_batch_size=1), toy_pairs, out,
+                 progress=False)["skipped"] is True
+    # an interrupted run (checkpoint at step 2, no COMPLETED) is not resumed with another loss/lr either
+    (out / "COMPLETED").unlink()
+    shutil.rmtree(out / "model")
+    with pytest.raises(DataError, match=r"unfinished run .*refusing to resume.*loss: folder has 'dpo_norm'"):
+        train(cfg(tiny_model_dir, tmp_path, save_every=2, epochs=2, loss="sft", lr=9e-5), toy_pairs, out,
+              progress=False)
+    assert json.loads((out / "train_config.json").read_text())["loss"] == "dpo_norm"  # not rewritten
+    assert train(c, toy_pairs, out, progress=False)["resumed_from"] == 2  # the same config resumes
 
 
 def test_bad_resume_path_is_an_error(tiny_model_dir, toy_pairs, tmp_path):

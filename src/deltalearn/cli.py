@@ -26,12 +26,82 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the help already states it or there is none to state."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --limit: a whole number >= 1 (0 and -1 are mistakes, not 'all')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (leave the flag out to use all)")
+    return value
+
+
+def add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (ours, and transformers' / datasets' loading and saving bars)")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as pkg_version
+
+    try:
+        return pkg_version("deltalearn")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _quiet_progress() -> None:
+    """--no-progress: silence every tqdm bar in this process (transformers' `Loading weights`, `Writing model
+    shards`, datasets' and the hub's bars too), not only ours."""
+    import os
+
+    # Read when tqdm / transformers / datasets are imported, so this runs before the subcommand's module loads.
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:  # already imported (an in-process caller): switch its bars off directly
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _short_warnings(command: str) -> None:
+    """Our own warnings (e.g. a DPO-scale beta with dpo_norm) print as one line of advice, not as a UserWarning
+    with a source path; other libraries' warnings keep Python's format."""
+    import warnings
+    from pathlib import Path
+
+    package = str(Path(__file__).parent)
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(filename).startswith(package):
+            print(f"deltalearn {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(
         prog="deltalearn",
         description="Delta learning: preference tuning on pairs of weak responses.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"deltalearn {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_, description=help_)
@@ -41,19 +111,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, sub = build_parser()
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+    if not argv or argv[0] in ("-h", "--help", "--version") or argv[0] not in SUBCOMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             parser.parse_args(argv)  # prints argparse's own "invalid choice" error and exits 2
         parser.print_help()
         return 0 if argv else 2
     name = argv[0]
+    if "--no-progress" in argv[1:]:
+        _quiet_progress()
     module = importlib.import_module(SUBCOMMANDS[name][0])
-    p = argparse.ArgumentParser(prog=f"deltalearn {name}", description=SUBCOMMANDS[name][1])
+    p = argparse.ArgumentParser(prog=f"deltalearn {name}", description=SUBCOMMANDS[name][1],
+                                formatter_class=DefaultsHelpFormatter)
     module.add_cli_args(p)
     args = p.parse_args(argv[1:])
     from deltalearn.io import DataError
     from deltalearn.recipe import ConfigError
 
+    import warnings
+
+    showwarning = warnings.showwarning
+    _short_warnings(name)
     try:
         return int(module.run_cli(args) or 0)
     except (DataError, ConfigError) as e:
@@ -62,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ndeltalearn {name}: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = showwarning
 
 
 if __name__ == "__main__":

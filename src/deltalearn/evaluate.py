@@ -276,7 +276,7 @@ def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: O
         from deltalearn.prompts import load_prompts
 
         prompts = load_prompts(p.path, column=p.column, id_column=p.id_column, dataset=p.dataset, split=p.split,
-                               limit=limit or p.limit, dedupe=True)
+                               default_split="eval", limit=limit or p.limit, dedupe=True)
     pairs = load_eval_pairs(cfg.pairs, limit=limit) if cfg.pairs else None
 
     scores: dict[str, list[float]] = {}
@@ -284,6 +284,7 @@ def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: O
     settings: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
                                 "temperature": 0.0, "system_prompt": cfg.system_prompt, "utilities": cfg.utilities,
                                 "prompts": (cfg.prompts.path or cfg.prompts.dataset) if cfg.prompts else None,
+                                "split": (cfg.prompts.split or "eval (default)") if cfg.prompts else None,
                                 "n_prompts": len(prompts) if prompts else 0, "pairs": cfg.pairs,
                                 "limit": limit, "precision": precision}
     if prompts or pairs:
@@ -301,7 +302,7 @@ def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: O
                 responses = generate_responses(m, prompts, eval_dir / f"{label}.responses.jsonl", tokenizer=tok,
                                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                                system_prompt=cfg.system_prompt, precision=precision,
-                                               progress=progress)
+                                               progress=progress, label=f"{label} ({model})")
                 src = cfg.prompts.path or cfg.prompts.dataset
                 for k, v in utility_scores(responses, cfg.utilities, source=src).items():
                     scores[k], item_ids[k] = v, [r["id"] for r in responses]
@@ -435,7 +436,12 @@ def add_cli_args(p) -> None:
     p.add_argument("--out", help="where eval/<label>.json goes (default: the run folder, or runs/eval)")
     p.add_argument("--label", help="name of the result file (default: from the model name)")
     p.add_argument("--prompts", help="held-out prompts (.jsonl/.json/.csv/.parquet, a dataset folder, builtin:NAME)")
-    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--prompt-column", default="prompt", help="column holding the prompt (default: %(default)s)")
+    p.add_argument("--id-column", default=None,
+                   help="column with stable prompt ids (default: a hash of the prompt); pairs per-prompt scores")
+    p.add_argument("--split", default=None,
+                   help="which rows of the prompt file to evaluate, by its `split` column (default: eval, the "
+                        "held-out split, when the file has that column; every row otherwise; a hub dataset: train)")
     p.add_argument("--utilities", nargs="*", default=None, help="utilities to score, e.g. bold_sections exact_answer")
     p.add_argument("--pairs", help="held-out pairs (prompt/chosen/rejected) for preference accuracy and margin")
     p.add_argument("--reference", help="reference model for the implicit reward (default: none; with --run: base)")
@@ -443,20 +449,28 @@ def add_cli_args(p) -> None:
     p.add_argument("--reduction", choices=["mean", "sum"], default=None,
                    help="per-token mean (dpo_norm, default) or summed log-probs")
     p.add_argument("--judge", help="judge model for the win rate against the base model (position-swapped)")
-    p.add_argument("--judge-backend", choices=["transformers", "openai"], default="transformers")
+    p.add_argument("--judge-backend", choices=["transformers", "openai"], default="transformers",
+                   help="run the judge in process, or through an OpenAI-compatible server (--judge-base-url)")
     p.add_argument("--judge-base-url", help="OpenAI-compatible endpoint of the judge, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--base", help="base model: the judge's comparison (and, with --run, the model tuned)")
     p.add_argument("--lm-eval", nargs="*", default=None, metavar="TASK",
                    help="lm-evaluation-harness tasks, `preset:tulu3-dev`, or `local:tiny_facts` (needs [eval])")
-    p.add_argument("--lm-eval-limit", type=int, help="lm-eval: at most N documents per task")
+    from deltalearn.cli import positive_int
+
+    p.add_argument("--lm-eval-limit", type=positive_int, help="lm-eval: at most N documents per task")
     p.add_argument("--lm-eval-include", help="lm-eval: a folder of your own YAML tasks")
-    p.add_argument("--limit", type=int, help="at most N prompts / pairs")
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--limit", type=positive_int, help="at most N prompts (of the split) / pairs")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help="longest greedy response (default: eval.max_new_tokens, 256)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="prompts per generation batch (default: eval.batch_size, 16)")
     p.add_argument("--max-len", type=int, default=None, help="max tokens of prompt + response for eval pairs")
-    p.add_argument("--system-prompt")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--system-prompt", help="a system message put before every prompt")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 where the device has fast bf16 (AMX CPUs, Ampere+ GPUs), else fp32")
+    from deltalearn.cli import add_no_progress
+
+    add_no_progress(p)
 
 
 def _cfg_from_args(args, base_cfg: Optional[EvalConfig] = None) -> EvalConfig:
@@ -464,7 +478,8 @@ def _cfg_from_args(args, base_cfg: Optional[EvalConfig] = None) -> EvalConfig:
 
     cfg = EvalConfig(**(base_cfg.__dict__ if base_cfg else {}))
     if args.prompts:
-        cfg.prompts = PromptsConfig(path=args.prompts, column=args.prompt_column)
+        cfg.prompts = PromptsConfig(path=args.prompts, column=args.prompt_column, id_column=args.id_column,
+                                    split=args.split)
     if args.utilities is not None:
         cfg.utilities = list(args.utilities)
     if args.pairs:
@@ -482,11 +497,19 @@ def _cfg_from_args(args, base_cfg: Optional[EvalConfig] = None) -> EvalConfig:
     return cfg
 
 
-def _print_result(res: dict) -> None:
+def _print_result(res: dict, base: Optional[dict] = None) -> None:
+    """One line per metric at the precision its s.e. allows; with a base result, the paired gain over the same
+    prompts beside it."""
+    from deltalearn.report import gain
+    from deltalearn.stats import fmt_mean_se
+
     print(f"{res['label']} ({res['model']}):")
     for k, v in res["metrics"].items():
-        se = "" if v["se"] is None else f" ± {v['se']:.4g}"
-        print(f"  {k:<40} {v['mean']:.4g}{se}  (n={v['n']})")
+        line = f"  {k:<32} {fmt_mean_se(v['mean'], v['se']):>16}  (n={v['n']})"
+        g = gain(base, res, k) if base is not None and base is not res else None
+        if g is not None:
+            line += f"   vs base {fmt_mean_se(g['gain'], g['se'], signed=True)}{' paired' if g['paired'] else ''}"
+        print(line)
 
 
 def run_cli(args) -> int:
@@ -508,7 +531,7 @@ def run_cli(args) -> int:
         base_cfg = from_dict(EvalConfig, rec.get("eval") or {}, f"{run_dir}/manifest.json: recipe.eval")
         results = evaluate_run(run_dir, _cfg_from_args(args, base_cfg), base=args.base, **kw)
         for res in results.values():
-            _print_result(res)
+            _print_result(res, results.get("base"))
         print(f"wrote {run_dir / 'eval'}/{{{','.join(results)}}}.json", file=sys.stderr)
         return 0
     cfg = _cfg_from_args(args)
@@ -522,7 +545,8 @@ def run_cli(args) -> int:
         from deltalearn.generate import generate_responses
         from deltalearn.prompts import load_prompts
 
-        prompts = load_prompts(cfg.prompts.path, column=cfg.prompts.column, limit=args.limit, dedupe=True)
+        prompts = load_prompts(cfg.prompts.path, column=cfg.prompts.column, id_column=cfg.prompts.id_column,
+                               split=cfg.prompts.split, default_split="eval", limit=args.limit, dedupe=True)
         baseline = generate_responses(args.base, prompts, out / "eval" / f"{_slug(args.base)}.baseline.jsonl",
                                       max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                       system_prompt=cfg.system_prompt, precision=args.precision,

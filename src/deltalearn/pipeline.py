@@ -47,7 +47,7 @@ def run_pipeline(recipe: Recipe, *, progress: bool = True) -> Path:
                                                              "prompts_sha256": input_hash(pc.path)})
     with _stage(run_dir, "prompts"):
         prompts = load_prompts(pc.path, column=pc.column, id_column=pc.id_column, dataset=pc.dataset,
-                               split=pc.split, limit=pc.limit)
+                               split=pc.split, default_split="train", limit=pc.limit)
         write_jsonl_atomic(run_dir / "prompts.jsonl", prompts)
     g = recipe.generate
     gen_dir = run_dir / "generations"
@@ -116,15 +116,22 @@ def add_cli_args(p) -> None:
                    help="override a recipe value, e.g. --set train.beta=5 (repeatable)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the recipe and print the plan and compute estimate; load no model")
-    p.add_argument("--no-progress", action="store_true")
+    from deltalearn.cli import add_no_progress
+
+    add_no_progress(p)
 
 
 def run_cli(args) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
-    if args.dry_run:
-        from deltalearn.plan import format_plan, plan
+    from deltalearn.recipe import blame
 
-        print(format_plan(plan(recipe)))
-        return 0
-    run_recipe(recipe, progress=not args.no_progress)
+    recipe = load_recipe(args.recipe, args.overrides)
+    try:
+        if args.dry_run:
+            from deltalearn.plan import format_plan, plan
+
+            print(format_plan(plan(recipe)))
+            return 0
+        run_recipe(recipe, progress=not args.no_progress)
+    except ConfigError as e:  # experiment settings are checked by their module: name the file (or --set) here too
+        raise ConfigError(blame(str(e), args.recipe, args.overrides)) from None
     return 0

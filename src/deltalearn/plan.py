@@ -19,7 +19,6 @@ the Tulu 3 preference prompts: see `tulu3_comparison`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -83,10 +82,12 @@ def model_params(name: str) -> tuple[Optional[int], str]:
     key = _norm(name)
     if key in KNOWN_PARAMS:
         return KNOWN_PARAMS[key], "known size"
-    try:
-        from deltalearn.models import resolve
+    from deltalearn.models import UnknownModelError, resolve
 
+    try:
         src = resolve(name)
+    except UnknownModelError as e:  # a misspelled name: the dry run's job is to catch it
+        raise ConfigError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - a missing lab rung or folder is reported in the plan, not fatal
         return None, f"unknown ({e})"
     if src.kind == "folder":
@@ -229,16 +230,18 @@ def _check_pipeline(recipe: Recipe) -> list[str]:
     return errs
 
 
-def _train_flops(n_params: Optional[int], n_pairs: Optional[int], seq_tokens: int, cfg) -> dict[str, Any]:
-    if n_params is None or n_pairs is None:
+def _train_flops(n_params: Optional[int], n_pairs: Optional[int], trained_pairs: Optional[int], seq_tokens: int,
+                 cfg) -> dict[str, Any]:
+    """n_pairs: distinct pairs; trained_pairs: pairs seen by the optimizer (steps x batch_size)."""
+    if n_params is None or n_pairs is None or trained_pairs is None:
         return {"policy_flops": None, "reference_flops": None, "total_flops": None}
-    seqs = n_pairs * (1 if cfg.loss == "sft" else 2)  # SFT trains on the chosen side only
-    tokens = seqs * seq_tokens
-    policy = 6 * n_params * tokens * cfg.epochs
-    # Reference-free losses (SimPO, SFT) skip the reference pass; the others cache it once.
+    per_pair = (1 if cfg.loss == "sft" else 2) * seq_tokens  # SFT trains on the chosen side only
+    tokens = trained_pairs * per_pair
+    policy = 6 * n_params * tokens
+    # Reference-free losses (SimPO, SFT) skip the reference pass; the others cache it once, over every pair.
     needs_ref = cfg.loss in ("dpo", "dpo_norm", "ipo")
-    ref = 2 * n_params * tokens * (1 if cfg.ref_cache else cfg.epochs) if needs_ref else 0
-    return {"tokens": tokens * cfg.epochs, "policy_flops": policy, "reference_flops": ref, "total_flops": policy + ref}
+    ref = 2 * n_params * (n_pairs * per_pair if cfg.ref_cache else tokens) if needs_ref else 0
+    return {"tokens": tokens, "policy_flops": policy, "reference_flops": ref, "total_flops": policy + ref}
 
 
 def gpu_hours(flops: Optional[float], mfu: float, hw: Hardware) -> Optional[float]:
@@ -324,15 +327,18 @@ def plan(recipe: Recipe, *, hardware: Hardware = Hardware(), prompt_tokens: Opti
         n_pairs = None if n_prompts is None else n_prompts * ppp
         if train_cfg.max_pairs is not None:
             n_pairs = train_cfg.max_pairs if n_pairs is None else min(n_pairs, train_cfg.max_pairs)
-        steps = None if n_pairs is None else math.ceil(n_pairs * train_cfg.epochs / train_cfg.batch_size)
-        if steps is not None and train_cfg.max_steps is not None:
-            steps = min(steps, train_cfg.max_steps)
-            n_pairs = min(n_pairs, steps * train_cfg.batch_size)
+        # The trainer's own count (train.py): max_steps when set (it may run past one epoch), else whole
+        # batches per epoch x epochs; every step trains one global batch.
+        if train_cfg.max_steps is not None:
+            steps = train_cfg.max_steps
+        else:
+            steps = None if n_pairs is None else (n_pairs // train_cfg.batch_size) * train_cfg.epochs
+        trained_pairs = None if steps is None else steps * train_cfg.batch_size
         params = models.get(train_cfg.model, {}).get("params") if train_cfg.model else None
         if train_cfg.model and train_cfg.model not in models:
             params, src = model_params(train_cfg.model)
             models[train_cfg.model] = {"params": params, "params_source": src, "roles": ["train"]}
-        flops = _train_flops(params, n_pairs, seq_tokens, train_cfg)
+        flops = _train_flops(params, n_pairs, trained_pairs, seq_tokens, train_cfg)
         arms_out.append({
             "arm": arm_name, "rule": pair_cfg.rule, "control": pair_cfg.control, "loss": train_cfg.loss,
             "beta": train_cfg.beta, "lr": train_cfg.lr, "batch_size": train_cfg.batch_size,
@@ -387,6 +393,17 @@ def _sections_generation(recipe: Recipe, prompt_source: str) -> tuple[list[tuple
     passes += [(f"arm {a.name} (eval)", n_eval, m) for a in recipe.arms]
     return passes, n_train, (f"{prompt_source}; {n_train or 'all'} train / {n_eval or 'all'} {settings.eval_split} "
                              "prompts used")
+
+
+def _setting(v: Any) -> str:
+    """A setting as a person writes it in YAML ({lr: 0.0001, max_steps: 8}), not as a Python dict repr."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_setting(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_setting(x) for x in v) + "]"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
 
 
 def _sum(values: list[Optional[float]]) -> Optional[float]:
@@ -489,9 +506,9 @@ def format_plan(p: dict[str, Any]) -> str:
               "no padding)"]
     if p.get("experiment"):
         lines += ["", f"Experiment settings (checked by the {p['kind']} experiment when it runs): "
-                  + ", ".join(f"{k}={v}" for k, v in p["experiment"].items())]
+                  + ", ".join(f"{k}={_setting(v)}" for k, v in p["experiment"].items())]
     if p.get("eval"):
-        lines += ["", "Eval: " + ", ".join(f"{k}={v}" for k, v in p["eval"].items())]
+        lines += ["", "Eval: " + ", ".join(f"{k}={_setting(v)}" for k, v in p["eval"].items())]
     cmp_ = p.get("tulu3_comparison")
     if cmp_:
         lines += ["", "Weak generation vs Tulu 3's strong generation (same prompts, same response lengths):",

@@ -91,20 +91,48 @@ def builtin_path(name: str) -> Path:
     return p
 
 
+def select_split(rows: list[tuple[int, dict]], source: str, split: str | None, default_split: str | None
+                 ) -> list[tuple[int, dict]]:
+    """The rows of one split of a file, by its `split` column. `split` is what the user asked for (an error when
+    the file has no such column or no such rows); `default_split` applies only to files that have the column."""
+    want = split or default_split
+    if want is None:
+        return rows
+    if not any("split" in r for _, r in rows):
+        if split is not None:
+            raise DataError(source, f"has no 'split' column, so split '{split}' cannot be selected; drop --split to "
+                            "use every row")
+        return rows
+    present = sorted({str(r.get("split")) for _, r in rows})
+    chosen = [(n, r) for n, r in rows if r.get("split") == want]
+    if not chosen:
+        raise DataError(source, f"no rows with split '{want}' (splits in the file: {', '.join(present)})",
+                        field="split")
+    return chosen
+
+
 def load_prompts(path: str | os.PathLike | None = None, *, column: str = "prompt", id_column: str | None = None,
-                 dataset: str | None = None, split: str = "train", limit: int | None = None,
-                 keep: list[str] | None = None, dedupe: bool = False, counts: dict | None = None) -> list[dict]:
+                 dataset: str | None = None, split: str | None = None, default_split: str | None = None,
+                 limit: int | None = None, keep: list[str] | None = None, dedupe: bool = False,
+                 counts: dict | None = None) -> list[dict]:
     """Rows {"id", "prompt", **extra} in file order.
 
+    split: a hub dataset's split (default "train"); for a file, keep only rows whose `split` column equals it (an
+    error if the file has no such column). default_split: the split to take when `split` is not given and the file
+    has a `split` column (generate: train; eval: the held-out eval split); files without the column give every row.
     keep: extra columns to carry along (e.g. ["reference"] for exact-answer utilities); None keeps every other
     column. dedupe: with content-hash ids, drop repeated prompts (counted in `counts["duplicates_dropped"]` and
-    printed) instead of failing. `limit` applies after de-duplication.
+    printed) instead of failing. `limit` applies after the split and de-duplication.
     """
+    if limit is not None and limit < 1:
+        raise DataError(None, f"limit must be at least 1 (got {limit}); leave it out to use every prompt")
     if path is not None and str(path).startswith("builtin:"):
         path = builtin_path(str(path)[len("builtin:"):])
-    rows, source = _read_rows(str(path) if path is not None else None, dataset, split)
+    rows, source = _read_rows(str(path) if path is not None else None, dataset, split or "train")
     if not rows:
         raise DataError(source, "the prompt set is empty")
+    if path is not None:  # a hub dataset's split was chosen when it was loaded
+        rows = select_split(rows, source, split, default_split)
     out: list[dict] = []
     first_row_of: dict[str, int] = {}
     dropped: list[int] = []

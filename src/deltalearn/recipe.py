@@ -43,7 +43,10 @@ class PromptsConfig:
     `builtin:NAME` for the prompt sets the package ships."""
     dataset: Optional[str] = None
     """A hub dataset name (needs network); used when `path` is empty."""
-    split: str = "train"
+    split: Optional[str] = None
+    """A hub dataset's split (default train), or the value of a prompt file's `split` column to keep. Default for
+    a file with a `split` column: `train` for generation, `eval` (held-out) for evaluation; a file without one
+    gives every row."""
     column: str = "prompt"
     """Column holding the prompt: a string, or a list of chat messages."""
     id_column: Optional[str] = None
@@ -57,21 +60,30 @@ class GenerateConfig:
     models: list[str] = field(default_factory=list)
     """Models to generate with: hub ids, local folders, .gguf files, `smollm2-135m`, or `lab:RUNG`."""
     backend: Literal["transformers", "openai", "vllm"] = "transformers"
+    """transformers: in process; openai: a served model at `base_url`; vllm: vLLM in process (GPU)."""
     base_url: Optional[str] = None
     """For backend=openai: the server's base URL, e.g. http://127.0.0.1:8000/v1."""
     max_new_tokens: int = 512
+    """Longest response; one that hits it is marked truncated (and dropped by `pair.drop_truncated`)."""
     temperature: float = 0.0
     """0 means greedy (the paper's setting)."""
     top_p: float = 1.0
+    """Nucleus sampling, with temperature > 0."""
     batch_size: int = 16
+    """Prompts per generation batch."""
     system_prompt: Optional[str] = None
+    """A system message put before every prompt."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 where the device has fast bf16 (AMX CPUs, Ampere+ GPUs), else fp32."""
     seed: int = 0
+    """Sampling seed."""
 
 
 @dataclass
 class PairConfig:
     rule: Literal["ladder", "self_vs_weaker", "utility", "judge", "columns"] = "ladder"
+    """How chosen and rejected are picked: bigger model (ladder), the student over a weaker model, a utility's
+    or a judge's score, or two named columns."""
     chosen: Optional[str] = None
     """rule=columns: the chosen column (a model name in the generations or a wide-dataset column)."""
     rejected: Optional[str] = None
@@ -97,14 +109,19 @@ class PairConfig:
     drop_truncated: bool = True
     """Drop pairs where either response hit max_new_tokens (cutting one side changes the delta)."""
     seed: int = 0
+    """Seed of the tie control's orientation."""
 
 
 @dataclass
 class LoraConfig:
     r: int = 16
+    """Adapter rank."""
     alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = 0.0
+    """Dropout on the adapter input."""
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names that get adapters."""
 
 
 @dataclass
@@ -114,6 +131,8 @@ class TrainConfig:
     reference: Optional[str] = None
     """Reference model; default: the starting policy (with LoRA: the base with adapters off)."""
     loss: LossType = "dpo_norm"
+    """dpo, dpo_norm (DPO on per-token mean log-probs: the paper's and Tulu 3's), simpo, ipo, or sft (on the
+    chosen side)."""
     beta: Optional[float] = None
     """Default per loss: dpo 0.1, dpo_norm 5, simpo 2, ipo 0.1."""
     gamma_beta_ratio: float = 0.5
@@ -123,9 +142,13 @@ class TrainConfig:
     nll_coef: float = 0.0
     """Weight of an extra NLL term on the chosen response (0 in the paper's runs)."""
     lr: float = 5e-7
+    """Peak learning rate (AdamW)."""
     min_lr_ratio: float = 0.1
+    """The cosine schedule ends at min_lr_ratio x lr."""
     warmup_ratio: float = 0.03
+    """Linear warmup over this fraction of the steps."""
     epochs: int = 1
+    """Passes over the pairs (unless max_steps is set)."""
     max_steps: Optional[int] = None
     """Stop after this many optimizer steps (default: the whole data for `epochs`)."""
     batch_size: int = 32
@@ -135,9 +158,13 @@ class TrainConfig:
     max_len: int = 2048
     """Max tokens of prompt + response; both sides of a pair are cut by the same rule."""
     max_pairs: Optional[int] = None
+    """Train on only the first N pairs."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
     adam_betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto: bf16 autocast where the device has fast bf16 (AMX CPUs, Ampere+ GPUs), fp32 master weights."""
     ref_cache: bool = True
@@ -145,15 +172,21 @@ class TrainConfig:
     ref_cache_dir: Optional[str] = None
     """Where caches live (shared across runs); default: ~/.cache/deltalearn/ref_logps."""
     lora: Optional[LoraConfig] = None
+    """Train LoRA adapters instead of every weight (a mapping of `train.lora.*`)."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, slower steps."""
     save_every: int = 0
     """Save a resumable checkpoint every N optimizer steps (0: only at the end)."""
     log_every: int = 1
+    """Write a metrics.jsonl row every N steps."""
     log_with: list[str] = field(default_factory=list)
     """Extra trackers through accelerate, e.g. [tensorboard] or [wandb]; metrics.jsonl is always written."""
     seed: int = 0
+    """Seed of the data order (and of LoRA's initialization)."""
     trust_remote_code: bool = False
+    """Allow a hub model's own modelling code (transformers' trust_remote_code)."""
     shuffle: bool = True
+    """Shuffle the pairs each epoch (seeded); False keeps file order."""
 
 
 @dataclass
@@ -163,7 +196,9 @@ class EvalConfig:
     utilities: list[str] = field(default_factory=list)
     """Utilities mu(x, y) to average over greedy responses (e.g. bold_sections, exact_answer)."""
     max_new_tokens: int = 256
+    """Longest greedy response."""
     batch_size: int = 16
+    """Prompts per generation batch."""
     pairs: Optional[str] = None
     """Held-out pairs for preference accuracy and reward margin."""
     judge: Optional[str] = None
@@ -171,6 +206,7 @@ class EvalConfig:
     lm_eval_tasks: list[str] = field(default_factory=list)
     """lm-evaluation-harness tasks (needs the [eval] extra), or `preset:tulu3-dev`."""
     system_prompt: Optional[str] = None
+    """A system message put before every eval prompt."""
 
 
 @dataclass
@@ -178,18 +214,23 @@ class Arm:
     """One arm of an experiment: a name plus overrides of the recipe's pair/train sections."""
 
     name: str = ""
+    """The arm's name: its folder under arms/ and its label in the report."""
     pair: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the recipe's `pair` section for this arm (e.g. {control: reverse})."""
     train: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the recipe's `train` section for this arm (e.g. {loss: sft})."""
 
 
 @dataclass
 class Recipe:
     name: str = "run"
+    """The run's name: its folder runs/NAME and its title in the report."""
     kind: Literal["pipeline", "sections", "lab", "sweep"] = "pipeline"
     """pipeline: prompts -> generate -> pair -> train -> eval; sections / lab / sweep: the paper's experiments."""
     output_dir: Optional[str] = None
     """Default: runs/NAME."""
     seed: int = 0
+    """Seed of prompt order and the sections/lab experiments' draws."""
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     pair: PairConfig = field(default_factory=PairConfig)
@@ -199,6 +240,7 @@ class Recipe:
     experiment: dict[str, Any] = field(default_factory=dict)
     """Experiment-specific settings (kind=sections/lab/sweep), validated by that experiment's module."""
     notes: str = ""
+    """Free text, kept in the manifest."""
 
     @property
     def run_dir(self) -> Path:
@@ -320,8 +362,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{text}' must look like key.path=value (e.g. train.beta=5)")
     key, raw = text.split("=", 1)
     if not key.strip():
-        raise ConfigError(f"override '{text}' has an empty key")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+        raise ConfigError(f"--set {text}: the key is empty")
+    if not raw.strip():
+        raise ConfigError(f"--set {text}: no value after '=' (write {key.strip()}=null to unset it)")
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text}: the value is not valid YAML ({e.problem})") from None
+
+
+def blame(message: str, path: str | Path | None, overrides: list[str] | None) -> str:
+    """Prefix a recipe error with where the bad value came from: the `--set` that wrote the key it names, or else
+    the recipe file."""
+    for text in reversed(overrides or []):
+        key = text.split("=", 1)[0].strip()
+        if key and (f"'{key}'" in message or message.startswith((f"{key}:", f"{key} ")) or f" {key}:" in message):
+            return f"--set {text}: {message}"
+    if path and not str(message).startswith(str(path)):
+        return f"{path}: {message}"
+    return message
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -420,4 +479,4 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         # An explicit beta in the YAML/overrides wins; otherwise the loss's default.
         return validate(recipe)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise ConfigError(blame(str(e), path, overrides)) from None

@@ -43,12 +43,15 @@ class Run:
     """pairs folder name -> its pair_summary.json (one per pair set: `pairs`, `pairs-<arm>` for control arms)"""
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    train_configs: dict[str, dict] = field(default_factory=dict)
+    """arm -> its train_config.json: provenance for runs built command by command (no manifest)"""
 
     @property
     def status(self) -> str:
         if self.problems:
             return "incomplete"
-        return "complete"
+        # Built command by command (generate/pair/train/eval): the numbers are there, the recipe record is not.
+        return "complete" if self.manifest is not None else "no-manifest"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -126,7 +129,8 @@ def load_run(path: str | Path) -> Run:
             run.manifest = m
             run.name = str(m.get("name") or (m.get("recipe") or {}).get("name") or p.name)
     else:
-        run.notes.append(f"{mf}: not found (provenance unknown)")
+        run.notes.append(f"{mf}: not found (a run built command by command): provenance below is read from "
+                         "arms/*/train_config.json and pairs*/pair_summary.json; `deltalearn run RECIPE` records it")
     for d in sorted((p / "arms").glob("*")) if (p / "arms").is_dir() else []:
         if not d.is_dir():
             continue
@@ -135,6 +139,10 @@ def load_run(path: str | Path) -> Run:
             arm["metrics"] = _try(run, _read_metrics, d / "metrics.jsonl") or []
         if (d / "train_summary.json").exists():
             arm["summary"] = _try(run, read_json, d / "train_summary.json")
+        if (d / "train_config.json").exists():
+            tc = _try(run, read_json, d / "train_config.json")
+            if isinstance(tc, dict):
+                run.train_configs[d.name] = tc
         if not arm["completed"]:
             last = arm["metrics"][-1].get("step") if arm["metrics"] else None
             run.problems.append(f"{d}: training did not finish (no COMPLETED marker"
@@ -273,7 +281,18 @@ def provenance(run: Run) -> list[tuple[str, str]]:
     add("pair rule", pair.get("rule"))
     add("control", pair.get("control") if pair.get("control") not in (None, "none") else None)
     tr = rec.get("train") or {}
-    add("student", tr.get("model"))
+    if not pair and run.pair_summary:  # no manifest: what the pair sets themselves record
+        pair = {"rule": ", ".join(sorted({str(s.get("rule")) for s in run.pair_summary.values() if s.get("rule")})),
+                "control": ", ".join(sorted({str(s.get("control")) for s in run.pair_summary.values()
+                                             if s.get("control") not in (None, "none")}))}
+        add("pair rule", pair["rule"])
+        add("control", pair["control"])
+    if not tr and run.train_configs:  # no manifest: what each arm's trainer recorded
+        tr = next(iter(run.train_configs.values()))
+        add("student", sorted({str(c.get("model")) for c in run.train_configs.values()}))
+        add("pairs", sorted({str(c.get("pairs_source")) for c in run.train_configs.values() if c.get("pairs_source")}))
+    else:
+        add("student", tr.get("model"))
     if tr.get("loss"):
         add("loss", f"{tr.get('loss')} (beta {tr.get('beta')}, lr {tr.get('lr')}, batch {tr.get('batch_size')})")
     add("arms", [a.get("name") for a in rec.get("arms") or [] if isinstance(a, dict)] or list(run.arms))
@@ -446,6 +465,7 @@ th,td{border:1px solid #d9dee3;padding:4px 8px;text-align:left;vertical-align:to
 th{background:#f0f4f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .status{display:inline-block;padding:1px 8px;border-radius:10px;font-size:.8em;font-weight:600}
 .complete{background:#d5f5e3;color:#186a3b}.incomplete{background:#fde2e1;color:#922b21}
+.no-manifest{background:#fef5d4;color:#7c5e10}
 .problems{background:#fff5f5;border-left:4px solid #c0392b;padding:6px 12px;margin:8px 0;font-size:.88em}
 .notes{color:#616e7c;font-size:.85em}.note{color:#616e7c;font-size:.82em;margin-top:-8px}
 img{max-width:100%;border:1px solid #e4e7eb;margin:6px 0}
@@ -654,7 +674,8 @@ def build_report(run_dirs: list[str | Path], out: Optional[str | Path] = None) -
 def add_cli_args(p) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (runs/NAME)")
     p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html for one run, else ./report.html)")
-    p.add_argument("--strict", action="store_true", help="exit 1 when any run is incomplete or has a bad artifact")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when any run is incomplete, has a bad artifact, or has no manifest.json")
 
 
 def run_cli(args) -> int:
@@ -665,9 +686,9 @@ def run_cli(args) -> int:
     write_text_atomic(out, page)
     write_text_atomic(out.with_suffix(".md"), md)
     print(md)
-    bad = [r for r in runs if r.problems]
+    bad = [r for r in runs if r.problems or r.manifest is None]
     for r in bad:
-        for p in r.problems:
+        for p in r.problems or [f"{r.path / 'manifest.json'}: not found (provenance is not recorded)"]:
             print(f"deltalearn report: {r.name}: {p}", file=sys.stderr)
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 1 if (args.strict and bad) else 0

@@ -32,3 +32,16 @@ def paired_diff(base: Sequence[float], new: Sequence[float]) -> tuple[float, flo
 
 def fmt_pm(mean: float, se: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def fmt_mean_se(mean: float, se: float | None, *, signed: bool = False) -> str:
+    """A mean at the precision its standard error allows: se to 2 significant digits, the mean to the same
+    decimal place (37.1234 ± 0.4407 -> 37.12 ± 0.44; 0.5 ± 0.19 -> 0.50 ± 0.19; 48 ± 0 -> 48 ± 0)."""
+    sign = "+" if signed and mean >= 0 else ""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if se is None or se == 0 or math.isnan(se):
+        text = f"{mean:.4g}" if mean != int(mean) else f"{int(mean)}"
+        return sign + text + ("" if se is None else " ± 0")
+    decimals = max(0, 1 - math.floor(math.log10(abs(se))))
+    return f"{sign}{mean:.{decimals}f} ± {se:.{decimals}f}"

@@ -89,9 +89,12 @@ def run_sweep(recipe: Recipe, *, progress: bool = True) -> Path:
 
 def add_cli_args(p) -> None:
     p.add_argument("recipe", help="recipe YAML with generate.models as the ladder")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.beta=5 (repeatable; keys: docs/config.md)")
     p.add_argument("--list", action="store_true", help="only print the arms the sweep would train")
-    p.add_argument("--no-progress", action="store_true")
+    from deltalearn.cli import add_no_progress
+
+    add_no_progress(p)
 
 
 def run_cli(args) -> int:

@@ -7,7 +7,8 @@ Rules (each is a silent bug elsewhere; here each is checked):
 - The response is sliced in *token* space: the prompt's ids must be a prefix of the full conversation's ids,
   otherwise the row is an error (TRL only warns; open-instruct #1800 shows templates that are not prefix-stable).
 - The response ends with the EOS token, which is trained; anything the template writes after it (a newline)
-  is not.
+  is not. A response that was cut off at max_new_tokens (`chosen_truncated` / `rejected_truncated` in the pair
+  row) ends without EOS: training EOS after a cut-off answer would teach the model to stop mid-sentence.
 - Truncation keeps the start of each response and is applied to chosen and rejected by the same rule; a pair
   whose prompt alone leaves no room for a response is dropped and counted.
 """
@@ -80,8 +81,9 @@ def prompt_ids(tokenizer, prompt, *, system_prompt: str | None = None) -> list[i
 
 
 def response_ids(tokenizer, prompt, response: str, *, system_prompt: str | None = None,
-                 p_ids: list[int] | None = None) -> list[int]:
-    """Ids of the response as the template renders it after the prompt, ending with exactly one trained EOS."""
+                 p_ids: list[int] | None = None, ended: bool = True) -> list[int]:
+    """Ids of the response as the template renders it after the prompt, ending with exactly one trained EOS;
+    `ended=False` (a response cut off by max_new_tokens): no EOS, the response stops where its text stops."""
     msgs = as_messages(prompt, system_prompt=system_prompt)
     if p_ids is None:
         p_ids = prompt_ids(tokenizer, prompt, system_prompt=system_prompt)
@@ -102,6 +104,8 @@ def response_ids(tokenizer, prompt, response: str, *, system_prompt: str | None 
             r = r + [eos]
     else:
         r = _encode_text(tokenizer, response) + ([eos] if eos is not None else [])
+    if not ended and eos is not None and r and r[-1] == eos:
+        r = r[:-1]
     return r
 
 
@@ -130,16 +134,19 @@ class EncodeStats:
 
 
 def encode_pair(tokenizer, prompt, chosen, rejected, *, max_len: int, system_prompt: str | None = None,
-                min_response_tokens: int = 1) -> EncodedPair | None:
-    """Tokenize one pair; None when the prompt leaves fewer than `min_response_tokens` tokens for a response."""
+                min_response_tokens: int = 1, chosen_cut: bool = False, rejected_cut: bool = False
+                ) -> EncodedPair | None:
+    """Tokenize one pair; None when the prompt leaves fewer than `min_response_tokens` tokens for a response.
+    `*_cut`: that response was cut off when generated (it hit max_new_tokens), so it gets no EOS."""
     p = prompt_ids(tokenizer, prompt, system_prompt=system_prompt)
     room = max_len - len(p)
     if room < min_response_tokens:
         return None
-    c = response_ids(tokenizer, prompt, as_response_text(chosen, where="chosen"), system_prompt=system_prompt, p_ids=p)
+    c = response_ids(tokenizer, prompt, as_response_text(chosen, where="chosen"), system_prompt=system_prompt, p_ids=p,
+                     ended=not chosen_cut)
     r = response_ids(tokenizer, prompt, as_response_text(rejected, where="rejected"), system_prompt=system_prompt,
-                     p_ids=p)
-    return EncodedPair(p, c[:room], r[:room], len(c) > room, len(r) > room)
+                     p_ids=p, ended=not rejected_cut)
+    return EncodedPair(p, c[:room], r[:room], chosen_cut or len(c) > room, rejected_cut or len(r) > room)
 
 
 def encode_pairs(tokenizer, rows: list[dict], *, max_len: int, system_prompt: str | None = None,
@@ -154,7 +161,8 @@ def encode_pairs(tokenizer, rows: list[dict], *, max_len: int, system_prompt: st
                 raise DataError(source, f"missing field (row has: {', '.join(row)})", row=i + 1, field=key)
         try:
             enc = encode_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"], max_len=max_len,
-                              system_prompt=system_prompt)
+                              system_prompt=system_prompt, chosen_cut=bool(row.get("chosen_truncated")),
+                              rejected_cut=bool(row.get("rejected_truncated")))
         except DataError as e:
             field_ = next((k for k in ("chosen", "rejected", "prompt") if str(e).startswith(k)), "prompt")
             raise DataError(source, str(e), row=i + 1, field=field_) from None
@@ -182,19 +190,25 @@ def render_roles(tokenizer, enc: EncodedPair, side: str = "chosen") -> str:
 
 
 def add_cli_args(p) -> None:
-    p.add_argument("pairs", help="pairs file or folder (prompt/chosen/rejected)")
+    p.add_argument("pairs_positional", nargs="?", metavar="PAIRS", help="the same as --pairs")
+    p.add_argument("--pairs", help="pairs file or folder (prompt/chosen/rejected), as for `train --pairs`")
     p.add_argument("--model", default="smollm2-135m", help="model whose tokenizer and chat template to use")
     p.add_argument("--rows", type=int, default=2, help="how many rows to show")
-    p.add_argument("--max-len", type=int, default=2048)
+    p.add_argument("--max-len", type=int, default=2048, help="max tokens of prompt + response, as train.max_len")
 
 
 def run_cli(args) -> int:
     from deltalearn.io import read_table
     from deltalearn.models import load_tokenizer
 
+    from deltalearn.recipe import ConfigError
+
+    if bool(args.pairs) == bool(args.pairs_positional):
+        raise ConfigError("give the pairs once: --pairs PAIRS (or PAIRS alone)")
+    path = args.pairs or args.pairs_positional
     tok = load_tokenizer(args.model)
-    rows = read_table(args.pairs)
-    pairs, kept, stats = encode_pairs(tok, rows[: args.rows], max_len=args.max_len, source=args.pairs)
+    rows = read_table(path)
+    pairs, kept, stats = encode_pairs(tok, rows[: args.rows], max_len=args.max_len, source=path)
     for enc, i in zip(pairs, kept):
         print(f"=== row {i + 1}")
         for side in ("chosen", "rejected"):

@@ -23,6 +23,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -184,6 +185,45 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> in
     return int(state["step"])
 
 
+# Settings that do not change what is trained (only how it is logged, cached or split into micro-batches): a
+# rerun may change them. Every other train_config key must match the folder's, or the runs would mix.
+RERUN_MAY_CHANGE = frozenset({"log_every", "log_with", "save_every", "ref_cache", "ref_cache_dir",
+                              "micro_batch_size", "gradient_checkpointing", "trust_remote_code"})
+
+
+def pairs_hash(rows: list[dict]) -> str:
+    """Identity of the training data: sha256 over the rows' canonical JSON (the rows actually trained on)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps(r, sort_keys=True, default=str, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def check_existing_run(out: Path, config: dict, data_hash: str) -> bool:
+    """Refuse to resume or reuse a run folder trained with other settings or data (it would mix two runs under
+    one train_config.json). Returns True when the folder holds a finished run of exactly this config + data."""
+    saved_path = out / "train_config.json"
+    completed = (out / "COMPLETED").exists()
+    if not saved_path.exists():
+        if completed:
+            raise DataError(out, "has a COMPLETED run but no train_config.json, so it cannot be checked against "
+                            "this run's settings; use another --out, or delete the folder to retrain")
+        return False
+    saved = read_json(saved_path)
+    new = {**config, "pairs_sha256": data_hash}
+    diffs = [f"{k}: folder has {saved.get(k)!r}, this run {new.get(k)!r}" for k in new
+             if k not in RERUN_MAY_CHANGE and k in saved and saved.get(k) != new.get(k)]
+    if diffs:
+        what = "a finished" if completed else "an unfinished"
+        raise DataError(out, f"holds {what} run with different settings or data; refusing to "
+                        f"{'reuse' if completed else 'resume'} it (" + "; ".join(diffs) +
+                        "). Use another --out, or delete the folder to start over")
+    return completed
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
     ckpts = [p for p in (out_dir / "checkpoints").glob("step-*") if (p / "COMPLETE").exists()
              or (p / "pytorch_model.bin").exists() or any(p.glob("*.safetensors"))]
@@ -231,8 +271,13 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     if not cfg.model:
         raise ConfigError("train.model is required")
     out = Path(out_dir)
-    if (out / "COMPLETED").exists() and resume is None:
-        return read_json(out / "train_summary.json")
+    rows, source = load_pair_rows(pairs, LossType(cfg.loss))
+    if cfg.max_pairs:
+        rows = rows[: cfg.max_pairs]
+    data_hash = pairs_hash(rows)
+    # tuples (adam_betas) compare equal to the lists JSON gives back
+    if check_existing_run(out, json.loads(json.dumps(_asdict(cfg))), data_hash) and resume is None:
+        return {**read_json(out / "train_summary.json"), "skipped": True}
     if resume is not None and not Path(resume).exists():
         raise ConfigError(f"resume path does not exist: {resume} (refusing to start a fresh run silently)")
     loss_type = LossType(cfg.loss)
@@ -260,9 +305,6 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     random.seed(cfg.seed)
 
     # 1. tokenize
-    rows, source = load_pair_rows(pairs, loss_type)
-    if cfg.max_pairs:
-        rows = rows[: cfg.max_pairs]
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     encoded, kept, enc_stats = encode_pairs(tokenizer, rows, max_len=cfg.max_len, source=source)
     n = len(encoded)
@@ -332,6 +374,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         metrics_path.unlink()  # a fresh start: no stale rows from an earlier, unfinished run
     if acc.is_main_process:
         write_json_atomic(out / "train_config.json", {**_asdict(cfg), "pairs_source": source, "pairs": n,
+                                                      "pairs_sha256": data_hash,
                                                       "processes": world, "precision_resolved": precision})
 
     log = JsonlAppender(metrics_path, fsync=False) if acc.is_main_process else None
@@ -478,9 +521,14 @@ def add_cli_args(p) -> None:
     p.add_argument("--model", help="model to tune (overrides train.model)")
     p.add_argument("--loss", choices=[t.value for t in LossType], help="overrides train.loss")
     p.add_argument("--resume", help="resume from this checkpoint folder (default: the latest in --out)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
+                   help="overrides train.precision (auto: bf16 autocast where the device has fast bf16)")
+    p.add_argument("--seed", type=int, default=None, help="overrides train.seed (data order and init of LoRA)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.beta=5 (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
+    from deltalearn.cli import add_no_progress
+
+    add_no_progress(p)
 
 
 def run_cli(args) -> int:
@@ -491,7 +539,16 @@ def run_cli(args) -> int:
         overrides.append(f"train.model={args.model}")
     if args.loss:
         overrides.append(f"train.loss={args.loss}")
+    if args.precision:
+        overrides.append(f"train.precision={args.precision}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
     recipe = load_recipe(args.recipe, overrides)
     summary = train(recipe.train, args.pairs, args.out, progress=not args.no_progress, resume=args.resume)
-    print(json.dumps({k: v for k, v in summary.items() if k != "encode_stats"}, indent=2))
+    if summary.pop("skipped", False):
+        print(f"deltalearn train: {args.out} already holds this finished run (same settings and data); skipped "
+              "training and printed its summary (delete the folder to train again)", file=sys.stderr)
+    # 4 significant digits on screen (train_summary.json keeps full precision)
+    print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in summary.items()
+                      if k != "encode_stats"}, indent=2))
     return 0

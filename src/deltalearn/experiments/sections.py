@@ -376,7 +376,7 @@ def load_split_prompts(recipe: Recipe, settings: SectionsSettings) -> tuple[list
     pc = recipe.prompts
     path = pc.path if (pc.path or pc.dataset) else DEFAULT_PROMPTS
     rows = load_prompts(path, column=pc.column, id_column=pc.id_column or ("id" if path == DEFAULT_PROMPTS else None),
-                        dataset=pc.dataset, split=pc.split, limit=pc.limit)
+                        dataset=pc.dataset, split=pc.split if pc.dataset else None, limit=pc.limit)
     for n, r in enumerate(rows, start=1):
         if r.get("split") not in (None, "train", "eval"):
             raise DataError(path, f"split must be 'train' or 'eval', got {r.get('split')!r}", row=n, field="split")
@@ -831,7 +831,9 @@ def add_cli_args(p) -> None:
     p.add_argument("--out", default=None, help="output folder (default: runs/demo); rerunning reuses its artifacts")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set experiment.eval_prompts=16 (repeatable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from deltalearn.cli import add_no_progress
+
+    add_no_progress(p)
 
 
 def run_cli(args) -> int:

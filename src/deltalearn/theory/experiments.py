@@ -52,7 +52,7 @@ class TheoryConfig:
             raise ConfigError("--dims: give at least one dimension")
         for d in self.dims:
             _check_dim(d, "--dims")
-        for opt, val in (("--steps", self.steps), ("--pairs", self.pairs), ("--arm-draws", self.arm_draws),
+        for opt, val in (("--steps", self.steps), ("--n-pairs", self.pairs), ("--arm-draws", self.arm_draws),
                          ("--scatter-draws", self.scatter_draws), ("--samples-per-dim", self.samples_per_dim)):
             _check_positive(val, opt)
         if self.steps < 3:
@@ -60,7 +60,7 @@ class TheoryConfig:
         if self.long_factor < 1:
             raise ConfigError(f"--long-factor: {self.long_factor} must be >= 1 (1 = no long phase)")
         if self.sgd_pairs < 0 or self.sgd_pairs > self.pairs:
-            raise ConfigError(f"--sgd-pairs: {self.sgd_pairs} must be between 0 and --pairs ({self.pairs})")
+            raise ConfigError(f"--sgd-pairs: {self.sgd_pairs} must be between 0 and --n-pairs ({self.pairs})")
         if self.batch is not None:
             _check_positive(self.batch, "--batch")
         if self.lr is not None:

@@ -191,7 +191,7 @@ def add_cli_args(p: argparse.ArgumentParser) -> None:
                         "(the Corollary table always shows both readings); default %(default)s")
     p.add_argument("--dim", type=int, default=d.dim, help="dimension for the arms plot and the Theorem 6.1 scatter (default %(default)s)")
     p.add_argument("--dims", type=_dims, default=d.dims, help="comma-separated dimensions for the Corollary 6.2 curve")
-    p.add_argument("--pairs", type=int, default=d.pairs, help="teacher pairs per d for the C1 fraction (default %(default)s)")
+    p.add_argument("--n-pairs", "--pairs", dest="pairs", type=int, default=d.pairs, help="teacher pairs per d for the C1 fraction (default %(default)s)")
     p.add_argument("--sgd-pairs", type=int, default=d.sgd_pairs, help="pairs per d also trained by SGD; 0 = C1 only (default %(default)s)")
     p.add_argument("--arm-draws", type=int, default=d.arm_draws, help="draws averaged in the arms plot (default %(default)s)")
     p.add_argument("--scatter-draws", type=int, default=d.scatter_draws, help="draws in the Theorem 6.1 scatter (default %(default)s)")
@@ -201,7 +201,7 @@ def add_cli_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--long-factor", type=float, default=d.long_factor, help="arms run: total training length as a multiple of the first T steps (default %(default)s)")
     p.add_argument("--samples-per-dim", type=float, default=d.samples_per_dim, help="samples per dimension seen up to the sweet spot (default %(default)s)")
     p.add_argument("--min-samples", type=int, default=d.min_samples, help="floor on samples up to the sweet spot, span-reduced SGD (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of every draw")
     p.add_argument("--quick", action="store_true", help="small fast run (a few seconds; used by the tests)")
 
 
