@@ -126,14 +126,16 @@ def test_sections_plan_counts_the_habit_stage_and_every_generation_pass():
     assert [a["arm"] for a in p["arms"]] == ["habit"] + [a.name for a in r.arms]
     assert p["arms"][0]["loss"] == "sft" and p["arms"][0]["lr"] == r.experiment["habit_train"]["lr"]
     assert p["arms"][0]["steps"] == r.experiment["habit_train"]["max_steps"]
-    train_pass, *eval_passes = p["generation"]
+    train_pass, habit_pass, *eval_passes = p["generation"]
     assert train_pass["prompts"] == r.experiment["train_prompts"]
+    assert habit_pass["prompts"] == r.experiment["habit_prompts"]  # the habit's own prompts are answered too
     # original model (eval_original) + student + one per arm, each on the held-out prompts
     assert [g["prompts"] for g in eval_passes] == [r.experiment["eval_prompts"]] * (2 + len(r.arms))
     assert eval_passes[0]["flops"] == pytest.approx(train_pass["flops"] * 80 / 128)
     assert any("habit stage: SFT on y_6" in s for s in p["stages"])
     no_habit = plan(load_recipe(ROOT / "recipes" / "sections-smollm2.yaml",
-                                ["experiment.habit_k=null", "experiment.habit_train={}"]))
+                                ["experiment.habit_k=null", "experiment.habit_train={}",
+                                 "experiment.habit_prompts=null"]))
     assert [a["arm"] for a in no_habit["arms"]] == [a.name for a in r.arms]
 
 
