@@ -201,3 +201,113 @@ def test_mini_lab_end_to_end(mini_lab, tmp_path, monkeypatch):
     assert [r["chosen"] for r in rev] == [r["rejected"] for r in fwd]
     assert all(r["chosen"] != r["rejected"] for r in fwd)  # identical pairs are dropped by pairs.make_pairs
     assert (tmp_path / "run" / "eval" / "base.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The items task (many independent items per response, graded by the fraction right)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_items_task_solution_grade_and_splits():
+    from deltalearn.lab import items
+
+    assert task.get_task("items") is items and task.get_task("running_sum") is task
+    with pytest.raises(ConfigError, match="unknown task 'sum'"):
+        task.get_task("sum")
+    p = items.Problem(("728", "771", "252", "930", "519", "650", "169", "108"))
+    assert p.prompt == "728,771,252,930,519,650,169,108="
+    assert p.solution == "017,015,009,012,015,011,016,009" == p.answer
+    assert items.parse_prompt(p.prompt) == p
+    assert items.grade(p.solution, p.answer) == 1.0
+    # a real d32 sample: three off-by-one items, each wrong on its own; the others stay right
+    sample = "016,015,009,012,015,010,016,008"
+    assert items.items_right(sample, p.answer) == [0, 1, 1, 1, 1, 0, 1, 0]
+    assert items.grade(sample, p.answer) == 5 / 8
+    with pytest.raises(ValueError):
+        items.parse_prompt("72,771=")
+    sets = {s: {q.keys for q in items.sample_problems(s, 400, seed=0)} for s in items.SPLITS}
+    for s, keys in sets.items():
+        assert len(keys) == 400 and all(items.split_of(k) == s for k in keys)
+        assert all(len(set(k)) == items.ITEMS for k in keys)  # distinct keys within a prompt
+    names = list(sets)
+    assert not any(sets[a] & sets[b] for i, a in enumerate(names) for b in names[i + 1:])
+    rows = items.prompt_rows(items.sample_problems("dev", 5, seed=0))
+    assert all(r["reference"] == items.parse_prompt(r["prompt"]).solution for r in rows)
+
+
+def test_items_tokenize_like_the_project_and_fit_the_model():
+    from deltalearn.lab import items
+    from deltalearn.lab.ladder import fast_ids
+    from deltalearn.tokenize import prompt_ids, response_ids
+
+    tok = build_tokenizer()
+    p = items.sample_problems("train", 1, seed=0)[0]
+    pi, ri = fast_ids(tok, p)
+    assert (pi, ri) == (prompt_ids(tok, p.prompt), response_ids(tok, p.prompt, p.solution))
+    # every answer slot is the prompt's length after its key: the layout the task relies on
+    assert len(pi) - 1 == len(ri) == 4 * items.ITEMS  # 8 keys of 3 digits + separators; answers + EOS
+    assert len(pi) + len(ri) <= 128  # the models' max_position_embeddings
+
+
+def test_kappa_analog_counts_only_the_items_the_student_gets_wrong():
+    from deltalearn.lab import items
+    from deltalearn.lab.report import kappa_analog
+
+    ref = "017,015,009,012"
+    row = lambda c, r: {"id": "a", "reference": ref, "chosen": [{"content": c}], "rejected": [{"content": r}]}
+    student = {"a": {"response": "016,015,008,012"}}  # wrong on items 0 and 2
+    # item 0: chosen right, rejected wrong (cw); item 2: chosen wrong, rejected right (wc); item 1: student right
+    k = kappa_analog([row("017,000,007,012", "018,015,009,012")], student, items)
+    assert (k["cw"], k["wc"], k["student_wrong_items"], k["kappa"]) == (1, 1, 2, 0.0)
+    k = kappa_analog([row("017,015,009,012", "018,015,007,012")], student, items)
+    assert (k["cw"], k["wc"], k["kappa"]) == (2, 0, 1.0)
+    # the running-sum task is one item per response
+    k = kappa_analog([{"id": "b", "reference": "27", "chosen": [{"content": "Answer:27"}],
+                       "rejected": [{"content": "Answer:26"}]}], {"b": {"response": "Answer:25"}}, task)
+    assert (k["cw"], k["wc"], k["kappa"]) == (1, 0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def mini_items_lab(tmp_path_factory):
+    from deltalearn.lab.ladder import LadderConfig, build_ladder
+
+    home = tmp_path_factory.mktemp("labhome-items")
+    cfg = LadderConfig.from_dict(dict(MINI_LADDER, name="mini-items"))
+    cfg.task = "items"
+    return home, build_ladder(cfg, home, progress=False)
+
+
+def test_mini_items_lab_end_to_end(mini_items_lab, tmp_path, monkeypatch):
+    """A miniature `deltalearn lab` and `--sweep` on the items task: per-item utility in every eval, pairs graded
+    by the fraction right, the kappa analog in the sweep; the running-sum ladder's folder is left alone."""
+    from deltalearn.lab.experiments import run_lab
+    from deltalearn.recipe import load_recipe
+
+    home, rec = mini_items_lab
+    assert rec["config"]["task"] == "items" and (home / "mini-items" / "student" / "config.json").exists()
+    assert not (home / "ladder.json").exists()
+    curve = rec["curves"][0]["curve"]
+    assert curve[-1]["loss"] < 2.5
+    monkeypatch.setenv("DELTALEARN_LAB_DIR", str(home))
+    data = {"name": "mini-items", "kind": "lab",
+            "train": {"lr": 3e-6, "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "batch_size": 4, "micro_batch_size": 4,
+                      "max_steps": 2, "max_len": 128, "precision": "fp32"},
+            "experiment": {"task": "items", "pref_prompts": 16, "eval_prompts": 16, "max_new_tokens": 40,
+                           "workers": 1, "drop_truncated": False, "main_chosen": "r3", "main_rejected": "r2",
+                           "self_weaker": "r1", "ladder": dict(MINI_LADDER, name="mini-items")}}
+    run_lab(load_recipe(data=data), tmp_path / "run", progress=False)
+    ev = json.loads((tmp_path / "run" / "eval" / "main-dpo_norm.json").read_text())
+    assert ev["metrics"]["utility/item_accuracy"]["n"] == 16
+    pairs = [json.loads(x) for x in (tmp_path / "run" / "pairs" / "main-dpo_norm.jsonl").read_text().splitlines()]
+    from deltalearn.lab import items
+
+    assert all(r["chosen_score"] == items.grade(r["chosen"][-1]["content"], r["reference"]) for r in pairs)
+    gold = [json.loads(x) for x in (tmp_path / "run" / "pairs" / "plateau-sft-gold.jsonl").read_text().splitlines()]
+    assert all(items.grade(r["chosen"][0]["content"], items.parse_prompt(r["prompt"][0]["content"]).answer) == 1.0
+               for r in gold)
+    res = run_lab(load_recipe(data=data), tmp_path / "sweep", sweep=True, progress=False)
+    summary = next(t for t in res["tables"] if t["title"].startswith("Sweep summary"))
+    assert any(r[0] == "Pearson r (kappa analog, gain)" for r in summary["rows"])
+    sweep = next(t for t in res["tables"] if t["title"].startswith("Sweep: every"))
+    assert len(sweep["rows"]) == 3 and "kappa analog" in sweep["columns"][4]
+    assert any(p["path"].endswith("kappa.png") for p in res["plots"])

@@ -84,3 +84,19 @@ def test_exact_answer():
     assert exact_answer("no number", "20") == 0.0
     with pytest.raises(ValueError):
         exact_answer("Answer: 1")
+
+
+def test_item_accuracy_grades_each_item_at_its_position():
+    from deltalearn.utility import item_accuracy, item_scores
+
+    ref = "618,093,557,402"
+    assert item_accuracy(ref, ref) == 1.0
+    assert item_scores("618,094,557,402", ref) == [1, 0, 1, 1]
+    assert item_accuracy("618,094,557,402", ref) == 0.75
+    assert item_scores("093,557,402", ref) == [0, 0, 0, 0]  # a skipped item shifts the rest: position counts
+    assert item_accuracy("618,093", ref) == 0.5  # missing items are wrong
+    assert item_accuracy("618,093,557,402,111,222", ref) == 1.0  # extra items earn nothing, cost nothing
+    assert item_accuracy("", ref) == 0.0
+    assert get_utility("item_accuracy") is item_accuracy
+    with pytest.raises(ValueError):
+        item_accuracy("618")

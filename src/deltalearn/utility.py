@@ -13,6 +13,9 @@
 - `distinct_headers(y)`: header lines with distinct text, case-insensitive (to see repetition loops such as
   `**Immediately**` repeated).
 - `exact_answer(y, reference)`: 1.0 when the response's final answer equals the reference.
+- `item_accuracy(y, reference)`: the fraction of the reference's comma-separated items that the response has,
+  exactly, at the same position (a graded utility for responses made of many independent items, e.g. the tiny
+  lab's `lookups` task: `374=6,512=3` against `374=6,512=4` scores 0.5). Extra items in the response earn nothing.
 
 Each takes (response, reference=None) and returns a float; `UTILITIES` names them for recipes.
 """
@@ -75,6 +78,19 @@ def exact_answer(response: str, reference: Optional[str] = None) -> float:
     return float(got is not None and got.strip() == str(reference).strip())
 
 
+def item_scores(response: str, reference: Optional[str] = None) -> list[int]:
+    """1 or 0 for each comma-separated item of the reference: is the response's item at that position the same?"""
+    if reference is None:
+        raise ValueError("item_accuracy needs a reference (the correct items, comma-separated) for each prompt")
+    got = [x.strip() for x in (response or "").split(",")]
+    return [int(i < len(got) and got[i] == want.strip()) for i, want in enumerate(str(reference).split(","))]
+
+
+def item_accuracy(response: str, reference: Optional[str] = None) -> float:
+    s = item_scores(response, reference)
+    return sum(s) / len(s)
+
+
 def response_words(response: str, reference: Optional[str] = None) -> float:
     return float(len((response or "").split()))
 
@@ -84,6 +100,7 @@ UTILITIES: dict[str, Callable[..., float]] = {
     "bold_spans": bold_spans,
     "distinct_headers": distinct_headers,
     "exact_answer": exact_answer,
+    "item_accuracy": item_accuracy,
     "response_words": response_words,
 }
 

@@ -1,8 +1,8 @@
 """The paper's semantic-delta experiments in the tiny lab, through the project's own generate / train code.
 
 Every arm is: pairs built from generations of ladder rungs (`deltalearn.generate.generate_responses`), one
-`deltalearn.train.train` run on the student, and a greedy eval on fresh eval-split prompts graded by the project's
-`exact_answer` utility. Each arm is reported as the *paired* difference against the base student on the same
+`deltalearn.train.train` run on the student, and a greedy eval on fresh eval-split prompts graded by the task's
+project utility (`exact_answer` for `running_sum`, `item_accuracy` for `lookups`; `experiment.task` chooses). Each arm is reported as the *paired* difference against the base student on the same
 prompts (tiny-lab notes: far more sensitive than two separate binomial errors).
 
 Experiments (paper-notes.md):
@@ -47,6 +47,9 @@ class LabSettings:
     """The `experiment:` section of a lab recipe."""
 
     ladder: LadderConfig
+    task: str = task.NAME
+    """The lab task (`running_sum`: the documented counterexample; `lookups`: many independent items per
+    response, graded by the fraction right). It also keys the ladder (`ladder.task`)."""
     pref_prompts: int = 2000
     """Preference-tuning prompts (pref split); one pair per prompt."""
     eval_prompts: int = 3000
@@ -80,6 +83,8 @@ class LabSettings:
         if unknown:
             raise ConfigError(f"experiment: unknown keys {sorted(unknown)}; known: {sorted(known | {'ladder'})}")
         s = cls(ladder=ladder, **d)
+        task.get_task(s.task)
+        ladder.task = s.task
         rungs = [f"r{i + 1}" for i in range(len(ladder.targets))]
         for key in ("main_chosen", "main_rejected", "self_weaker"):
             if getattr(s, key) not in rungs:
@@ -106,7 +111,7 @@ def _init_worker() -> None:
 
 
 def gen_job(model: str, prompts_path: str, out_path: str, temperature: float, seed: int, max_new_tokens: int,
-            batch_size: int) -> dict:
+            batch_size: int, task_name: str = task.NAME) -> dict:
     """Generate one response per prompt (resumable file), and grade it."""
     from deltalearn.generate import generate_responses
 
@@ -114,14 +119,16 @@ def gen_job(model: str, prompts_path: str, out_path: str, temperature: float, se
     rows = generate_responses(model, read_jsonl(prompts_path), out_path, max_new_tokens=max_new_tokens,
                               temperature=temperature, seed=seed, batch_size=batch_size, precision="fp32",
                               progress=False)
-    scores = [task.grade(r["response"], r["reference"]) for r in rows]
+    grade = task.get_task(task_name).grade
+    scores = [grade(r["response"], r["reference"]) for r in rows]
     m, se = mean_se(scores)
     return {"model": model, "out": out_path, "accuracy": m, "se": se, "n": len(rows), "wall_s": time.time() - t0,
             "truncated": sum(r["truncated"] for r in rows)}
 
 
-def evaluate(model: str, eval_path: str, out_json: str, *, max_new_tokens: int = 64, batch_size: int = 256) -> dict:
-    """Greedy exact-answer accuracy on the eval prompts through the project's evaluator
+def evaluate(model: str, eval_path: str, out_json: str, *, max_new_tokens: int = 64, batch_size: int = 256,
+             utility: str = "exact_answer") -> dict:
+    """Greedy accuracy (the task's utility: exact answer, or fraction of items right) on the eval prompts through the project's evaluator
     (`deltalearn.evaluate.evaluate_model`), which writes eval/<label>.json with per-prompt scores (the paired
     differences are computed from these files). A finished eval is not redone."""
     from deltalearn.evaluate import evaluate_model
@@ -130,28 +137,34 @@ def evaluate(model: str, eval_path: str, out_json: str, *, max_new_tokens: int =
     out = Path(out_json)
     if out.exists():
         return read_json(out)
-    cfg = EvalConfig(prompts=PromptsConfig(path=eval_path, id_column="id"), utilities=["exact_answer"],
+    cfg = EvalConfig(prompts=PromptsConfig(path=eval_path, id_column="id"), utilities=[utility],
                      max_new_tokens=max_new_tokens, batch_size=batch_size)
     return evaluate_model(model, cfg, out.parent.parent, label=out.stem, precision="fp32", progress=False)
 
 
+def eval_metric(res: dict) -> dict:
+    """The one utility metric of a lab eval result (exact_answer or item_accuracy)."""
+    return next(v for k, v in res["metrics"].items() if k.startswith("utility/"))
+
+
 def eval_scores(path: str | Path) -> dict[str, float]:
-    """Per-prompt exact-answer scores of one eval result, by prompt id."""
+    """Per-prompt utility scores of one eval result, by prompt id."""
     res = read_json(path)
-    key = "utility/exact_answer"
+    key = next(k for k in res["items"]["scores"] if k.startswith("utility/"))
     return dict(zip(res["items"]["ids"][key], res["items"]["scores"][key]))
 
 
 def arm_job(name: str, cfg: dict, pairs_path: str, arm_dir: str, eval_path: str, eval_json: str,
-            max_new_tokens: int, batch_size: int) -> dict:
+            max_new_tokens: int, batch_size: int, utility: str = "exact_answer") -> dict:
     """Train one arm on its pairs, then evaluate the tuned model."""
     from deltalearn.train import train
 
     t0 = time.time()
     summary = train(from_dict(TrainConfig, cfg), read_jsonl(pairs_path), arm_dir, progress=False)
-    res = evaluate(summary["model_dir"], eval_path, eval_json, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    res = evaluate(summary["model_dir"], eval_path, eval_json, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                   utility=utility)
     return {"arm": name, "train": {k: summary.get(k) for k in ("steps", "pairs", "final_loss", "train_s", "wall_s")},
-            "accuracy": res["metrics"]["utility/exact_answer"]["mean"], "wall_s": time.time() - t0}
+            "accuracy": eval_metric(res)["mean"], "wall_s": time.time() - t0}
 
 
 def run_jobs(jobs: list[tuple], workers: int, desc: str, progress: bool = True) -> list:
@@ -192,22 +205,24 @@ def load_gen(path: str | Path) -> dict[str, dict]:
 
 
 def make_pair_rows(chosen: dict[str, dict], rejected: dict[str, dict], *, chosen_model: str, rejected_model: str,
-                   rule: str, reverse: bool = False, drop_truncated: bool = True) -> tuple[list[dict], dict]:
+                   rule: str, reverse: bool = False, drop_truncated: bool = True,
+                   task_name: str = task.NAME) -> tuple[list[dict], dict]:
     """Pairs joining two generation sets on prompt id, through the project's pairing (`pairs.make_pairs`, rule
     `columns`, control `reverse`), so the lab's pairs pass the same filters as any recipe's: missing, empty,
     truncated (cutting one side changes the delta) and identical responses are dropped and counted. (Identical
     pairs carry no gradient in DPO; here they are the both-correct pairs, since a correct worked solution is unique.)
-    Each row is graded with the task's exact answer; the stats hold the delta (mean chosen minus rejected)."""
+    Each row is graded with the task's grade; the stats hold the delta (mean chosen minus rejected)."""
     from deltalearn.pairs import make_pairs
     from deltalearn.recipe import PairConfig
 
     cfg = PairConfig(rule="columns", chosen=chosen_model, rejected=rejected_model,
                      control="reverse" if reverse else "none", drop_truncated=drop_truncated)
     rows, summary = make_pairs({chosen_model: list(chosen.values()), rejected_model: list(rejected.values())}, cfg)
+    grade = task.get_task(task_name).grade
     for r in rows:
         ref = r["reference"]
-        r["chosen_score"] = task.grade(r["chosen"][-1]["content"], ref)
-        r["rejected_score"] = task.grade(r["rejected"][-1]["content"], ref)
+        r["chosen_score"] = grade(r["chosen"][-1]["content"], ref)
+        r["rejected_score"] = grade(r["rejected"][-1]["content"], ref)
         r["rule"] = rule
     if not rows:
         return rows, {"pairs": 0, "dropped": summary["dropped"], "delta": 0.0, "delta_se": 0.0,
@@ -219,24 +234,26 @@ def make_pair_rows(chosen: dict[str, dict], rejected: dict[str, dict], *, chosen
                   "chosen_acc": cm, "rejected_acc": rm}
 
 
-def sft_chosen_rows(chosen: dict[str, dict], *, model: str, rule: str, drop_truncated: bool = True
-                    ) -> tuple[list[dict], dict]:
+def sft_chosen_rows(chosen: dict[str, dict], *, model: str, rule: str, drop_truncated: bool = True,
+                    task_name: str = task.NAME) -> tuple[list[dict], dict]:
     """SFT rows: every (untruncated) response of one generation set as the chosen side, nothing filtered by
     correctness (SFT on weak data is the paper's contrast)."""
+    grade = task.get_task(task_name).grade
     rows = [{"id": g["id"], "prompt": [{"role": "user", "content": g["prompt"]}],
              "chosen": [{"role": "assistant", "content": g["response"]}], "chosen_model": model, "rule": rule,
-             "chosen_score": task.grade(g["response"], g["reference"])}
+             "chosen_score": grade(g["response"], g["reference"])}
             for g in chosen.values() if g["response"].strip() and not (drop_truncated and g["truncated"])]
     m, se = mean_se([r["chosen_score"] for r in rows])
     return rows, {"pairs": len(rows), "dropped_truncated_or_empty": len(chosen) - len(rows), "chosen_acc": m,
                   "chosen_acc_se": se}
 
 
-def sft_rows(problems_path: str) -> list[dict]:
-    """Correct worked solutions for the pref prompts: the plateau check's SFT data."""
+def sft_rows(problems_path: str, task_name: str = task.NAME) -> list[dict]:
+    """Correct solutions for the pref prompts: the plateau check's SFT data."""
+    T = task.get_task(task_name)
     rows = []
     for p in read_jsonl(problems_path):
-        prob = task.parse_prompt(p["prompt"])
+        prob = T.parse_prompt(p["prompt"])
         rows.append({"id": p["id"], "prompt": [{"role": "user", "content": prob.prompt}],
                      "chosen": [{"role": "assistant", "content": prob.solution}], "rule": "gold",
                      "chosen_score": 1.0})
@@ -272,6 +289,7 @@ class Lab:
     def __init__(self, recipe: Recipe, run_dir: str | Path, *, progress: bool = True):
         self.recipe = recipe
         self.s = LabSettings.from_recipe(recipe)
+        self.T = task.get_task(self.s.task)
         self.dir = Path(run_dir)
         self.progress = progress
         self.timings: dict[str, float] = {}
@@ -288,7 +306,7 @@ class Lab:
                                ("dev_prompts", "dev", self.s.dev_prompts)):
             path = self.dir / f"{name}.jsonl"
             if not path.exists():
-                write_jsonl_atomic(path, task.prompt_rows(task.sample_problems(split, n, seed=self.recipe.seed)))
+                write_jsonl_atomic(path, self.T.prompt_rows(self.T.sample_problems(split, n, seed=self.recipe.seed)))
 
     def generate(self, needs: list[tuple[str, float, int]], extra: list[tuple] = ()) -> dict[str, dict]:
         """Generations of (rung, temperature, seed) on the pref prompts (and `extra` jobs in the same pool);
@@ -301,7 +319,7 @@ class Lab:
             out.parent.mkdir(parents=True, exist_ok=True)
             jobs.append((gen_job, dict(model=model, prompts_path=str(self.dir / "prompts.jsonl"), out_path=str(out),
                                        temperature=temp, seed=seed, max_new_tokens=self.s.max_new_tokens,
-                                       batch_size=self.s.gen_batch_size)))
+                                       batch_size=self.s.gen_batch_size, task_name=self.s.task)))
         res = run_jobs(jobs + list(extra), self.s.workers, "lab: generate", self.progress)
         self.timings["generate_s"] = self.timings.get("generate_s", 0) + time.time() - t0
         return {f"{rung}-t{temp:g}-s{seed}": r for (rung, temp, seed), r in zip(needs, res)}
@@ -316,16 +334,16 @@ class Lab:
             return path, read_json(stats_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if arm.chosen == "gold":
-            rows = sft_rows(str(self.dir / "prompts.jsonl"))
+            rows = sft_rows(str(self.dir / "prompts.jsonl"), self.s.task)
             stats = {"pairs": len(rows), "chosen_acc": 1.0}
         elif arm.rejected is None:
             rows, stats = sft_chosen_rows(load_gen(self._src(arm.chosen)), model=arm.chosen, rule=arm.group,
-                                          drop_truncated=self.s.drop_truncated)
+                                          drop_truncated=self.s.drop_truncated, task_name=self.s.task)
         else:
             rows, stats = make_pair_rows(load_gen(self._src(arm.chosen)), load_gen(self._src(arm.rejected)),
                                          chosen_model=arm.chosen, rejected_model=arm.rejected,
                                          rule=arm.group, reverse=arm.reverse,
-                                         drop_truncated=self.s.drop_truncated)
+                                         drop_truncated=self.s.drop_truncated, task_name=self.s.task)
         write_jsonl_atomic(path, rows)
         write_json_atomic(stats_path, stats)
         return path, stats
@@ -360,7 +378,8 @@ class Lab:
                                        arm_dir=str(where / "arms" / arm.name),
                                        eval_path=str(self.dir / f"{eval_prompts}_prompts.jsonl"),
                                        eval_json=str(where / "eval" / f"{arm.name}.json"),
-                                       max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size)))
+                                       max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size,
+                                       utility=self.T.UTILITY)))
         results = run_jobs(list(extra) + jobs, self.s.workers, desc, self.progress)[len(extra):]
         for arm, r in zip(arms, results):
             info[arm.name]["result"] = r
@@ -377,7 +396,8 @@ class Lab:
         arms = [ArmSpec(f"lr{lr:g}", "dev", self.s.main_chosen, self.s.main_rejected, "dpo_norm") for lr in grid]
         base_job = (evaluate, dict(model=self.s.model("student"), eval_path=str(self.dir / "dev_prompts.jsonl"),
                                    out_json=str(self.dir / "dev" / "eval" / f"{BASE}.json"),
-                                   max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size))
+                                   max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size,
+                                   utility=self.T.UTILITY))
         self.run_arms(arms, "lab: lr on dev", where=self.dir / "dev", eval_prompts="dev", lrs=grid, extra=[base_job])
         rows = []
         for arm, lr in zip(arms, grid):
@@ -392,7 +412,8 @@ class Lab:
     def base_eval_job(self) -> tuple:
         return (evaluate, dict(model=self.s.model("student"), eval_path=str(self.dir / "eval_prompts.jsonl"),
                                out_json=str(self.dir / "eval" / f"{BASE}.json"),
-                               max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size))
+                               max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size,
+                               utility=self.T.UTILITY))
 
     def gain(self, arm: str, where: Path | None = None) -> tuple[float, float, int, int]:
         """Paired difference of an arm against the base student on the eval prompts: (diff, se, fixed, broken)."""
@@ -477,7 +498,7 @@ def run_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False, progres
     from deltalearn.recipe import to_dict
 
     update_manifest(lab.dir, recipe=to_dict(lab.recipe), stage="lab-sweep" if sweep else "lab",
-                    seconds=round(lab.timings["total_s"], 2), ladder=str(lab_home() / "ladder.json"))
+                    seconds=round(lab.timings["total_s"], 2), ladder=str(lab_home() / s.ladder.name / "ladder.json"))
     return results
 
 

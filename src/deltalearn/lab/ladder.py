@@ -69,11 +69,14 @@ class LadderConfig:
     dev_size: int = 400
     """Dev prompts used to score checkpoints (and nothing else is chosen on the eval split)."""
     workers: int = 2
+    task: str = task.NAME
+    """The lab task the runs learn (set from `experiment.task`, not from the ladder section)."""
     name: str = ""
     """Sub-folder of the lab folder for this ladder (models `lab:NAME/r1`); empty: the lab folder itself
     (`lab:r1` ... `lab:student`)."""
 
     def validate(self) -> "LadderConfig":
+        task.get_task(self.task)
         names = [r.name for r in self.runs]
         if not self.runs:
             raise ConfigError("experiment.ladder.runs: at least one run is needed")
@@ -135,16 +138,24 @@ def build_model(spec: RunSpec, tok):
     return LlamaForCausalLM(cfg)
 
 
-def fast_ids(tok, p: task.Problem) -> tuple[list[int], list[int]]:
+def _char_ids(v: dict, text: str) -> list[int]:
+    """Ids of a task string: one per character, `Answer:` as one token (the tokenizer's pre-tokenizer)."""
+    out = []
+    for i, part in enumerate(text.split("Answer:")):
+        if i:
+            out.append(v["Answer:"])
+        out += [v[ch] for ch in part]
+    return out
+
+
+def fast_ids(tok, p) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids) exactly as `tokenize.prompt_ids` / `response_ids` give them (a test checks),
     without rendering the chat template: pretraining tokenizes ~64 problems per step."""
     v = tok.get_vocab()
-    prompt = [tok.bos_token_id] + [v[ch] for ch in p.prompt]
-    body, _, ans = p.solution.rpartition("Answer:")
-    return prompt, [v[ch] for ch in body] + [v["Answer:"]] + [v[ch] for ch in ans] + [tok.eos_token_id]
+    return [tok.bos_token_id] + _char_ids(v, p.prompt), _char_ids(v, p.solution) + [tok.eos_token_id]
 
 
-def _batch(tok, problems: list[task.Problem]):
+def _batch(tok, problems: list):
     """Left-padded prompt+solution ids with labels on the solution and its EOS only (the prompt's digits are
     random, so predicting them is noise)."""
     import torch
@@ -162,16 +173,17 @@ def _batch(tok, problems: list[task.Problem]):
     return ids, att, lab
 
 
-def greedy_accuracy(model, tok, problems: list[task.Problem], *, batch_size: int = 200,
-                    max_new_tokens: int = 64) -> float:
-    """Greedy exact-answer accuracy, for choosing checkpoints inside pretraining (the experiments themselves
-    evaluate through `deltalearn.generate`)."""
+def greedy_accuracy(model, tok, problems: list, *, batch_size: int = 200,
+                    max_new_tokens: int = 64, task_name: str = task.NAME) -> float:
+    """Greedy accuracy (the task's grade: exact answer, or fraction of items right), for choosing checkpoints
+    inside pretraining (the experiments themselves evaluate through `deltalearn.generate`)."""
     import torch
 
     from deltalearn.tokenize import prompt_ids
 
+    grade = task.get_task(task_name).grade
     model.eval()
-    correct = 0
+    correct = 0.0
     with torch.no_grad():
         for i in range(0, len(problems), batch_size):
             chunk = problems[i:i + batch_size]
@@ -182,7 +194,7 @@ def greedy_accuracy(model, tok, problems: list[task.Problem], *, batch_size: int
             out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
             for p, row in zip(chunk, out[:, n:]):
-                correct += task.grade(tok.decode(row, skip_special_tokens=True), p.answer) == 1.0
+                correct += grade(tok.decode(row, skip_special_tokens=True), p.answer)
     model.train()
     return correct / max(1, len(problems))
 
@@ -192,15 +204,17 @@ def greedy_accuracy(model, tok, problems: list[task.Problem], *, batch_size: int
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_dir(lab_dir: Path, spec: RunSpec) -> Path:
-    """A run's folder, keyed by its settings (an unset `init_from` is left out of the key: runs from scratch keep
-    their cache)."""
+def run_dir(lab_dir: Path, spec: RunSpec, task_name: str = task.NAME) -> Path:
+    """A run's folder, keyed by its settings and task (an unset `init_from` and the default task are left out of
+    the key: the running-sum ladder keeps its cache)."""
     key = {k: v for k, v in asdict(spec).items() if not (k == "init_from" and not v)}
+    if task_name != task.NAME:
+        key["task"] = task_name
     return lab_dir / "runs" / f"{spec.name}-{sha256_json(key)[:8]}"
 
 
 def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, threads: int = 1,
-             init_path: str = "", progress: bool = True) -> dict:
+             init_path: str = "", progress: bool = True, task_name: str = task.NAME) -> dict:
     """Train one run, checkpointing and scoring dev accuracy every `eval_every` steps. Returns its curve.
     A finished run (curve.json present) is not retrained."""
     import torch
@@ -208,7 +222,8 @@ def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, thre
 
     from deltalearn.lab.tokenizer import build_tokenizer
 
-    out = run_dir(Path(lab_dir), spec)
+    T = task.get_task(task_name)
+    out = run_dir(Path(lab_dir), spec, task_name)
     done = out / "curve.json"
     if done.exists():
         return read_json(done)
@@ -232,13 +247,13 @@ def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, thre
         return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     rng = random.Random(f"pretrain:{spec.name}:{spec.seed}")
-    dev = task.sample_problems("dev", dev_size, seed=0)
+    dev = T.sample_problems("dev", dev_size, seed=0)
     curve, t0 = [], time.time()
     bar = tqdm(range(spec.steps), desc=f"ladder {spec.name} (d{spec.hidden} L{spec.layers})", position=position,
                leave=True, dynamic_ncols=True, disable=not progress)
     model.train()
     for step in bar:
-        ids, att, lab = _batch(tok, [task.random_problem(rng, "train") for _ in range(spec.batch)])
+        ids, att, lab = _batch(tok, [T.random_problem(rng, "train") for _ in range(spec.batch)])
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
@@ -247,7 +262,7 @@ def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, thre
         opt.step()
         opt.zero_grad(set_to_none=True)
         if (step + 1) % spec.eval_every == 0 or step + 1 == spec.steps:
-            acc = greedy_accuracy(model, tok, dev)
+            acc = greedy_accuracy(model, tok, dev, task_name=task_name)
             ck = out / f"step-{step + 1}"
             model.save_pretrained(ck)
             curve.append({"step": step + 1, "dev_acc": acc, "loss": loss.item(), "path": str(ck),
@@ -324,7 +339,9 @@ def build_ladder(cfg: LadderConfig, lab_dir: str | Path | None = None, *, progre
     lab.mkdir(parents=True, exist_ok=True)
     config = {"runs": [asdict(r) for r in cfg.runs], "targets": cfg.targets, "student_run": cfg.student_run,
               "teacher_runs": cfg.teacher_runs, "dev_size": cfg.dev_size,
-              **({"student_step": cfg.student_step} if cfg.student_step else {})}  # unset: earlier hashes stay valid
+              # unset / default: earlier hashes stay valid
+              **({"student_step": cfg.student_step} if cfg.student_step else {}),
+              **({"task": cfg.task} if cfg.task != task.NAME else {})}
     key = sha256_json(config)
     record_path = lab / LADDER_FILE
     if record_path.exists():
@@ -334,23 +351,25 @@ def build_ladder(cfg: LadderConfig, lab_dir: str | Path | None = None, *, progre
             return rec
     t0 = time.time()
     # finished runs are read back here; the others train longest first, `workers` at a time, one thread each
-    todo = sorted([r for r in cfg.runs if not (run_dir(lab, r) / "curve.json").exists() and not r.init_from],
+    todo = sorted([r for r in cfg.runs if not (run_dir(lab, r, cfg.task) / "curve.json").exists()
+                   and not r.init_from],
                   key=lambda r: -r.steps * r.hidden ** 2 * r.layers)
     if cfg.workers > 1 and len(todo) > 1:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as ex:
-            futs = [ex.submit(pretrain, r, str(lab), cfg.dev_size, i, progress=progress) for i, r in enumerate(todo)]
+            futs = [ex.submit(pretrain, r, str(lab), cfg.dev_size, i, progress=progress, task_name=cfg.task)
+                    for i, r in enumerate(todo)]
             for f in futs:
                 f.result()
     else:
         for r in todo:
-            pretrain(r, str(lab), cfg.dev_size, 0, threads=1, progress=progress)
+            pretrain(r, str(lab), cfg.dev_size, 0, threads=1, progress=progress, task_name=cfg.task)
     curves = []
     for r in cfg.runs:  # continuations after their parent run; then everything is cached, in the recipe's order
         parent = next((c for c in curves if c["run"]["name"] == r.init_from), None) if r.init_from else None
         curves.append(pretrain(r, str(lab), cfg.dev_size, init_path=parent["curve"][-1]["path"] if parent else "",
-                               progress=progress))
+                               progress=progress, task_name=cfg.task))
     rungs = select_rungs(curves, cfg.targets, cfg.student_run, cfg.teacher_runs, cfg.student_step)
     student = dict(student_point(curves, cfg.student_run, cfg.student_step), run=cfg.student_run, name="student")
     tok = build_tokenizer()

@@ -21,12 +21,42 @@ def _acc(m: float, se: float) -> str:
     return f"{m * PTS:.1f} ± {se * PTS:.1f}"
 
 
-def gen_accuracy(path: Path) -> tuple[float, float, int] | None:
+def gen_accuracy(path: Path, task_name: str = task.NAME) -> tuple[float, float, int] | None:
     if not path.exists():
         return None
     rows = read_jsonl(path)
-    m, se = mean_se([task.grade(r["response"], r["reference"]) for r in rows])
+    grade = task.get_task(task_name).grade
+    m, se = mean_se([grade(r["response"], r["reference"]) for r in rows])
     return m, se, len(rows)
+
+
+def item_rights(T, response: str, reference: str) -> list[int]:
+    """1/0 per item of one response: the lookups task's items, or the running-sum answer as a single item."""
+    if hasattr(T, "items_right"):
+        return T.items_right(response, reference)
+    return [int(T.grade(response, reference) == 1.0)]
+
+
+def kappa_analog(pair_rows: list[dict], student: dict[str, dict], T) -> dict:
+    """The lab's analog of the theory's kappa (Section 6: the part of chosen-minus-rejected that points at what
+    the student gets wrong). Over the items the student's greedy answer gets wrong, on the pair set's prompts:
+    `cw` = chosen right and rejected wrong, `wc` = the reverse; kappa = (cw - wc) / items the student got wrong.
+    Pairs dropped by the pairing (e.g. identical sides) are absent here too: they carry no gradient."""
+    cw = wc = wrong = 0
+    for r in pair_rows:
+        st = student.get(r["id"])
+        if st is None:
+            continue
+        ref = r["reference"]
+        s_ok = item_rights(T, st["response"], ref)
+        c_ok = item_rights(T, r["chosen"][-1]["content"], ref)
+        r_ok = item_rights(T, r["rejected"][-1]["content"], ref)
+        for s_i, c_i, r_i in zip(s_ok, c_ok, r_ok):
+            if not s_i:
+                wrong += 1
+                cw += c_i and not r_i
+                wc += r_i and not c_i
+    return {"cw": cw, "wc": wc, "student_wrong_items": wrong, "kappa": (cw - wc) / wrong if wrong else 0.0}
 
 
 def hinge_fit(x: list[float], y: list[float]) -> dict:
@@ -51,13 +81,25 @@ def hinge_fit(x: list[float], y: list[float]) -> dict:
             "pearson_r": float(np.corrcoef(x, y)[0, 1]) if len(x) > 2 else float("nan")}
 
 
+def _pearson(x: list[float], y: list[float]) -> float:
+    """Pearson r, nan when it is undefined (fewer than 3 points, or a constant side)."""
+    import numpy as np
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
 def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
     s, d = lab.s, lab.dir
     ladder = lab.ladder
     plots_dir = d / "plots"
     plots_dir.mkdir(exist_ok=True)
-    base = read_json(d / "eval" / "base.json")["metrics"]["utility/exact_answer"]
-    student_self = gen_accuracy(lab.gen_path("student", 0.0, 0))
+    from deltalearn.lab.experiments import eval_metric
+
+    base = eval_metric(read_json(d / "eval" / "base.json"))
+    student_self = gen_accuracy(lab.gen_path("student", 0.0, 0), s.task)
     tables, plots = [], []
 
     # -- ladder ------------------------------------------------------------------------------------------
@@ -65,7 +107,7 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
     rows = []
     for r in ladder["rungs"] + [ladder["student"]]:
         temp = 0.0 if r["name"] == "student" else s.teacher_temperature
-        g = gen_accuracy(lab.gen_path(r["name"], temp, 0))
+        g = gen_accuracy(lab.gen_path(r["name"], temp, 0), s.task)
         spec = next(c["run"] for c in ladder["curves"] if c["run"]["name"] == r["run"])
         rows.append([s.model(r["name"]), f"{r['run']} (d{spec['hidden']} L{spec['layers']})", params[r["run"]],
                      r["step"], f"{r['dev_acc'] * PTS:.1f}",
@@ -91,7 +133,7 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
 
     def arm_row(a) -> list:
         i = info[a.name]
-        ev = read_json(d / "eval" / f"{a.name}.json")["metrics"]["utility/exact_answer"]
+        ev = eval_metric(read_json(d / "eval" / f"{a.name}.json"))
         g, se, fixed, broken = lab.gain(a.name)
         st = i["pairs"]
         delta = _pm(st["delta"], st["delta_se"]) if a.loss != "sft" else "-"
@@ -125,8 +167,11 @@ def _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, setting
     s, d = lab.s, lab.dir
     qual = {}
     for r in lab.ladder["rungs"]:
-        g = gen_accuracy(lab.gen_path(r["name"], s.teacher_temperature, 0))
+        g = gen_accuracy(lab.gen_path(r["name"], s.teacher_temperature, 0), s.task)
         qual[r["name"]] = g[0]
+    from deltalearn.lab.experiments import load_gen
+
+    student_gen = load_gen(lab.gen_path("student", 0.0, 0))
     stu = student_self[0] if student_self else base["mean"]
     pts = []
     rows = []
@@ -136,21 +181,24 @@ def _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, setting
         st = info[a.name]["pairs"]
         g, se, fixed, broken = lab.gain(a.name)
         above = qual[a.rejected] >= stu
+        k = kappa_analog(read_jsonl(d / "pairs" / f"{a.name}.jsonl"), student_gen, lab.T)
         pts.append({"arm": a.name, "chosen": a.chosen, "rejected": a.rejected, "delta": st["delta"],
-                    "gain": g, "se": se, "both_above_student": above, "chosen_acc": qual[a.chosen]})
+                    "gain": g, "se": se, "both_above_student": above, "chosen_acc": qual[a.chosen], **k})
         rows.append([a.note, f"{qual[a.chosen] * PTS:.1f}", f"{qual[a.rejected] * PTS:.1f}",
-                     _pm(st["delta"], st["delta_se"]), _pm(g, se), f"{fixed}/{broken}",
-                     "yes" if above else ""])
+                     _pm(st["delta"], st["delta_se"]), f"{k['kappa']:+.3f} ({k['cw']}/{k['wc']})",
+                     _pm(g, se), f"{fixed}/{broken}", "yes" if above else ""])
     fit = hinge_fit([p["delta"] for p in pts], [p["gain"] for p in pts])
     far = [p for p in pts if p["both_above_student"]]
     below = [p for p in pts if not p["both_above_student"]]
     out = [{"title": "Sweep: every chosen > rejected pair of the ladder (dpo_norm)",
-            "columns": ["pair", "chosen acc %", "rejected acc %", "delta (pts)", "gain vs base (pts, paired)",
+            "columns": ["pair", "chosen acc %", "rejected acc %", "delta (pts)",
+                        "kappa analog (cw/wc on student-wrong items)", "gain vs base (pts, paired)",
                         "fixed/broken", "both above student"],
             "rows": rows, "note": f"Student: {stu * PTS:.1f}% on the pref prompts (greedy). " + settings}]
     mg = lambda ps: mean_se([p["gain"] for p in ps]) if ps else (float("nan"), float("nan"))
     m_far, se_far = mg(far)
     m_below, se_below = mg(below)
+    kappa_r = _pearson([p["kappa"] for p in pts], [p["gain"] for p in pts])
     out.append({"title": "Sweep summary: gain against delta",
                 "columns": ["quantity", "value"],
                 "rows": [["pairs", len(pts)],
@@ -163,11 +211,14 @@ def _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, setting
                           f"{m_far * PTS:+.2f} ± {se_far * PTS:.2f} (n={len(far)})" if far else
                           "none: no rung pair lies above the student"],
                          ["mean gain, other pairs (pts)", f"{m_below * PTS:+.2f} ± {se_below * PTS:.2f} (n={len(below)})"],
+                         ["Pearson r (kappa analog, gain)", f"{kappa_r:.2f}"],
                          ["pairs with gain > 2 s.e. / < -2 s.e.",
                           f"{sum(p['gain'] > 2 * p['se'] for p in pts)} / {sum(p['gain'] < -2 * p['se'] for p in pts)}"]],
                 "note": "Hinge: continuous two-piece least-squares line; 'rises then plateaus' = positive slope below "
                         "the breakpoint and a flat one above (paper: plateau from delta ~0.55 on a 1-5 judge scale)."})
     plots.append({"title": "Sweep: gain vs delta", "path": _plot_sweep(pts, fit, plots_dir / "sweep.png", d)})
+    plots.append({"title": "Sweep: gain vs the kappa analog", "path": _plot_kappa(pts, kappa_r,
+                                                                                plots_dir / "kappa.png", d)})
     # chosen-quality curves: SFT on each rung; DPO with each rung chosen over the weakest rung
     r1 = lab.ladder["rungs"][0]["name"]
     curve_rows, sft_pts, dpo_pts = [], [], []
@@ -262,6 +313,21 @@ def _plot_sweep(pts: list[dict], fit: dict, path: Path, root: Path) -> str:
     ax.plot(xs * PTS, (fit["linear_intercept"] + fit["linear_slope"] * xs) * PTS, "k:", label="linear fit")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("delta: chosen minus rejected accuracy on the pairs (points)")
+    ax.set_ylabel("gain over base student (points)")
+    return _save(plt, fig, ax, path, root)
+
+
+def _plot_kappa(pts: list[dict], r: float, path: Path, root: Path) -> str:
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.errorbar([p["kappa"] for p in pts], [p["gain"] * PTS for p in pts], yerr=[p["se"] * PTS for p in pts],
+                fmt="o", capsize=2, label=f"rung pairs (Pearson r = {r:.2f})")
+    for p in pts:
+        ax.annotate(f"{p['chosen']}>{p['rejected']}", (p["kappa"], p["gain"] * PTS), fontsize=6,
+                    textcoords="offset points", xytext=(3, 3))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("kappa analog: (chosen-right-rejected-wrong minus reverse) per student-wrong item")
     ax.set_ylabel("gain over base student (points)")
     return _save(plt, fig, ax, path, root)
 

@@ -22,6 +22,10 @@ from dataclasses import dataclass
 
 from deltalearn.utility import exact_answer
 
+NAME = "running_sum"
+UTILITY = "exact_answer"
+"""The project utility that grades this task (the lab's evals score with it by name)."""
+TASKS = ("running_sum", "items")
 MIN_TERMS, MAX_TERMS = 4, 7
 SPLITS = ("train", "pref", "dev", "eval")
 # Hash buckets (of 20) per split: 14 / 2 / 2 / 2.
@@ -104,3 +108,20 @@ def grade(response: str, reference: str) -> float:
     """1.0 when the response's final answer is the reference. The project's one exact-answer utility, so the
     lab is graded exactly as any recipe using `utility: exact_answer` would be."""
     return exact_answer(response, reference)
+
+
+def get_task(name: str):
+    """The task module `experiment.task` names: `running_sum` (this module: the lab's documented counterexample)
+    or `lookups` (many independent items per response, `deltalearn.lab.lookups`). Each has the same functions:
+    Problem (.prompt/.solution/.answer/.id), random_problem, sample_problems, prompt_rows, parse_prompt, grade."""
+    import sys
+
+    from deltalearn.recipe import ConfigError
+
+    if name == NAME:
+        return sys.modules[__name__]
+    if name == "items":
+        from deltalearn.lab import items
+
+        return items
+    raise ConfigError(f"experiment.task: unknown task {name!r}; one of {', '.join(TASKS)}")
