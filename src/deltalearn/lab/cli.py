@@ -4,6 +4,7 @@
     deltalearn lab --sweep              # every chosen > rejected rung pair + chosen-quality curves -> runs/lab-sweep
     deltalearn lab --ladder-only        # just train / show the ladder (lab:r1 ... lab:student)
     deltalearn lab --set experiment.eval_prompts=1000 --out runs/lab-small
+    deltalearn lab --recipe recipes/lab-items.yaml   # the items task (experiment.task: items) -> runs/lab-items
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def run_cli(args) -> int:
     if args.ladder_only:
         rec = build_ladder(LabSettings.from_recipe(recipe).ladder, progress=progress)
         for r in rec["rungs"] + [rec["student"]]:
-            print(f"lab:{r['name']:8s} {r['run']:>8s} step {r['step']:5d}  dev acc {r['dev_acc']:.1%}")
+            print(f"{LabSettings.from_recipe(recipe).model(r['name']):16s} {r['run']:>8s} step {r['step']:5d}  "
+                  f"dev acc {r['dev_acc']:.1%}")
         how = "cached" if rec.get("cached") else f"trained in {rec['wall_s']:.0f} s"
         print(f"ladder: {how} (load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end)")
         return 0
