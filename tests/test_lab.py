@@ -209,12 +209,12 @@ def test_mini_lab_end_to_end(mini_lab, tmp_path, monkeypatch):
 
 
 def test_items_task_solution_grade_and_splits():
-    from deltalearn.lab import items
+    from deltalearn.lab.items import DIGIT_SUMS as items
 
     assert task.get_task("items") is items and task.get_task("running_sum") is task
     with pytest.raises(ConfigError, match="unknown task 'sum'"):
         task.get_task("sum")
-    p = items.Problem(("728", "771", "252", "930", "519", "650", "169", "108"))
+    p = items.problem(("728", "771", "252", "930", "519", "650", "169", "108"))
     assert p.prompt == "728,771,252,930,519,650,169,108="
     assert p.solution == "017,015,009,012,015,011,016,009" == p.answer
     assert items.parse_prompt(p.prompt) == p
@@ -235,22 +235,37 @@ def test_items_task_solution_grade_and_splits():
     assert all(r["reference"] == items.parse_prompt(r["prompt"]).solution for r in rows)
 
 
-def test_items_tokenize_like_the_project_and_fit_the_model():
-    from deltalearn.lab import items
+@pytest.mark.parametrize("name", ["items", "lookups"])
+def test_items_tokenize_like_the_project_and_fit_the_model(name):
     from deltalearn.lab.ladder import fast_ids
     from deltalearn.tokenize import prompt_ids, response_ids
 
+    items = task.get_task(name)
     tok = build_tokenizer()
     p = items.sample_problems("train", 1, seed=0)[0]
     pi, ri = fast_ids(tok, p)
     assert (pi, ri) == (prompt_ids(tok, p.prompt), response_ids(tok, p.prompt, p.solution))
     # every answer slot is the prompt's length after its key: the layout the task relies on
-    assert len(pi) - 1 == len(ri) == 4 * items.ITEMS  # 8 keys of 3 digits + separators; answers + EOS
+    assert len(pi) - 1 == len(ri) == (items.key_digits + 1) * items.ITEMS  # keys + separators; answers + EOS
     assert len(pi) + len(ri) <= 128  # the models' max_position_embeddings
 
 
+def test_lookups_is_a_fixed_random_table():
+    from deltalearn.lab.items import LOOKUPS, table_value
+
+    assert task.get_task("lookups") is LOOKUPS
+    values = [table_value(f"{i:02d}") for i in range(100)]
+    assert values == [table_value(f"{i:02d}") for i in range(100)]  # a pure function of the key
+    assert all(len(v) == 2 and v.isdigit() for v in values) and len(set(values)) > 50  # not a simple rule
+    p = LOOKUPS.sample_problems("pref", 3, seed=0)[0]
+    assert p.solution == ",".join(table_value(k) for k in p.keys) and p.id.startswith("lookups-")
+    assert LOOKUPS.parse_prompt(p.prompt) == p
+    assert not {q.keys for q in LOOKUPS.sample_problems("pref", 300, seed=0)} & {
+        q.keys for q in LOOKUPS.sample_problems("eval", 300, seed=0)}
+
+
 def test_kappa_analog_counts_only_the_items_the_student_gets_wrong():
-    from deltalearn.lab import items
+    from deltalearn.lab.items import DIGIT_SUMS as items
     from deltalearn.lab.report import kappa_analog
 
     ref = "017,015,009,012"
@@ -299,7 +314,7 @@ def test_mini_items_lab_end_to_end(mini_items_lab, tmp_path, monkeypatch):
     ev = json.loads((tmp_path / "run" / "eval" / "main-dpo_norm.json").read_text())
     assert ev["metrics"]["utility/item_accuracy"]["n"] == 16
     pairs = [json.loads(x) for x in (tmp_path / "run" / "pairs" / "main-dpo_norm.jsonl").read_text().splitlines()]
-    from deltalearn.lab import items
+    from deltalearn.lab.items import DIGIT_SUMS as items
 
     assert all(r["chosen_score"] == items.grade(r["chosen"][-1]["content"], r["reference"]) for r in pairs)
     gold = [json.loads(x) for x in (tmp_path / "run" / "pairs" / "plateau-sft-gold.jsonl").read_text().splitlines()]

@@ -25,7 +25,7 @@ from deltalearn.utility import exact_answer
 NAME = "running_sum"
 UTILITY = "exact_answer"
 """The project utility that grades this task (the lab's evals score with it by name)."""
-TASKS = ("running_sum", "items")
+TASKS = ("running_sum", "items", "lookups")
 MIN_TERMS, MAX_TERMS = 4, 7
 SPLITS = ("train", "pref", "dev", "eval")
 # Hash buckets (of 20) per split: 14 / 2 / 2 / 2.
@@ -111,17 +111,18 @@ def grade(response: str, reference: str) -> float:
 
 
 def get_task(name: str):
-    """The task module `experiment.task` names: `running_sum` (this module: the lab's documented counterexample)
-    or `lookups` (many independent items per response, `deltalearn.lab.lookups`). Each has the same functions:
-    Problem (.prompt/.solution/.answer/.id), random_problem, sample_problems, prompt_rows, parse_prompt, grade."""
+    """The task `experiment.task` names: `running_sum` (this module: the lab's documented counterexample), or a
+    many-items task from `deltalearn.lab.items` -- `items` (digit sums) or `lookups` (a random table). Each has
+    the same interface: NAME, UTILITY, random_problem, sample_problems, prompt_rows, parse_prompt, grade, and
+    problems with .prompt/.solution/.answer/.id."""
     import sys
 
     from deltalearn.recipe import ConfigError
 
     if name == NAME:
         return sys.modules[__name__]
-    if name == "items":
+    if name in ("items", "lookups"):
         from deltalearn.lab import items
 
-        return items
+        return items.DIGIT_SUMS if name == "items" else items.LOOKUPS
     raise ConfigError(f"experiment.task: unknown task {name!r}; one of {', '.join(TASKS)}")
