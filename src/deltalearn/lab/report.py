@@ -30,6 +30,21 @@ def gen_accuracy(path: Path, task_name: str = task.NAME) -> tuple[float, float, 
     return m, se, len(rows)
 
 
+def error_signs(path: Path) -> tuple[float, float] | None:
+    """Digit-sum items: of the wrong numeric items in a generation file, the shares below and above the right sum
+    (the direction the teachers' errors share)."""
+    if not path.exists():
+        return None
+    low = high = 0
+    for r in read_jsonl(path):
+        for got, want in zip(r["response"].split(","), r["reference"].split(",")):
+            if got.strip().isdigit() and got.strip() != want:
+                low += int(got) < int(want)
+                high += int(got) > int(want)
+    n = low + high
+    return (low / n, high / n) if n else None
+
+
 def item_rights(T, response: str, reference: str) -> list[int]:
     """1/0 per item of one response: the lookups task's items, or the running-sum answer as a single item."""
     if hasattr(T, "items_right"):
@@ -109,13 +124,17 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
         temp = 0.0 if r["name"] == "student" else s.teacher_temperature
         g = gen_accuracy(lab.gen_path(r["name"], temp, 0), s.task)
         spec = next(c["run"] for c in ladder["curves"] if c["run"]["name"] == r["run"])
-        rows.append([s.model(r["name"]), f"{r['run']} (d{spec['hidden']} L{spec['layers']})", params[r["run"]],
-                     r["step"], f"{r['dev_acc'] * PTS:.1f}",
-                     _acc(g[0], g[1]) if g else "-"])
+        row = [s.model(r["name"]), f"{r['run']} (d{spec['hidden']} L{spec['layers']})", params[r["run"]],
+               r["step"], f"{r['dev_acc'] * PTS:.1f}", _acc(g[0], g[1]) if g else "-"]
+        if s.task == "items":
+            sign = error_signs(lab.gen_path(r["name"], temp, 0))
+            row.append(f"{sign[0] * PTS:.0f} / {sign[1] * PTS:.0f}" if sign else "-")
+        rows.append(row)
     tables.append({"title": "Ladder: rungs chosen by dev accuracy from pretraining checkpoints",
                    "columns": ["model", "run", "params", "step", "dev acc % (greedy, selection)",
                                f"pref-prompt acc % (the training responses: T={s.teacher_temperature:g} samples; "
-                               "student greedy)"],
+                               "student greedy)"] + (["wrong items: % too low / too high"] if s.task == "items"
+                                                     else []),
                    "rows": rows,
                    "note": f"Student eval accuracy (greedy, {base['n']} eval prompts): {_acc(base['mean'], base['se'])}. "
                            f"Ladder wall time: {ladder.get('wall_s', 0):.0f} s"
