@@ -1,7 +1,7 @@
 """The tiny lab's many-items tasks: one response answers 8 independent items, graded by the fraction right.
 
     items    728,771,252,930,519,650,169,108=  ->  017,015,009,012,015,011,016,009   (digit sums, 3-digit keys)
-    lookups  37,05,81,62,14,90,26,43=          ->  58,07,33,...                      (a fixed random table)
+    lookups  37,05,81,62,14,90,26,43,          ->  58,07,33,...                      (a fixed random table)
 
 A response answers the prompt's `ITEMS` keys in order; its utility is the *fraction of items right*
 (`utility.item_accuracy`; an item is right when all its digits are).
@@ -23,6 +23,11 @@ Layout, chosen by measurement (2-core CPU, from-scratch Llama models):
   key (the prompt's length) and a model finds it with one relative-position attention pattern. A first design
   echoed each key before its answer (`374=6,512=3`): a d32 model had to copy each key from the prompt, and after
   800 steps it had learned no copying at all (dev item accuracy 0.1%).
+- The lookups prompt ends with ',' so that every answer slot is predicted from the same token. With '=' (as
+  digit sums have), a first lookups ladder learned slots 2-8 long before slot 1: its 91% student was 100% right
+  on slots 2-8 and 27% on slot 1, where its teachers were at 9% too, so all the student's errors sat where the
+  teachers' did (P(chosen wrong | student wrong) 0.91 against 0.25 elsewhere) and the delta had nothing to fix.
+  Digit sums show no such slot effect (student 74-87% on every slot).
 - Table size: a 400-key table of three-digit values was not learned in 800 steps by d32 or d64 (0.1-0.5%); the
   100-key table of two-digit values rises gradually (d32: 2% at 100 steps, 20% at 500, 43% at 800).
 - Digit sums on three-digit keys, not two: two-digit sums took a d32 model from 10% to 99.9% within 500 steps;
@@ -72,10 +77,11 @@ class Problem:
     keys: tuple[str, ...]
     value: Callable[[str], str]
     name: str
+    end: str = "="
 
     @property
     def prompt(self) -> str:
-        return ",".join(self.keys) + "="
+        return ",".join(self.keys) + self.end
 
     @property
     def solution(self) -> str:
@@ -103,6 +109,9 @@ class ItemsTask:
     NAME: str
     key_digits: int
     value: Callable[[str], str]
+    end: str = "="
+    """The prompt's last character: the token every answer slot is predicted from is ',' except the first, which
+    is predicted from this one."""
     UTILITY: str = UTILITY
     SPLITS: tuple = SPLITS
     ITEMS: int = ITEMS
@@ -110,14 +119,15 @@ class ItemsTask:
     split_of = staticmethod(split_of)
 
     def problem(self, keys) -> Problem:
-        return Problem(tuple(keys), self.value, self.NAME)
+        return Problem(tuple(keys), self.value, self.NAME, self.end)
 
     def parse_prompt(self, prompt: str) -> Problem:
         """The problem a prompt string states (inverse of Problem.prompt)."""
         body = prompt.strip()
         keys = body[:-1].split(",")
-        if not body.endswith("=") or not all(len(k) == self.key_digits and k.isdigit() for k in keys):
-            raise ValueError(f"not a {self.NAME} prompt ({self.key_digits}-digit keys joined by ',', ending in '='): "
+        if not body.endswith(self.end) or not all(len(k) == self.key_digits and k.isdigit() for k in keys):
+            raise ValueError(f"not a {self.NAME} prompt ({self.key_digits}-digit keys joined by ',', ending in "
+                             f"'{self.end}'): "
                              f"{prompt!r}")
         return self.problem(keys)
 
@@ -160,4 +170,4 @@ class ItemsTask:
 
 
 DIGIT_SUMS = ItemsTask("items", 3, digit_sum)
-LOOKUPS = ItemsTask("lookups", 2, table_value)
+LOOKUPS = ItemsTask("lookups", 2, table_value, end=",")
