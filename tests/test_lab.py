@@ -282,6 +282,15 @@ def test_kappa_analog_counts_only_the_items_the_student_gets_wrong():
     assert (k["cw"], k["wc"], k["kappa"]) == (1, 0, 1.0)
 
 
+def _mini_items_recipe() -> dict:
+    return {"name": "mini-items", "kind": "lab",
+            "train": {"lr": 3e-6, "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "batch_size": 4, "micro_batch_size": 4,
+                      "max_steps": 2, "max_len": 128, "precision": "fp32"},
+            "experiment": {"task": "items", "pref_prompts": 16, "eval_prompts": 16, "max_new_tokens": 40,
+                           "workers": 1, "drop_truncated": False, "main_chosen": "r3", "main_rejected": "r2",
+                           "self_weaker": "r1", "ladder": dict(MINI_LADDER, name="mini-items")}}
+
+
 @pytest.fixture(scope="module")
 def mini_items_lab(tmp_path_factory):
     from deltalearn.lab.ladder import LadderConfig, build_ladder
@@ -293,8 +302,8 @@ def mini_items_lab(tmp_path_factory):
 
 
 def test_mini_items_lab_end_to_end(mini_items_lab, tmp_path, monkeypatch):
-    """A miniature `deltalearn lab` and `--sweep` on the items task: per-item utility in every eval, pairs graded
-    by the fraction right, the kappa analog in the sweep; the running-sum ladder's folder is left alone."""
+    """A miniature `deltalearn lab` on the items task: per-item utility in every eval, pairs graded by the
+    fraction right; the running-sum ladder's folder is left alone."""
     from deltalearn.lab.experiments import run_lab
     from deltalearn.recipe import load_recipe
 
@@ -304,12 +313,7 @@ def test_mini_items_lab_end_to_end(mini_items_lab, tmp_path, monkeypatch):
     curve = rec["curves"][0]["curve"]
     assert curve[-1]["loss"] < 2.5
     monkeypatch.setenv("DELTALEARN_LAB_DIR", str(home))
-    data = {"name": "mini-items", "kind": "lab",
-            "train": {"lr": 3e-6, "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "batch_size": 4, "micro_batch_size": 4,
-                      "max_steps": 2, "max_len": 128, "precision": "fp32"},
-            "experiment": {"task": "items", "pref_prompts": 16, "eval_prompts": 16, "max_new_tokens": 40,
-                           "workers": 1, "drop_truncated": False, "main_chosen": "r3", "main_rejected": "r2",
-                           "self_weaker": "r1", "ladder": dict(MINI_LADDER, name="mini-items")}}
+    data = _mini_items_recipe()
     run_lab(load_recipe(data=data), tmp_path / "run", progress=False)
     ev = json.loads((tmp_path / "run" / "eval" / "main-dpo_norm.json").read_text())
     assert ev["metrics"]["utility/item_accuracy"]["n"] == 16
@@ -320,7 +324,15 @@ def test_mini_items_lab_end_to_end(mini_items_lab, tmp_path, monkeypatch):
     gold = [json.loads(x) for x in (tmp_path / "run" / "pairs" / "plateau-sft-gold.jsonl").read_text().splitlines()]
     assert all(items.grade(r["chosen"][0]["content"], items.parse_prompt(r["prompt"][0]["content"]).answer) == 1.0
                for r in gold)
-    res = run_lab(load_recipe(data=data), tmp_path / "sweep", sweep=True, progress=False)
+
+
+@pytest.mark.slow
+def test_mini_items_sweep_reports_the_kappa_analog(mini_items_lab, tmp_path, monkeypatch):
+    from deltalearn.lab.experiments import run_lab
+    from deltalearn.recipe import load_recipe
+
+    monkeypatch.setenv("DELTALEARN_LAB_DIR", str(mini_items_lab[0]))
+    res = run_lab(load_recipe(data=_mini_items_recipe()), tmp_path / "sweep", sweep=True, progress=False)
     summary = next(t for t in res["tables"] if t["title"].startswith("Sweep summary"))
     assert any(r[0] == "Pearson r (kappa analog, gain)" for r in summary["rows"])
     sweep = next(t for t in res["tables"] if t["title"].startswith("Sweep: every"))
