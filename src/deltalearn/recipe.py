@@ -321,7 +321,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key.strip():
         raise ConfigError(f"override '{text}' has an empty key")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except (yaml.YAMLError, RecursionError) as e:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({str(e).splitlines()[0]})") from None
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -409,8 +413,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             if not p.exists():
                 raise ConfigError(f"recipe file not found: {p}")
             try:
-                data = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as e:
+                data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+            except (yaml.YAMLError, RecursionError) as e:
                 raise ConfigError(f"{p}: not valid YAML: {e}") from None
             if not isinstance(data, dict):
                 raise ConfigError(f"{p}: a recipe must be a YAML mapping at the top level")
