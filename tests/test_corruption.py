@@ -29,14 +29,22 @@ def truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.fixture()
-def killed_after_step2(tmp_path, tiny_model_dir, toy_pairs):
-    """A finished 4-step run (the reference weights), and a copy that looks killed right after step 2's
-    checkpoint."""
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    """A finished 4-step run with a checkpoint after every step: the reference weights."""
+    from conftest import toy_pair_rows
+
+    d = tmp_path_factory.mktemp("corruption")
     cfg = TrainConfig(model=tiny_model_dir, loss="dpo", batch_size=4, micro_batch_size=2, max_len=64, max_steps=4,
-                      save_every=1, precision="fp32", ref_cache_dir=str(tmp_path / "ref"))
-    full = tmp_path / "full"
-    train(cfg, toy_pairs, full, progress=False)
+                      save_every=1, precision="fp32", ref_cache_dir=str(d / "ref"))
+    train(cfg, toy_pair_rows(), d / "full", progress=False)
+    return cfg, d / "full"
+
+
+@pytest.fixture()
+def killed_after_step2(finished_run, tmp_path):
+    """A copy of the finished run that looks killed right after step 2's checkpoint."""
+    cfg, full = finished_run
     run = tmp_path / "run"
     shutil.copytree(full, run)
     for name in ("COMPLETED", "train_summary.json"):
