@@ -182,27 +182,24 @@ def reference_logps(model_loader, encoded: list[EncodedPair], *, model_fingerpri
     hit = load(path, len(encoded))
     if hit is not None:
         return hit, path, True
+    def fill():
+        model = model_loader()
+        rank = accelerator.process_index if accelerator is not None else 0
+        tensors = compute(model, encoded, pad_id=pad_id, precision=precision, batch_size=batch_size,
+                          accelerator=accelerator, progress=progress, layout=layout[rank] if layout else None)
+        del model
+        if accelerator is None or accelerator.is_main_process:
+            save(path, tensors, {"model": model_fingerprint, "precision": precision, "rows": len(encoded),
+                                 "version": CACHE_VERSION})
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        return tensors, path, False
+
     if accelerator is not None and accelerator.num_processes > 1:
-        return _fill(path, model_loader, encoded, model_fingerprint, precision, pad_id, batch_size, accelerator,
-                     progress)
+        return fill()  # every rank scores its shard (collectives): no lock, only the main process writes
     # One process fills a cache entry; another that needs the same entry waits for it instead of redoing it.
     with artifact_lock(path, what="reference cache", wait=True):
         hit = load(path, len(encoded))
         if hit is not None:
             return hit, path, True
-        return _fill(path, model_loader, encoded, model_fingerprint, precision, pad_id, batch_size, accelerator,
-                     progress)
-
-
-def _fill(path, model_loader, encoded, model_fingerprint, precision, pad_id, batch_size, accelerator, progress):
-    model = model_loader()
-    rank = accelerator.process_index if accelerator is not None else 0
-    tensors = compute(model, encoded, pad_id=pad_id, precision=precision, batch_size=batch_size,
-                      accelerator=accelerator, progress=progress, layout=layout[rank] if layout else None)
-    del model
-    if accelerator is None or accelerator.is_main_process:
-        save(path, tensors, {"model": model_fingerprint, "precision": precision, "rows": len(encoded),
-                             "version": CACHE_VERSION})
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    return tensors, path, False
+        return fill()
