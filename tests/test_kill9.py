@@ -85,7 +85,8 @@ def killed_once(recipe: Path, run_dir: Path, target: str, durations: dict[str, f
             if ckpts.is_dir() and any(c.name.endswith(".tmp") for c in ckpts.iterdir()):
                 break
         elif kill_at is None and banner in log.read_text():
-            kill_at = time.time() + rng.uniform(0, max(durations.get(target, 1.0), 0.2))
+            # within the first 60% of the stage's uninterrupted duration, so the kill lands in it despite jitter
+            kill_at = time.time() + rng.uniform(0, 0.6) * max(durations.get(target, 1.0), 0.2)
         elif kill_at is not None and time.time() >= kill_at:
             break
         time.sleep(0.005)
@@ -112,7 +113,9 @@ def artifacts(run_dir: Path) -> dict:
     losses = [{k: v for k, v in json.loads(x).items() if k not in ("tokens_per_s", "step_s")}
               for x in (arm / "metrics.jsonl").read_text().splitlines()]
     weights = load_file(str(arm / "model" / "model.safetensors"))
-    evals = {f.name: json.loads(f.read_text())["metrics"] for f in sorted((run_dir / "eval").glob("*.json"))}
+    evals = {f.name: json.loads(f.read_text())["metrics"] for f in sorted((run_dir / "eval").glob("*.json"))
+             if not f.name.endswith(".meta.json")}
+    assert set(evals) == {"base.json", "dpo.json"}
     assert (run_dir / "report.html").exists() and (arm / "COMPLETED").exists()
     return {"generations": gens, "pairs": pairs, "losses": losses, "weights": weights, "eval": evals}
 
@@ -158,12 +161,12 @@ def test_kill9_during_each_stage_then_rerun_equals_uninterrupted(recipe, referen
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(3))
 def test_kill9_random_points_many(recipe, reference, tmp_path, seed):
-    """make test-slow: 4 chains x 6 kills at random stages (in pipeline order), each chain rerun to the end."""
+    """make test-slow: 3 chains x 5 kills at random stages (in pipeline order), each chain rerun to the end."""
     ref, durations = reference
     rng = random.Random(seed)
-    targets = sorted(rng.choices(STAGES, k=6), key=STAGES.index)
+    targets = sorted(rng.choices(STAGES, k=5), key=STAGES.index)
     trials = chain(recipe, tmp_path / "run", targets, durations, rng)
     report(f"kill9 chain {seed}", trials)
     assert_same(artifacts(tmp_path / "run"), ref)
