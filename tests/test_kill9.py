@@ -57,8 +57,9 @@ def recipe(tmp_path_factory, smollm2_dir):
 
 def command(recipe: Path, run_dir: Path) -> list[str]:
     # each run has its own reference cache, so every interrupted run really does the reference pass
+    ref_cache = run_dir.parent / f"{run_dir.name}-ref"
     return [sys.executable, "-m", "deltalearn.cli", "run", str(recipe), "--no-progress",
-            "--set", f"output_dir={run_dir}", "--set", f"train.ref_cache_dir={run_dir.parent / (run_dir.name + '-ref')}"]
+            "--set", f"output_dir={run_dir}", "--set", f"train.ref_cache_dir={ref_cache}"]
 
 
 def run_to_end(recipe: Path, run_dir: Path) -> None:

@@ -133,4 +133,4 @@ def test_two_generate_runs_on_one_out_cannot_both_write(tmp_path, tiny_model_dir
     target = out / "tiny-llama.jsonl"
     assert f"pid {winner}" in refused_err and str(target) in refused_err
     ids = [json.loads(x)["id"] for x in target.read_text().splitlines()]
-    assert sorted(ids) == [f"p{i:02d}" for i in range(16)]  # one row per prompt, no duplicates
+    assert len(ids) == len(set(ids)) == 16  # one row per prompt, no duplicates
