@@ -245,9 +245,21 @@ def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: O
                    precision: str = "auto", lm_eval_limit: Optional[int] = None, lm_eval_include: Optional[str] = None,
                    progress: bool = True) -> dict[str, Any]:
     """Evaluate one model by `cfg` (recipe.EvalConfig) and write OUT/eval/<label>.json. Returns the result."""
+    from deltalearn.locks import artifact_lock
+
     label = label or _slug(Path(model).name if Path(model).exists() else model)
     eval_dir = Path(out_dir) / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
+    with artifact_lock(eval_dir / f"{label}.json", what="eval result"):
+        return _evaluate_model(model, cfg, eval_dir, label, reference=reference, beta=beta, reduction=reduction,
+                               baseline_responses=baseline_responses, judge_backend=judge_backend,
+                               judge_base_url=judge_base_url, limit=limit, max_len=max_len, precision=precision,
+                               lm_eval_limit=lm_eval_limit, lm_eval_include=lm_eval_include, progress=progress)
+
+
+def _evaluate_model(model: str, cfg: EvalConfig, eval_dir: Path, label: str, *, reference, beta, reduction,
+                    baseline_responses, judge_backend, judge_base_url, limit, max_len, precision, lm_eval_limit,
+                    lm_eval_include, progress) -> dict[str, Any]:
     t0 = time.time()
     # A finished eval of the same weights with the same settings is not redone (a rerun of `deltalearn run`).
     fingerprint = _fingerprint(model, cfg, reference=reference, beta=beta, reduction=reduction, limit=limit,
@@ -379,9 +391,9 @@ def _manifest_recipe(run_dir: Path) -> dict:
     mf = run_dir / "manifest.json"
     if not mf.exists():
         return {}
-    m = read_json(mf)
-    if not isinstance(m, dict):
-        raise DataError(mf, "expected a JSON object")
+    from deltalearn.manifest import read_manifest
+
+    m = read_manifest(mf)
     rec = m.get("recipe") or m.get("config") or {}
     return rec if isinstance(rec, dict) else {}
 

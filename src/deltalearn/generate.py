@@ -16,6 +16,7 @@ builds pairs from them; so generation must be cheap, exact and safe to interrupt
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import re
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from deltalearn.io import DataError, JsonlAppender, iter_jsonl, read_json, truncate_torn_tail, write_json_atomic
+from deltalearn.locks import artifact_lock
 from deltalearn.prompts import check_prompt_rows
 from deltalearn.recipe import ConfigError
 
@@ -67,6 +69,11 @@ def read_done(out_path: Path) -> dict[str, dict]:
         if "id" not in row or "response" not in row:
             raise DataError(out_path, "generation row without 'id' or 'response'; not a deltalearn generations "
                             "file", row=n)
+        if not isinstance(row["id"], str) or not row["id"]:
+            raise DataError(out_path, f"id must be a non-empty string, got {row['id']!r:.60}", row=n, field="id")
+        if not isinstance(row["response"], str):
+            raise DataError(out_path, f"response must be a string, got {type(row['response']).__name__}", row=n,
+                            field="response")
         if row["id"] in done:
             raise DataError(out_path, f"id '{row['id']}' appears twice; the file was edited or two runs wrote "
                             "to it at once", row=n, field="id")
@@ -337,8 +344,18 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
     if not is_name and tokenizer is None:
         raise ConfigError("a loaded model needs its tokenizer: generate_responses(model, prompts, tokenizer=tok)")
 
-    loaded_here = False
     name = model if is_name else getattr(model.config, "_name_or_path", None) or type(model).__name__
+    # One writer per output file: a second run on the same --out is refused before it loads anything.
+    lock = artifact_lock(out_path, what="generations file") if out_path is not None else contextlib.nullcontext()
+    with lock:
+        return _generate(model, name, is_name, prompts, out_path, tokenizer=tokenizer, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p, batch_size=batch_size, system_prompt=system_prompt,
+                         precision=precision, seed=seed, backend=backend, base_url=base_url, progress=progress)
+
+
+def _generate(model, name, is_name, prompts, out_path, *, tokenizer, max_new_tokens, temperature, top_p, batch_size,
+              system_prompt, precision, seed, backend, base_url, progress) -> list[dict]:
+    loaded_here = False
     t_load = time.time()
     if backend == "transformers" and is_name:
         import torch

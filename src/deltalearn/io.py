@@ -8,9 +8,11 @@ append-only logs are flushed and fsynced line by line so a killed process loses 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -53,9 +55,13 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             raise DataError(path, "last line is incomplete (no trailing newline); the writer was interrupted. "
                             "Use read_jsonl(..., repair_tail=True) to drop it", row=i)
         try:
-            obj = json.loads(raw)
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(path, f"not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})", row=i) from None
         except json.JSONDecodeError as e:
             raise DataError(path, f"not valid JSON ({e.msg} at column {e.colno})", row=i) from None
+        except RecursionError:
+            raise DataError(path, "JSON nested too deeply", row=i) from None
         if not isinstance(obj, dict):
             raise DataError(path, f"expected a JSON object, got {type(obj).__name__}", row=i)
         yield i, obj
@@ -82,21 +88,54 @@ def truncate_torn_tail(path: str | os.PathLike) -> int:
         return len(data) - keep
 
 
+# Errors that mean "no room": a full disk, a quota, or a file-size limit (RLIMIT_FSIZE, with SIGXFSZ ignored).
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def write_failed(path: str | os.PathLike, e: OSError, *, kept: str = "the previous version (if any) is unchanged"
+                 ) -> Exception:
+    """The error to raise when writing `path` failed: a DataError saying what was kept when it was lack of space,
+    else the original OSError."""
+    if e.errno in NO_SPACE:
+        return DataError(path, f"could not write it ({e.strerror}: the disk is full or a size limit was hit); "
+                         f"{kept}. Free some space and rerun the same command")
+    return e
+
+
+def as_oserror(e: BaseException) -> OSError | None:
+    """The OSError inside an exception, also when a native library (safetensors, arrow) wrapped it in its own type
+    with only "os error N" in the message."""
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"os error (\d+)", str(e))
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
+
+
 class JsonlAppender:
-    """Append rows to a JSONL file durably: one write + flush + fsync per row (resumable logs)."""
+    """Append rows to a JSONL file durably: one write + flush + fsync per row (resumable logs).
+
+    A row that cannot be written whole (disk full) is cut back off, so the file keeps only complete rows."""
 
     def __init__(self, path: str | os.PathLike, *, fsync: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         truncate_torn_tail(self.path)
-        self._f = self.path.open("ab")
+        self._f = self.path.open("ab", buffering=0)
         self._fsync = fsync
 
     def write(self, row: dict) -> None:
-        self._f.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
-        self._f.flush()
-        if self._fsync:
-            os.fsync(self._f.fileno())
+        data = (json.dumps(row, ensure_ascii=False) + "\n").encode()
+        fd = self._f.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if self._fsync:
+                os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, start)
+            raise write_failed(self.path, e, kept="the rows written before this one are intact") from None
 
     def close(self) -> None:
         self._f.close()
@@ -127,9 +166,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_failed(path, e) from None
         raise
 
 
@@ -147,8 +188,12 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DataError(path, "file not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise DataError(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise DataError(path, "JSON nested too deeply") from None
 
 
 def read_table(path: str | os.PathLike) -> list[dict]:
@@ -177,13 +222,40 @@ def read_table(path: str | os.PathLike) -> list[dict]:
             raise DataError(path, "expected a JSON list of objects")
         return obj
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(path, f"not a readable Parquet file ({e})") from None
     if suffix in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        return _read_csv(path, "\t" if suffix == ".tsv" else ",")
     raise DataError(path, f"unknown file type '{suffix}' (expected .jsonl, .json, .parquet, .csv, .tsv or a folder)")
+
+
+_EXTRA = "\0extra"  # DictReader's key for cells beyond the header
+
+
+def _read_csv(path: Path, delimiter: str) -> list[dict]:
+    """CSV/TSV rows as dicts. A row with more cells than the header is a DataError naming it."""
+    csv.field_size_limit(1 << 30)  # long responses are legitimate; the default 128 KiB limit is not a data rule
+    rows = []
+    reader = None
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=delimiter, restkey=_EXTRA)
+            for row in reader:
+                if _EXTRA in row:
+                    width = len(reader.fieldnames or [])
+                    raise DataError(path, f"{width + len(row[_EXTRA])} cells but the header has {width}",
+                                    row=reader.line_num)
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text (byte {e.start})") from None
+    except csv.Error as e:
+        raise DataError(path, f"not valid CSV ({e})", row=reader.line_num if reader else None) from None
+    return rows
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:

@@ -3,6 +3,7 @@ and each stage's wall time. Every number in a report must trace back to a run wi
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import time
@@ -10,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from deltalearn.io import read_json, sha256_file, write_json_atomic
+from deltalearn.io import DataError, read_json, sha256_file, sha256_json, write_json_atomic
 
 PACKAGES = ("deltalearn", "torch", "transformers", "accelerate", "datasets", "peft", "trl", "numpy", "tokenizers")
 
@@ -57,11 +58,32 @@ def input_hash(path: str | Path | None) -> str | None:
     return None
 
 
+HASH_KEY = "content_sha256"
+
+
+def _content_hash(m: dict) -> str:
+    return sha256_json({k: v for k, v in m.items() if k != HASH_KEY})
+
+
+def read_manifest(path: str | Path) -> dict:
+    """A run manifest, checked against the content hash it carries: a truncated or edited file is a DataError
+    naming it (manifests written before hashes existed are read unchecked)."""
+    path = Path(path)
+    m = read_json(path)
+    if not isinstance(m, dict):
+        raise DataError(path, f"a run manifest must be a JSON object, got {type(m).__name__}")
+    want = m.get(HASH_KEY)
+    if want is not None and want != _content_hash(m):
+        raise DataError(path, f"content hash mismatch (field '{HASH_KEY}'): the manifest was altered or damaged "
+                        "after it was written; restore it, or delete the field to accept the edit")
+    return m
+
+
 def update_manifest(run_dir: str | Path, *, recipe: dict | None = None, stage: str | None = None,
                     seconds: float | None = None, inputs: dict[str, Any] | None = None, **extra) -> dict:
     """Create or update the run's manifest (atomic write). Stage timings accumulate under `stages`."""
     path = Path(run_dir) / "manifest.json"
-    m = read_json(path) if path.exists() else {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    m = read_manifest(path) if path.exists() else {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     m["versions"] = versions()
     m["git"] = git_revision()
     m["platform"] = {"machine": platform.machine(), "processor": platform.processor() or None,
@@ -75,5 +97,7 @@ def update_manifest(run_dir: str | Path, *, recipe: dict | None = None, stage: s
         m.setdefault("stages", {})[stage] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                           time.gmtime())}
     m.update(extra)
+    m = json.loads(json.dumps(m, default=str))  # hash exactly what a reader will see
+    m[HASH_KEY] = _content_hash(m)
     write_json_atomic(path, m)
     return m

@@ -461,30 +461,48 @@ def save_pairs(pairs: list[dict], out_dir, *, summary: Optional[dict] = None, ex
     """Save as an HF dataset (save_to_disk) atomically: written to a temporary folder, then renamed into place,
     so a killed run never leaves a half-written dataset under the final name. `export` adds
     out_dir/pairs.jsonl / pairs.parquet inside it."""
-    import datasets
-
     if not pairs:
         raise DataError(out_dir, f"no pairs to save (summary: {json.dumps(summary)})")
-    out = Path(out_dir)
+    from deltalearn.locks import artifact_lock
+
+    with artifact_lock(out_dir, what="pairs folder"):
+        return _save_pairs(pairs, Path(out_dir), summary=summary, export=export)
+
+
+def _save_pairs(pairs: list[dict], out: Path, *, summary: Optional[dict], export: tuple[str, ...]) -> Path:
+    import datasets
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    # Fixed temporary names are safe: the caller holds the folder's lock (one writer), and a killed run's leftovers
+    # are cleared here instead of piling up.
+    tmp = out.with_name(f".{out.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     ds = datasets.Dataset.from_list(pairs)
-    ds.save_to_disk(str(tmp))
-    if summary is not None:
-        write_json_atomic(tmp / "pair_summary.json", summary)
-    # Exports go inside the folder (pairs.jsonl / pairs.parquet), so the folder is the whole artifact.
-    for fmt in export:
-        if fmt == "jsonl":
-            from deltalearn.io import write_jsonl_atomic
+    try:
+        ds.save_to_disk(str(tmp))
+        if summary is not None:
+            write_json_atomic(tmp / "pair_summary.json", summary)
+        # Exports go inside the folder (pairs.jsonl / pairs.parquet), so the folder is the whole artifact.
+        for fmt in export:
+            if fmt == "jsonl":
+                from deltalearn.io import write_jsonl_atomic
 
-            write_jsonl_atomic(tmp / "pairs.jsonl", pairs)
-        elif fmt == "parquet":
-            ds.to_parquet(str(tmp / "pairs.parquet"))
-        else:
-            raise ConfigError(f"unknown export format '{fmt}' (jsonl, parquet)")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                write_jsonl_atomic(tmp / "pairs.jsonl", pairs)
+            elif fmt == "parquet":
+                ds.to_parquet(str(tmp / "pairs.parquet"))
+            else:
+                raise ConfigError(f"unknown export format '{fmt}' (jsonl, parquet)")
+    except (OSError, DataError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            from deltalearn.io import write_failed
+
+            raise write_failed(out, e) from None
+        raise
+    old = out.with_name(f".{out.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
@@ -633,8 +651,14 @@ def add_cli_args(p) -> None:
 
 
 def run_cli(args) -> int:
+    import contextlib
+
+    from deltalearn.locks import artifact_lock
+
+    # One writer per pairs folder: refused before the (possibly long) judge pass, not after it.
     try:
-        return _run_cli(args)
+        with artifact_lock(args.out, what="pairs folder") if args.out else contextlib.nullcontext():
+            return _run_cli(args)
     except ConfigError as e:  # the user typed flags, not recipe keys: pair.rejected -> --rejected
         raise ConfigError(re.sub(r"\bpair\.([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
 

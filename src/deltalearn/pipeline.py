@@ -34,14 +34,22 @@ def _stage(run_dir: Path, name: str):
     return _Timer()
 
 
-def run_pipeline(recipe: Recipe, *, progress: bool = True) -> Path:
+def run_pipeline(recipe: Recipe, *, progress: bool = True, fallback_checkpoint: bool = False) -> Path:
+    from deltalearn.locks import artifact_lock
+
+    run_dir = recipe.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # One `deltalearn run` per run folder; each stage below also locks its own artifact (re-entrant here).
+    with artifact_lock(run_dir, what="run folder"):
+        return _run_pipeline(recipe, run_dir, progress=progress, fallback_checkpoint=fallback_checkpoint)
+
+
+def _run_pipeline(recipe: Recipe, run_dir: Path, *, progress: bool, fallback_checkpoint: bool) -> Path:
     from deltalearn.generate import generate_responses, model_slug
     from deltalearn.pairs import load_generations, make_pairs, save_pairs
     from deltalearn.prompts import load_prompts
     from deltalearn.train import train
 
-    run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     pc = recipe.prompts
     update_manifest(run_dir, recipe=to_dict(recipe), inputs={"prompts": pc.path or pc.dataset,
                                                              "prompts_sha256": input_hash(pc.path)})
@@ -76,7 +84,8 @@ def run_pipeline(recipe: Recipe, *, progress: bool = True) -> Path:
             _, train_cfg = arm_configs(recipe, arm)
             if train_cfg.model is None:
                 raise ConfigError("train.model is required to train")
-            s = train(train_cfg, pairs_dir[arm.name], run_dir / "arms" / arm.name, progress=progress)
+            s = train(train_cfg, pairs_dir[arm.name], run_dir / "arms" / arm.name, progress=progress,
+                      fallback=fallback_checkpoint)
             print(f"  arm {arm.name}: {s['steps']} steps, final loss {s['final_loss']:.4f}, {s['wall_s']:.0f} s")
     if recipe.eval.prompts is not None or recipe.eval.pairs or recipe.eval.lm_eval_tasks:
         from deltalearn.evaluate import evaluate_run
@@ -91,14 +100,14 @@ def run_pipeline(recipe: Recipe, *, progress: bool = True) -> Path:
     return run_dir
 
 
-def run_recipe(recipe: Recipe, *, progress: bool = True):
+def run_recipe(recipe: Recipe, *, progress: bool = True, fallback_checkpoint: bool = False):
     """Dispatch on the recipe's kind."""
     if recipe.kind == "pipeline":
-        return run_pipeline(recipe, progress=progress)
+        return run_pipeline(recipe, progress=progress, fallback_checkpoint=fallback_checkpoint)
     if recipe.kind == "sections":
         from deltalearn.experiments.sections import run_sections
 
-        return run_sections(recipe)
+        return run_sections(recipe, progress=progress)
     if recipe.kind == "lab":
         from deltalearn.lab.experiments import run_lab_recipe
 
@@ -116,6 +125,8 @@ def add_cli_args(p) -> None:
                    help="override a recipe value, e.g. --set train.beta=5 (repeatable)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the recipe and print the plan and compute estimate; load no model")
+    p.add_argument("--fallback-checkpoint", action="store_true",
+                   help="if an arm's latest checkpoint is corrupt, set it aside and resume from the previous good one")
     from deltalearn.cli import add_no_progress
 
     add_no_progress(p)
@@ -131,7 +142,7 @@ def run_cli(args) -> int:
 
             print(format_plan(plan(recipe)))
             return 0
-        run_recipe(recipe, progress=not args.no_progress)
+        run_recipe(recipe, progress=not args.no_progress, fallback_checkpoint=args.fallback_checkpoint)
     except ConfigError as e:  # experiment settings are checked by their module: name the file (or --set) here too
         raise ConfigError(blame(str(e), args.recipe, args.overrides)) from None
     return 0

@@ -367,7 +367,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text}: no value after '=' (write {key.strip()}=null to unset it)")
     try:
         return key.strip().split("."), yaml.safe_load(raw)
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, RecursionError) as e:
         raise ConfigError(f"--set {text}: the value is not valid YAML ({e.problem})") from None
 
 
@@ -468,8 +468,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             if not p.exists():
                 raise ConfigError(f"recipe file not found: {p}")
             try:
-                data = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as e:
+                data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+            except (yaml.YAMLError, RecursionError) as e:
                 raise ConfigError(f"{p}: not valid YAML: {e}") from None
             if not isinstance(data, dict):
                 raise ConfigError(f"{p}: a recipe must be a YAML mapping at the top level")

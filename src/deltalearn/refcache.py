@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deltalearn.io import DataError, as_oserror, write_failed
+from deltalearn.locks import artifact_lock
 from deltalearn.models import cache_home
 from deltalearn.tokenize import EncodedPair
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: files carry a content hash (metadata content_sha256), checked on load
 
 
 def default_cache_dir() -> Path:
@@ -44,20 +46,43 @@ def cache_key(encoded: list[EncodedPair], *, model_fingerprint: str, precision: 
     return h.hexdigest()[:32]
 
 
+def content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (stored in the file's metadata, checked on load)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def load(path: Path, n: int) -> dict[str, torch.Tensor] | None:
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     if not path.exists():
         return None
-    t = load_file(str(path))
+    fix = "; delete it to recompute"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            t = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a torn/garbled file
+        raise DataError(path, f"reference cache is unreadable (truncated or corrupt: {e}){fix}") from None
     if any(k not in t for k in ("chosen_sum", "chosen_n", "rejected_sum", "rejected_n")):
-        raise ValueError(f"{path}: reference cache is missing tensors; delete it to recompute")
+        raise DataError(path, f"reference cache is missing tensors{fix}")
+    want = meta.get("content_sha256")
+    if want is None:
+        raise DataError(path, f"reference cache has no content hash (written by an older version){fix}")
+    got = content_hash(t)
+    if got != want:
+        raise DataError(path, f"reference cache content hash mismatch (file says {want[:12]}..., content is "
+                        f"{got[:12]}...): the file was altered or damaged{fix}")
     if t["chosen_sum"].shape[0] != n:
-        raise ValueError(f"{path}: reference cache has {t['chosen_sum'].shape[0]} rows, the data has {n}")
+        raise DataError(path, f"reference cache has {t['chosen_sum'].shape[0]} rows, the data has {n}")
     missing = torch.isinf(t["chosen_sum"]) | torch.isinf(t["rejected_sum"])
     if missing.any():
-        raise ValueError(f"{path}: reference cache has {int(missing.sum())} rows without values "
-                         f"(first: {int(missing.nonzero()[0])}); delete it to recompute")
+        raise DataError(path, f"reference cache has {int(missing.sum())} rows without values "
+                        f"(first: {int(missing.nonzero()[0])}){fix}")
     return t
 
 
@@ -67,10 +92,15 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
-                  metadata={k: str(v) for k, v in meta.items()})
+        save_file(tensors, tmp, metadata={**{k: str(v) for k, v in meta.items()},
+                                          "content_sha256": content_hash(tensors)})
         os.replace(tmp, path)
+    except Exception as e:  # noqa: BLE001 - safetensors wraps I/O errors in its own type
+        if as_oserror(e) is None:
+            raise
+        raise write_failed(path, as_oserror(e)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -152,14 +182,24 @@ def reference_logps(model_loader, encoded: list[EncodedPair], *, model_fingerpri
     hit = load(path, len(encoded))
     if hit is not None:
         return hit, path, True
-    model = model_loader()
-    rank = accelerator.process_index if accelerator is not None else 0
-    tensors = compute(model, encoded, pad_id=pad_id, precision=precision, batch_size=batch_size,
-                      accelerator=accelerator, progress=progress, layout=layout[rank] if layout else None)
-    del model
-    if accelerator is None or accelerator.is_main_process:
-        save(path, tensors, {"model": model_fingerprint, "precision": precision, "rows": len(encoded),
-                             "version": CACHE_VERSION})
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    return tensors, path, False
+    def fill():
+        model = model_loader()
+        rank = accelerator.process_index if accelerator is not None else 0
+        tensors = compute(model, encoded, pad_id=pad_id, precision=precision, batch_size=batch_size,
+                          accelerator=accelerator, progress=progress, layout=layout[rank] if layout else None)
+        del model
+        if accelerator is None or accelerator.is_main_process:
+            save(path, tensors, {"model": model_fingerprint, "precision": precision, "rows": len(encoded),
+                                 "version": CACHE_VERSION})
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        return tensors, path, False
+
+    if accelerator is not None and accelerator.num_processes > 1:
+        return fill()  # every rank scores its shard (collectives): no lock, only the main process writes
+    # One process fills a cache entry; another that needs the same entry waits for it instead of redoing it.
+    with artifact_lock(path, what="reference cache", wait=True):
+        hit = load(path, len(encoded))
+        if hit is not None:
+            return hit, path, True
+        return fill()

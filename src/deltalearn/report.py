@@ -122,7 +122,9 @@ def load_run(path: str | Path) -> Run:
     run = Run(path=p, name=p.name)
     mf = p / "manifest.json"
     if mf.exists():
-        m = _try(run, read_json, mf)
+        from deltalearn.manifest import read_manifest
+
+        m = _try(run, read_manifest, mf)
         if m is not None and not isinstance(m, dict):
             run.problems.append(f"{mf}: expected a JSON object")
         elif m is not None:

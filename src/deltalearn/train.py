@@ -31,7 +31,9 @@ import numpy as np
 import torch
 
 from deltalearn import models, refcache
-from deltalearn.io import DataError, JsonlAppender, read_json, read_table, write_json_atomic
+from deltalearn.io import (DataError, JsonlAppender, as_oserror, read_json, read_table, sha256_file, write_failed,
+                           write_json_atomic)
+from deltalearn.locks import artifact_lock
 from deltalearn.logps import ResponseLogProbs, collate, reduce_logps
 from deltalearn.losses import LossType, preference_loss, sft_loss
 from deltalearn.precision import autocast_context, use_bf16
@@ -124,34 +126,76 @@ def lr_lambda(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, accelerator) -> None:
-    from safetensors.torch import save_file
-
     if accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
         accelerator.save_state(str(path))  # sharded engines own their state format
     elif accelerator.is_main_process:
         tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(trainable, str(tmp / "trainable.safetensors"))
-        opt = optimizer.state_dict()
-        tensors, scalars = {}, {}
-        for idx, st in opt["state"].items():
-            for k, v in st.items():
-                if torch.is_tensor(v):
-                    tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
-                else:
-                    scalars[f"{idx}.{k}"] = v
-        save_file(tensors or {"_empty": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
-        save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-        write_json_atomic(tmp / "state.json", {
-            "step": step, "param_groups": opt["param_groups"], "optimizer_scalars": scalars,
-            "scheduler": scheduler.state_dict(), "python_rng": random.getstate(),
-        })
-        (tmp / "COMPLETE").write_text("ok\n")
+        try:
+            _write_checkpoint(tmp, model, optimizer, scheduler, step)
+        except Exception as e:  # e.g. disk full: the earlier checkpoints are untouched
+            shutil.rmtree(tmp, ignore_errors=True)
+            if as_oserror(e) is not None:
+                raise write_failed(path, as_oserror(e), kept="the earlier checkpoints are intact") from None
+            if isinstance(e, DataError):
+                raise DataError(path, f"could not write the checkpoint ({e}); the earlier ones are intact") from None
+            raise
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
+
+
+def _write_checkpoint(tmp: Path, model, optimizer, scheduler, step: int) -> None:
+    from safetensors.torch import save_file
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(trainable, str(tmp / "trainable.safetensors"))
+    opt = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in opt["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    save_file(tensors or {"_empty": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
+    save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    write_json_atomic(tmp / "state.json", {
+        "step": step, "param_groups": opt["param_groups"], "optimizer_scalars": scalars,
+        "scheduler": scheduler.state_dict(), "python_rng": random.getstate(),
+    })
+    write_json_atomic(tmp / HASHES, {f.name: sha256_file(f) for f in sorted(tmp.iterdir())})
+    (tmp / "COMPLETE").write_text("ok\n")
+
+
+HASHES = "hashes.json"  # sha256 of every file of a checkpoint, written last (before COMPLETE), checked on load
+
+
+class CorruptCheckpoint(DataError):
+    """A checkpoint whose files do not match their recorded hashes (truncated, altered, or missing)."""
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Check every file of a checkpoint against hashes.json; CorruptCheckpoint names the file that failed."""
+    hashes_path = path / HASHES
+    if not hashes_path.exists():
+        print(f"warning: {path} has no {HASHES} (written by an older deltalearn): cannot verify it", flush=True)
+        return
+    try:
+        hashes = read_json(hashes_path)
+    except DataError as e:
+        raise CorruptCheckpoint(hashes_path, f"unreadable ({e})") from None
+    if not isinstance(hashes, dict) or not hashes:
+        raise CorruptCheckpoint(hashes_path, "expected a JSON object of file name -> sha256")
+    for name, want in hashes.items():
+        f = path / name
+        if not f.is_file():
+            raise CorruptCheckpoint(f, "missing from the checkpoint")
+        got = sha256_file(f)
+        if got != want:
+            raise CorruptCheckpoint(f, f"content hash mismatch (recorded {str(want)[:12]}..., file is {got[:12]}...,"
+                                    f" {f.stat().st_size} bytes): truncated or altered")
 
 
 def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int:
@@ -160,6 +204,7 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> in
     if accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
         accelerator.load_state(str(path))
         return int(path.name.split("-")[-1])
+    verify_checkpoint(path)  # before anything is copied into the model: a failure leaves it untouched
     state = read_json(path / "state.json")
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
@@ -224,11 +269,38 @@ def check_existing_run(out: Path, config: dict, data_hash: str) -> bool:
     return completed
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
+def checkpoints(out_dir: Path) -> list[Path]:
+    """Finished checkpoints of a run, newest first."""
     ckpts = [p for p in (out_dir / "checkpoints").glob("step-*") if (p / "COMPLETE").exists()
              or (p / "pytorch_model.bin").exists() or any(p.glob("*.safetensors"))]
-    ckpts = [p for p in ckpts if not p.name.endswith(".tmp")]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+    ckpts = [p for p in ckpts if p.name.split("-")[-1].isdigit()]
+    return sorted(ckpts, key=lambda p: -int(p.name.split("-")[-1]))
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    ckpts = checkpoints(out_dir)
+    return ckpts[0] if ckpts else None
+
+
+def _resume(out: Path, resume, fallback: bool, load) -> tuple[Path | None, int]:
+    """Load the checkpoint to resume from: `resume`, else the newest. A corrupt one is an error, unless
+    `fallback`: then it is set aside as corrupt-step-N and the next older good one is used."""
+    if resume is not None:
+        return Path(resume), load(Path(resume))
+    for ckpt in checkpoints(out):
+        try:
+            return ckpt, load(ckpt)
+        except CorruptCheckpoint as e:
+            if not fallback:
+                older = [p.name for p in checkpoints(out) if p != ckpt]
+                raise CorruptCheckpoint(None, f"{e}. Refusing to resume from it. Rerun with --fallback-checkpoint "
+                                        "to set it aside and resume from the previous good checkpoint ("
+                                        f"{', '.join(older[:3]) or 'none: training restarts from step 0'})") from None
+            aside = ckpt.with_name(f"corrupt-{ckpt.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(ckpt, aside)
+            print(f"warning: {e}; set it aside as {aside.name} and falling back to an older checkpoint", flush=True)
+    return None, 0
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -264,8 +336,22 @@ def _apply_lora(model, cfg: TrainConfig):
     return peft.get_peft_model(model, lcfg)
 
 
+def _one_writer(fn):
+    """Hold the run folder's lock (deltalearn.locks) for the whole call; in multi-process runs only rank 0 locks."""
+
+    @functools.wraps(fn)
+    def locked(cfg, pairs, out_dir, **kw):
+        if os.environ.get("RANK", "0") != "0":
+            return fn(cfg, pairs, out_dir, **kw)
+        with artifact_lock(out_dir, what="training run folder"):
+            return fn(cfg, pairs, out_dir, **kw)
+
+    return locked
+
+
+@_one_writer
 def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: str | Path | None = None,
-          accelerator=None) -> dict:
+          accelerator=None, fallback: bool = False) -> dict:
     """Preference-tune (or SFT) `cfg.model` on `pairs`; see the module docstring. Returns the run summary."""
     cfg = resolve_train(copy.deepcopy(cfg))
     if not cfg.model:
@@ -365,9 +451,9 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     start_step = 0
-    ckpt = Path(resume) if resume is not None else latest_checkpoint(out)
+    ckpt, start_step = _resume(out, resume, fallback, lambda c: _load_checkpoint(
+        c, acc.unwrap_model(scorer).model, optimizer, scheduler, acc))
     if ckpt is not None:
-        start_step = _load_checkpoint(ckpt, acc.unwrap_model(scorer).model, optimizer, scheduler, acc)
         if acc.is_main_process:
             _truncate_metrics(metrics_path, start_step)
     elif acc.is_main_process and metrics_path.exists():
@@ -477,8 +563,13 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         if cfg.lora:
             final.save_pretrained(out / "adapter")
             final = final.merge_and_unload()
-        final.save_pretrained(out / "model", safe_serialization=True)
-        tokenizer.save_pretrained(out / "model")
+        # Into a temporary folder, then renamed: a kill or a full disk never leaves a half-written model/.
+        tmp_model = out / ".model.tmp"
+        shutil.rmtree(tmp_model, ignore_errors=True)
+        final.save_pretrained(tmp_model, safe_serialization=True)
+        tokenizer.save_pretrained(tmp_model)
+        shutil.rmtree(out / "model", ignore_errors=True)
+        os.replace(tmp_model, out / "model")
         write_json_atomic(out / "train_summary.json", summary)
         (out / "COMPLETED").write_text("ok\n")
     acc.wait_for_everyone()
@@ -524,6 +615,8 @@ def add_cli_args(p) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
                    help="overrides train.precision (auto: bf16 autocast where the device has fast bf16)")
     p.add_argument("--seed", type=int, default=None, help="overrides train.seed (data order and init of LoRA)")
+    p.add_argument("--fallback-checkpoint", action="store_true",
+                   help="if the latest checkpoint is corrupt, set it aside and resume from the previous good one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.beta=5 (repeatable)")
     from deltalearn.cli import add_no_progress
@@ -544,7 +637,8 @@ def run_cli(args) -> int:
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
     recipe = load_recipe(args.recipe, overrides)
-    summary = train(recipe.train, args.pairs, args.out, progress=not args.no_progress, resume=args.resume)
+    summary = train(recipe.train, args.pairs, args.out, progress=not args.no_progress, resume=args.resume,
+                    fallback=args.fallback_checkpoint)
     if summary.pop("skipped", False):
         print(f"deltalearn train: {args.out} already holds this finished run (same settings and data); skipped "
               "training and printed its summary (delete the folder to train again)", file=sys.stderr)
