@@ -696,3 +696,46 @@ def run_cli(args) -> int:
     print(md)
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation on a finished lab sweep: does the audit, run before training, rank the arms as training did?
+# ---------------------------------------------------------------------------------------------------------
+
+
+def validate_on_sweep(run_dir, *, student: str = "lab:student", sample: int = 200, max_new_tokens: int = 64,
+                      progress: bool = False) -> dict:
+    """Audit every sweep arm's pairs (`deltalearn lab --sweep` run folder), then compare with the measured gains.
+
+    Each arm's prediction comes from a curve fitted to the *other* arms only (leave-one-out), so no arm predicts
+    itself. Returns per-arm rows and the rank correlations (Spearman) of measured gain with the prediction, the
+    delta, the student's margin and chosen-minus-student, and how many measured gains fall inside their band."""
+    run_dir = Path(run_dir)
+    results = read_json(run_dir / "results.json")
+    points, quality, metric = sweep_points(results, str(run_dir / "results.json"))
+    rows = []
+    for p in points:
+        a = audit_pairs(run_dir / "pairs" / f"{p['arm']}.jsonl", student=student, utility=quality, sample=sample,
+                        max_new_tokens=max_new_tokens, max_len=256, batch_size=64, progress=progress)
+        others = [q for q in points if q["arm"] != p["arm"]]
+        curve = fit_curve(others, quality=quality, metric=metric, source=f"{run_dir} without {p['arm']}")
+        pred = predict_gain(curve, a["delta"]["stats"], a.get("weakness"))
+        w, v = a.get("weakness") or {}, a.get("student_view") or {}
+        rows.append({"arm": p["arm"], "delta_lab": p["delta"], "delta_audit": a["delta"]["stats"]["delta_mean"],
+                     "gain": p["gain"], "predicted": pred.get("gain"), "band": pred.get("band"),
+                     "margin": v.get("margin_mean"), "prefers_chosen": v.get("prefers_chosen"),
+                     "chosen_minus_student": (w.get("chosen_minus_student") or {}).get("mean"),
+                     "both_far_above": w.get("both_far_above"), "chosen_far_below": w.get("chosen_far_below"),
+                     "health_near_identical": a["health"]["near_identical"]["count"],
+                     "length_r_label": a["health"]["length_bias"]["r_label"]})
+    g = [r["gain"] for r in rows]
+
+    def rho(key):
+        pts = [(r[key], r["gain"]) for r in rows if r[key] is not None]
+        return spearman([x for x, _ in pts], [y for _, y in pts]) if len(pts) > 2 else None
+
+    inside = sum(r["band"][0] <= r["gain"] <= r["band"][1] for r in rows if r["band"])
+    return {"run": str(run_dir), "arms": len(rows), "quality": quality, "metric": metric, "rows": rows,
+            "spearman": {k: rho(k) for k in ("predicted", "delta_audit", "margin", "chosen_minus_student",
+                                               "length_r_label")},
+            "inside_band": inside, "mean_gain": mean_se(g)}
