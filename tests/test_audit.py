@@ -113,7 +113,7 @@ def test_bad_input_skips_errors_and_clamps(tmp_path):
     assert "weakness: needs --student MODEL" in skipped and "the student's view: needs --student" in skipped
     assert len(a["skipped"]) == len(set(a["skipped"])) == 4
     # a utility that does not apply: an error naming the utility and the missing field
-    with pytest.raises(DataError, match=r"bare.jsonl, row 1, field 'reference': utility 'exact_answer' does not apply"):
+    with pytest.raises(DataError, match=r"bare.jsonl, row 1, field 'reference': utility 'exact_answer' does not"):
         A.audit_pairs(bare, utility="exact_answer")
     # no quality at all: the delta is skipped with the reason, health still runs
     a = A.audit_pairs(bare)

@@ -529,8 +529,8 @@ def audit_tables(a: dict) -> list[dict]:
                  f"{dp['rows']} rows"])
     lb = h["length_bias"]
     rows += [["chosen longer (words)", "", _pct(lb["chosen_longer"])],
-             ["mean length, chosen / rejected (words)", f"{lb['mean_words_chosen']:.1f} / {lb['mean_words_rejected']:.1f}",
-              ""],
+             ["mean length, chosen / rejected (words)",
+              f"{lb['mean_words_chosen']:.1f} / {lb['mean_words_rejected']:.1f}", ""],
              ["correlation of length difference with the label", _num(lb["r_label"], 2), ""]]
     if lb.get("r_quality_delta") is not None:
         rows.append(["correlation of length difference with the quality delta", _num(lb["r_quality_delta"], 2), ""])
@@ -541,7 +541,8 @@ def audit_tables(a: dict) -> list[dict]:
     s = d["stats"]
     if s.get("scored"):
         lo, hi = s["delta_ci95"]
-        rows = [["quality", a.get("quality_scope", s["quality"])], ["pairs scored", f"{s['scored']} ({s['unscored']} unscored)"],
+        rows = [["quality", a.get("quality_scope", s["quality"])],
+                ["pairs scored", f"{s['scored']} ({s['unscored']} unscored)"],
                 ["chosen mean", f"{s['chosen_mean']:.3f}"], ["rejected mean", f"{s['rejected_mean']:.3f}"],
                 ["delta mean, 95% CI", f"{s['delta_mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"],
                 ["delta > 0 / = 0 / < 0", f"{_pct(s['positive'])} / {_pct(s['zero'])} / {_pct(s['negative'])}"],
