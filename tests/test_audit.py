@@ -167,6 +167,18 @@ def test_student_findings_on_a_tiny_real_model(tmp_path, tiny_model_dir):
     assert (tmp_path / "audit.md").read_text().startswith("# Audit of")
 
 
+def test_judge_scores_the_sample_only(tmp_path, tiny_model_dir):
+    """--judge runs the real judge path on the sampled pairs; a random tiny model gives no parseable score, so
+    every pair is unscored and the delta is skipped with its reason rather than guessed."""
+    path = write_jsonl(tmp_path / "pairs.jsonl", sections_pairs(3, 2)[:6])
+    a = A.audit_pairs(path, judge=tiny_model_dir, sample=3)
+    assert a["quality_scope"] == f"judge {tiny_model_dir} on the 3 sampled pairs"
+    assert a["delta"]["stats"]["pairs"] == 3 and a["delta"]["stats"]["scored"] == 0
+    assert any(s.startswith("the delta: no quality measure") for s in a["skipped"])
+    with pytest.raises(Exception, match="not both"):
+        A.audit_pairs(path, judge=tiny_model_dir, utility="bold_sections")
+
+
 def _hinge(x, knee=0.5):
     return 2.0 * min(x, knee) + 0.1
 

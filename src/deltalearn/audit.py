@@ -26,7 +26,7 @@ import random
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from deltalearn.io import DataError, read_json, read_table, write_json_atomic, write_text_atomic
 from deltalearn.recipe import ConfigError
@@ -383,8 +383,7 @@ def _judge(generations: dict[str, list[dict]], judge: str, progress: bool) -> di
 
 def audit_pairs(path, *, student: Optional[str] = None, utility: Optional[str] = None, judge: Optional[str] = None,
                 sample: int = 200, seed: int = 0, curve: Optional[dict] = None, max_new_tokens: int = 256,
-                max_len: int = 1024, batch_size: int = 8, precision: str = "fp32", progress: bool = False,
-                judge_fn: Optional[Callable] = None) -> dict:
+                max_len: int = 1024, batch_size: int = 8, precision: str = "fp32", progress: bool = False) -> dict:
     """Audit a pair set. Utility quality is computed on every pair; a judge (slow) scores the sample only."""
     from deltalearn.pairs import delta_stats, pair_qualities
 
@@ -426,7 +425,7 @@ def audit_pairs(path, *, student: Optional[str] = None, utility: Optional[str] =
         if student_rows:
             gens["student"] = [{"id": str(i), "prompt": p["prompt"], "response": s["response"]}
                                for i, p, s in zip(idx, sampled, student_rows)]
-        scores = (judge_fn or _judge)(gens, judge, progress)
+        scores = _judge(gens, judge, progress)
         scored_pairs = [{**p, "prompt_id": str(i), "chosen_model": "chosen", "rejected_model": "rejected"}
                         for i, p in zip(idx, sampled)]
         a["quality_scope"] = f"judge {judge} on the {len(idx)} sampled pairs"
