@@ -338,3 +338,30 @@ def test_mini_items_sweep_reports_the_kappa_analog(mini_items_lab, tmp_path, mon
     sweep = next(t for t in res["tables"] if t["title"].startswith("Sweep: every"))
     assert len(sweep["rows"]) == 3 and "kappa analog" in sweep["columns"][4]
     assert any(p["path"].endswith("kappa.png") for p in res["plots"])
+
+
+def test_audit_of_lab_pairs_matches_the_labs_own_delta(mini_lab, tmp_path, monkeypatch):
+    """`deltalearn audit` on lab pairs with a lab student: its exact_answer delta is the lab's paired delta (one
+    grader), and the lab student answers and scores the sampled pairs."""
+    from deltalearn.audit import audit_pairs
+    from deltalearn.generate import generate_responses
+    from deltalearn.io import write_jsonl_atomic
+    from deltalearn.lab.experiments import make_pair_rows
+
+    monkeypatch.setenv("DELTALEARN_LAB_DIR", str(mini_lab[0]))
+    prompts = task.prompt_rows(task.sample_problems("pref", 24, seed=0))
+    gens = {r: {g["id"]: g for g in generate_responses(f"lab:mini/{r}", prompts, max_new_tokens=24, temperature=1.0,
+                                                       seed=0, precision="fp32", progress=False)}
+            for r in ("r3", "r1")}
+    rows, stats = make_pair_rows(gens["r3"], gens["r1"], chosen_model="r3", rejected_model="r1", rule="sweep",
+                                 drop_truncated=False)
+    assert rows
+    write_jsonl_atomic(tmp_path / "pairs.jsonl", rows)
+    a = audit_pairs(tmp_path / "pairs.jsonl", student="lab:mini/student", utility="exact_answer", sample=8,
+                    max_new_tokens=24)
+    assert a["delta"]["stats"]["delta_mean"] == pytest.approx(stats["delta"])
+    assert a["delta"]["stats"]["chosen_mean"] == pytest.approx(stats["chosen_acc"])
+    assert a["weakness"]["n"] == min(8, len(rows)) and a["student_view"]["n"] == min(8, len(rows))
+    assert (a["health"]["truncated_chosen"], a["health"]["truncated_rejected"]) == (
+        sum(g["truncated"] for g in gens["r3"].values() if g["id"] in {r["id"] for r in rows}),
+        sum(g["truncated"] for g in gens["r1"].values() if g["id"] in {r["id"] for r in rows}))

@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("deltalearn.pipeline", "run a whole recipe YAML: generate -> pair -> train -> eval -> report"),
     "generate": ("deltalearn.generate", "greedy (or sampled) responses from one or more models, resumable"),
     "pair": ("deltalearn.pairs", "turn generations into preference pairs by a stated rule; --stats for delta statistics"),
+    "audit": ("deltalearn.audit", "what a pair set will teach, before training: health, delta, weakness, predicted gain"),
     "train": ("deltalearn.train", "preference-tune (dpo, dpo_norm, simpo, ipo) or SFT a model on pairs"),
     "eval": ("deltalearn.evaluate", "evaluate a model or run: utilities, preference accuracy, judge win rate, lm-eval"),
     "report": ("deltalearn.report", "HTML + Markdown report over one or more run folders"),

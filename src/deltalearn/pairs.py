@@ -317,7 +317,8 @@ def _pair_row(pid: str, prompt, c: dict, r: dict, cm: str, rm: str, rule: str, c
            "chosen_model": cm, "rejected_model": rm, "rule": rule,
            "chosen_score": None if cs is None else float(cs), "rejected_score": None if rs is None else float(rs),
            "chosen_size": sizes.get(cm), "rejected_size": sizes.get(rm),
-           # kept with --keep-truncated: the trainer gives a cut-off response no EOS (deltalearn.tokenize)
+           # kept with --keep-truncated: the trainer gives a cut-off response no EOS (deltalearn.tokenize);
+           # `deltalearn audit` counts these
            "chosen_truncated": bool(c.get("truncated")), "rejected_truncated": bool(r.get("truncated"))}
     ref = c.get("reference", r.get("reference"))
     if ref is not None:
@@ -516,19 +517,14 @@ def _save_pairs(pairs: list[dict], out: Path, *, summary: Optional[dict], export
 # ---------------------------------------------------------------------------------------------------------
 
 
-def delta_stats(pairs: list[dict], *, utility: Optional[str | Callable] = None,
-                scores: Optional[dict[tuple[str, str], Optional[float]]] = None,
-                sizes: Optional[dict[str, float]] = None) -> dict:
-    """How big and how reliable the delta is (paper Section 5, "Analysis").
+def pair_qualities(pairs: list[dict], *, utility: Optional[str | Callable] = None,
+                   scores: Optional[dict[tuple[str, str], Optional[float]]] = None,
+                   source: Optional[str] = None) -> tuple[str, list[Optional[tuple[float, float]]]]:
+    """(quality name, [(chosen, rejected) quality or None per pair]), the per-pair form behind `delta_stats`.
 
-    Quality per response from `utility` (a name in deltalearn.utility or a callable (response, reference)),
-    else judge `scores` {(set label, prompt id): score}, else the pairs' own chosen/rejected scores.
-    Returns mean chosen/rejected quality, mean delta with a 95% CI (normal approx., 1.96 s.e.), the fraction of
-    pairs with positive/zero/negative delta, and the agreement of the size heuristic with the quality labels:
-    among pairs whose models differ in size, how often the bigger model's response scores strictly higher
-    (the paper reports 80.5% size-vs-GPT-4o).
-    """
-    from deltalearn.stats import mean_se
+    Quality from `utility` (a name in deltalearn.utility or a callable (response, reference)), else judge `scores`
+    {(set label, prompt id): score}, else the pairs' own chosen/rejected scores. A utility that does not apply to
+    the data (exact_answer without a reference) is a DataError naming the utility, the row and the field."""
     from deltalearn.tokenize import as_response_text
 
     if isinstance(utility, str):
@@ -539,26 +535,50 @@ def delta_stats(pairs: list[dict], *, utility: Optional[str | Callable] = None,
         name, fn = getattr(utility, "__name__", "utility"), utility
     else:
         name, fn = ("judge" if scores is not None else "pair scores"), None
-    cs, rs, deltas, agree, ties_sized, n_sized, unscored = [], [], [], 0, 0, 0, 0
-    for p in pairs:
-        pid = p.get("prompt_id", p["id"])
+    out: list[Optional[tuple[float, float]]] = []
+    for i, p in enumerate(pairs, start=1):
+        pid = p.get("prompt_id", p.get("id"))
         if fn is not None:
-            c = fn(as_response_text(p["chosen"]), p.get("reference"))
-            r = fn(as_response_text(p["rejected"]), p.get("reference"))
+            try:
+                c = fn(as_response_text(p["chosen"]), p.get("reference"))
+                r = fn(as_response_text(p["rejected"]), p.get("reference"))
+            except ValueError as e:
+                raise DataError(source, f"utility '{name}' does not apply to these pairs: {e}", row=i,
+                                field="reference") from None
         elif scores is not None:
-            c, r = scores.get((p["chosen_model"], pid)), scores.get((p["rejected_model"], pid))
+            c, r = scores.get((p.get("chosen_model"), pid)), scores.get((p.get("rejected_model"), pid))
         else:
             c, r = p.get("chosen_score"), p.get("rejected_score")
-        if c is None or r is None:
+        out.append(None if c is None or r is None else (float(c), float(r)))
+    return name, out
+
+
+def delta_stats(pairs: list[dict], *, utility: Optional[str | Callable] = None,
+                scores: Optional[dict[tuple[str, str], Optional[float]]] = None,
+                sizes: Optional[dict[str, float]] = None) -> dict:
+    """How big and how reliable the delta is (paper Section 5, "Analysis").
+
+    Quality per response as in `pair_qualities`. Returns mean chosen/rejected quality, mean delta with a 95% CI
+    (normal approx., 1.96 s.e.), the fraction of pairs with positive/zero/negative delta, and the agreement of the
+    size heuristic with the quality labels: among pairs whose models differ in size, how often the bigger model's
+    response scores strictly higher (the paper reports 80.5% size-vs-GPT-4o).
+    """
+    from deltalearn.stats import mean_se
+
+    name, quals = pair_qualities(pairs, utility=utility, scores=scores)
+    cs, rs, deltas, agree, ties_sized, n_sized, unscored = [], [], [], 0, 0, 0, 0
+    for p, q in zip(pairs, quals):
+        if q is None:
             unscored += 1
             continue
-        c, r = float(c), float(r)
+        c, r = q
         cs.append(c)
         rs.append(r)
         deltas.append(c - r)
-        size_c = p.get("chosen_size") if p.get("chosen_size") is not None else (sizes or {}).get(p["chosen_model"])
+        size_c = (p.get("chosen_size") if p.get("chosen_size") is not None
+                  else (sizes or {}).get(p.get("chosen_model")))
         size_r = (p.get("rejected_size") if p.get("rejected_size") is not None
-                  else (sizes or {}).get(p["rejected_model"]))
+                  else (sizes or {}).get(p.get("rejected_model")))
         if size_c is not None and size_r is not None and size_c != size_r:
             n_sized += 1
             big, small = (c, r) if size_c > size_r else (r, c)

@@ -41,6 +41,8 @@ class Run:
     delta_stats: Optional[dict] = None
     pair_summary: dict[str, dict] = field(default_factory=dict)
     """pairs folder name -> its pair_summary.json (one per pair set: `pairs`, `pairs-<arm>` for control arms)"""
+    audits: dict[str, dict] = field(default_factory=dict)
+    """pair set name -> its `deltalearn audit` result (RUN/audit/<name>.json)"""
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     train_configs: dict[str, dict] = field(default_factory=dict)
@@ -169,7 +171,13 @@ def load_run(path: str | Path) -> Run:
         obj = _try(run, read_json, ps)
         if isinstance(obj, dict):
             run.pair_summary[ps.parent.name] = obj
-    if not run.arms and not run.evals and not run.results:
+    for af in sorted((p / "audit").glob("*.json")) if (p / "audit").is_dir() else []:
+        obj = _try(run, read_json, af)
+        if isinstance(obj, dict) and isinstance(obj.get("health"), dict) and isinstance(obj.get("delta"), dict):
+            run.audits[af.stem] = obj
+        elif obj is not None:
+            run.problems.append(f"{af}: not a `deltalearn audit` result (no 'health' and 'delta' sections)")
+    if not run.arms and not run.evals and not run.results and not run.audits:
         run.problems.append(f"{p}: no arms/, eval/ or results.json: nothing to report yet")
     return run
 
@@ -606,6 +614,17 @@ def render(runs: list[Run]) -> tuple[str, str]:
             t = {"title": "Pairing (filters and counts)", "columns": ["field", *sets], "rows": flat}
             h.append(_html_table(t))
             md += [_md_table(t), ""]
+        for name, a in run.audits.items():
+            from deltalearn.audit import audit_tables, histogram_png
+
+            h.append(f"<h3>Audit of pair set {html.escape(name)} (before training)</h3>")
+            md += [f"### Audit of pair set {name} (before training)", ""]
+            for t in audit_tables(a):
+                h.append(_html_table(t))
+                md += [_md_table(t), ""]
+            png = histogram_png(a)
+            if png:
+                h.append(_img(png, f"audit {name}: per-pair delta histogram"))
         tt = _train_table(run)
         if tt:
             h.append(_html_table(tt))

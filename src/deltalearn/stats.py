@@ -45,3 +45,37 @@ def fmt_mean_se(mean: float, se: float | None, *, signed: bool = False) -> str:
         return sign + text + ("" if se is None else " ± 0")
     decimals = max(0, 1 - math.floor(math.log10(abs(se))))
     return f"{sign}{mean:.{decimals}f} ± {se:.{decimals}f}"
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation; nan when either side is constant or there are fewer than 2 points."""
+    n = len(x)
+    if n != len(y):
+        raise ValueError(f"pearson needs paired values: {n} vs {len(y)}")
+    if n < 2:
+        return float("nan")
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (Pearson on average ranks, so ties are handled)."""
+    return pearson(ranks(x), ranks(y))

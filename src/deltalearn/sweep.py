@@ -65,7 +65,7 @@ def sweep_table(run_dir: Path, recipe: Recipe, metric: str | None) -> dict:
         after_path = run_dir / "eval" / f"{arm.name}.json"
         g = gain(base, read_json(after_path), metric) if (base and metric and after_path.exists()) else None
         rows.append([arm.name, arm.pair["chosen"], arm.pair["rejected"],
-                     stats.get("mean_delta"), g["gain"] if g else None, g["se"] if g else None])
+                     stats.get("delta_mean"), g["gain"] if g else None, g["se"] if g else None])
     return {"title": f"Gain in {metric or '(no eval metric)'} against the delta in {utility or '(no utility)'}",
             "columns": ["arm", "chosen", "rejected", "delta", "gain", "gain se"], "rows": rows,
             "note": "delta: mean utility of chosen minus rejected over the arm's pairs; gain: eval metric of the "
@@ -80,7 +80,8 @@ def run_sweep(recipe: Recipe, *, progress: bool = True) -> Path:
     run_dir = run_pipeline(expanded, progress=progress)
     metric = recipe.experiment.get("metric") or (recipe.eval.utilities[0] if recipe.eval.utilities else None)
     table = sweep_table(run_dir, expanded, metric)
-    write_json_atomic(run_dir / "results.json", {"experiment": "sweep", "tables": [table], "plots": []})
+    write_json_atomic(run_dir / "results.json", {"experiment": "sweep", "tables": [table], "plots": [],
+                                                 "quality": recipe.experiment.get("utility"), "metric": metric})
     from deltalearn.report import build_report
 
     print(f"report: {build_report([run_dir])}")

@@ -176,13 +176,18 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
         plots.append({"title": "Main recipe and self-over-weaker: gain over the base student",
                       "path": _plot_bars(lab, [a for a in arms], plots_dir / "main.png", d)})
     else:
-        tables += _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, settings)
-    return {"experiment": "lab-sweep" if sweep else "lab", "tables": tables, "plots": plots,
-            "timings_s": {k: round(v, 1) for k, v in lab.timings.items()},
-            "student_base": base, "ladder_hash": ladder.get("config_hash")}
+        sweep_tables, points = _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, settings)
+        tables += sweep_tables
+    out = {"experiment": "lab-sweep" if sweep else "lab", "tables": tables, "plots": plots,
+           "timings_s": {k: round(v, 1) for k, v in lab.timings.items()},
+           "student_base": base, "ladder_hash": ladder.get("config_hash")}
+    if sweep:
+        # machine-readable (fractions, not the tables' points): `deltalearn audit --curve` fits gain on delta here
+        out["sweep_points"] = {"quality": "exact_answer", "metric": "utility/exact_answer", "points": points}
+    return out
 
 
-def _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, settings) -> list[dict]:
+def _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, settings) -> tuple[list[dict], list[dict]]:
     s, d = lab.s, lab.dir
     qual = {}
     for r in lab.ladder["rungs"]:
@@ -254,7 +259,7 @@ def _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, setting
                 "rows": curve_rows, "note": f"Student level: {stu * PTS:.1f}% greedy on the same prompts."})
     plots.append({"title": "Chosen-quality curves", "path": _plot_curves(sft_pts, dpo_pts, stu,
                                                                         plots_dir / "chosen_quality.png", d)})
-    return out
+    return out, pts
 
 
 # ---------------------------------------------------------------------------------------------------------
