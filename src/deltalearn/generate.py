@@ -484,6 +484,11 @@ def add_cli_args(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=list(BACKENDS), default="transformers")
     p.add_argument("--base-url", default=None, help="openai backend: e.g. http://127.0.0.1:8000/v1")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--shard", metavar="I/N", help="generate only shard I of N (1 <= I <= N): a stable subset by "
+                   "prompt id, written to <slug>.shard-I-of-N.jsonl; one per GPU or machine, each resumable")
+    g.add_argument("--merge", type=int, metavar="N", help="merge the N shard files of each model into "
+                   "<slug>.jsonl (refuses duplicated ids, names missing ones); give the same --prompts")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -492,6 +497,11 @@ def run_cli(args) -> int:
 
     if not args.prompts and not args.dataset:
         raise ConfigError("give --prompts FILE or --dataset NAME")
+    from deltalearn import shards
+
+    shard = shards.parse_shard(args.shard) if args.shard else None
+    if args.merge is not None and args.merge < 1:
+        raise ConfigError(f"--merge {args.merge}: expected the number of shards N >= 1")
     if args.label and len(args.models) != 1:
         raise ConfigError("--label names one output file: give exactly one model with it")
     slugs: dict[str, str] = {}
@@ -501,7 +511,7 @@ def run_cli(args) -> int:
             raise ConfigError(f"models '{slugs[s]}' and '{m}' would both write {s}.jsonl; rename one (e.g. copy "
                               "the folder) or generate them into different --out folders")
         slugs[s] = m
-    if args.backend == "transformers":
+    if args.backend == "transformers" and args.merge is None:
         from deltalearn.models import resolve
 
         for m in args.models:  # unknown local models fail now, not after the first model's hours of work
@@ -509,10 +519,19 @@ def run_cli(args) -> int:
     prompts = load_prompts(args.prompts, column=args.prompt_column, id_column=args.id_column, dataset=args.dataset,
                            split=args.split, limit=args.limit, keep=args.keep, dedupe=args.dedupe)
     out = Path(args.out)
+    if args.merge is not None:
+        for slug, m in slugs.items():
+            print(f"{m}: {shards.merge_shards(out, slug, args.merge, prompts)} ({args.merge} shards merged)")
+        return 0
+    if shard is not None:
+        n_all, prompts = len(prompts), shards.select_shard(prompts, shard)
+        if not prompts:
+            raise ConfigError(f"--shard {args.shard}: no prompt of the {n_all} falls in this shard; use fewer shards")
     for slug, m in slugs.items():
-        generate_responses(m, prompts, out / f"{slug}.jsonl", max_new_tokens=args.max_new_tokens,
+        target = shards.shard_file(out, slug, shard) if shard else out / f"{slug}.jsonl"
+        generate_responses(m, prompts, target, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
                            system_prompt=args.system_prompt, precision=args.precision, seed=args.seed,
                            backend=args.backend, base_url=args.base_url, progress=not args.no_progress)
-        print(f"{m}: {out / (slug + '.jsonl')}")
+        print(f"{m}: {target}")
     return 0
