@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from deltalearn.cli import main
-from deltalearn.generate import read_generations
+from deltalearn.generate import merge_shards, read_generations
 from deltalearn.io import DataError
 from deltalearn.recipe import ConfigError
-from deltalearn.shards import merge_shards, parse_shard, select_shard, shard_file, shard_of
+from deltalearn.shards import parse_shard, select_shard, shard_file, shard_of
 
 from conftest import toy_pair_rows
 

@@ -455,6 +455,55 @@ def read_generations(out_path: str | Path) -> list[dict]:
     return list(read_done(Path(out_path)).values())
 
 
+def merge_shards(out_dir: str | Path, slug: str, n: int, prompts: list[dict]) -> Path:
+    """Merge the N shard files of `slug` into `<slug>.jsonl`; returns its path. Writes nothing on any error."""
+    from deltalearn.io import write_jsonl_atomic
+    from deltalearn.shards import shard_file, shard_of
+
+    out_dir = Path(out_dir)
+    files = [shard_file(out_dir, slug, (i, n)) for i in range(1, n + 1)]
+    absent = [str(f) for f in files if not f.exists()]
+    if absent:
+        raise DataError(out_dir, f"cannot merge {n} shards of {slug}: no file {', '.join(absent)}; run "
+                        f"`deltalearn generate ... --shard I/{n}` for each")
+    metas = [read_json(meta_path(f)) for f in files]
+    for f, m in zip(files[1:], metas[1:]):
+        diff = [k for k in MUST_MATCH if m.get(k) != metas[0].get(k)]
+        if diff:
+            raise DataError(f, f"made with other settings than {files[0].name} ({', '.join(diff)}); shards of one "
+                            "generation must share model, decoding and template")
+    rows: dict[str, dict] = {}
+    where: dict[str, str] = {}
+    dups: list[str] = []
+    for f in files:
+        for pid, row in read_done(f).items():
+            if pid in rows:
+                dups.append(f"'{pid}' ({where[pid]} and {f.name})")
+            rows[pid], where[pid] = row, f.name
+    if dups:
+        raise DataError(out_dir, f"{len(dups)} ids are in more than one shard, e.g. {', '.join(dups[:5])}: these "
+                        "files are not shards of one split (different N, or files copied in); nothing written")
+    missing = [r["id"] for r in prompts if r["id"] not in rows]
+    if missing:
+        by_shard = sorted({shard_of(pid, n) for pid in missing})
+        raise DataError(out_dir, f"{len(missing)} prompts have no response yet (first: {missing[:5]}); rerun "
+                        + ", ".join(f"--shard {i}/{n}" for i in by_shard) + " (each resumes where it stopped)")
+    known = {r["id"] for r in prompts}
+    extra = [pid for pid in rows if pid not in known]
+    if extra:
+        raise DataError(out_dir, f"{len(extra)} rows have ids not in the prompt set (first: {extra[:5]}); merge "
+                        "with the prompts the shards were generated from")
+    target = out_dir / f"{slug}.jsonl"
+    write_jsonl_atomic(target, [rows[r["id"]] for r in prompts])
+    summaries = [m.get("summary") or {} for m in metas]
+    summary = {k: sum(s.get(k) or 0 for s in summaries) for k in ("rows", "generated", "resumed", "tokens",
+                                                                   "truncated")}
+    meta = {k: v for k, v in metas[0].items() if k not in ("summary", "load_seconds")}
+    write_json_atomic(meta_path(target), {**meta, "complete": True, "summary": summary,
+                                          "merged_from": [f.name for f in files]})
+    return target
+
+
 # ---------------------------------------------------------------------------------------------------------
 # CLI: deltalearn generate
 # ---------------------------------------------------------------------------------------------------------
@@ -521,7 +570,7 @@ def run_cli(args) -> int:
     out = Path(args.out)
     if args.merge is not None:
         for slug, m in slugs.items():
-            print(f"{m}: {shards.merge_shards(out, slug, args.merge, prompts)} ({args.merge} shards merged)")
+            print(f"{m}: {merge_shards(out, slug, args.merge, prompts)} ({args.merge} shards merged)")
         return 0
     if shard is not None:
         n_all, prompts = len(prompts), shards.select_shard(prompts, shard)

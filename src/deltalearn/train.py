@@ -230,8 +230,25 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 def _make_accelerator(cfg: TrainConfig, out: Path):
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not torch.cuda.is_available(), log_with=list(cfg.log_with) or None,
-                       project_dir=str(out))
+    acc = Accelerator(cpu=not torch.cuda.is_available(), log_with=list(cfg.log_with) or None,
+                      project_dir=str(out))
+    if acc.distributed_type.value == "MULTI_CPU" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        _fsdp_on_cpu(acc)
+    return acc
+
+
+def _fsdp_on_cpu(acc) -> None:
+    """accelerate (1.15) turns an FSDP config into FSDP only on accelerators; on CPU processes it silently runs
+    plain data parallel instead. PyTorch's FSDP2 itself runs on CPU with gloo, so switch it on as the config asks:
+    `configs/accelerate/fsdp_cpu.yaml` then exercises the same sharded path (prepare, clip, save/load_state,
+    get_state_dict) as the GPU config, which is how the tests check it without GPUs."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = AcceleratorState()
+    state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* settings the launcher exported
+    # both shared states: AcceleratorState() re-copies the process state's type whenever it is constructed again
+    PartialState().distributed_type = state.distributed_type = DistributedType.FSDP
 
 
 def _apply_lora(model, cfg: TrainConfig):
