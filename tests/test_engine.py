@@ -145,3 +145,22 @@ def test_label_smoothing_without_a_smoothed_form_is_refused(tiny_model_dir, toy_
     with pytest.raises(ConfigError, match=f"label_smoothing=0.1 has no meaning for loss={loss}"):
         train(cfg(tiny_model_dir, tmp_path, loss=loss, label_smoothing=0.1), toy_pairs, tmp_path / "run",
               progress=False)
+
+
+def test_a_gpu_launch_config_on_a_machine_without_gpus_fails_before_loading(monkeypatch, tmp_path):
+    """What `accelerate launch --config_file configs/accelerate/fsdp.yaml` exports, on this GPU-less machine: a
+    clear error before any model is read (the model name here does not even exist)."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for k, v in {"ACCELERATE_USE_CPU": "False", "ACCELERATE_USE_FSDP": "true", "WORLD_SIZE": "8",
+                 "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match="FSDP accelerate config asks for 8 GPU processes .* no GPU"):
+        train(TrainConfig(model=str(tmp_path / "no-such-model")), [{"prompt": "a", "chosen": "b", "rejected": "c"}],
+              tmp_path / "run", progress=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")  # a DeepSpeed config made CPU: accelerate would ignore it
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="DeepSpeed accelerate config needs GPUs"):
+        train(TrainConfig(model=str(tmp_path / "no-such-model")), [{"prompt": "a", "chosen": "b", "rejected": "c"}],
+              tmp_path / "run", progress=False)

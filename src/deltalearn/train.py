@@ -227,6 +227,29 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _check_launch_devices() -> None:
+    """Under `accelerate launch`, fail before any model loads when the config asks for devices that are not here
+    (accelerate would otherwise fall back to CPU processes, or crash per rank on a missing GPU)."""
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU")
+    if use_cpu is None:
+        return  # not launched by accelerate
+    n, local = os.environ.get("WORLD_SIZE", "?"), int(os.environ.get("LOCAL_RANK", "0"))
+    kind = ("FSDP " if os.environ.get("ACCELERATE_USE_FSDP") == "true"
+            else "DeepSpeed " if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" else "")
+    if kind == "DeepSpeed " and not torch.cuda.is_available():
+        # accelerate 1.15 builds a DeepSpeed state only off-CPU; on CPU processes it would silently run plain DDP
+        raise ConfigError("a DeepSpeed accelerate config needs GPUs: on CPU processes accelerate ignores it and "
+                          "runs plain data parallel; use configs/accelerate/ddp.yaml or fsdp_cpu.yaml here")
+    if use_cpu.lower() in ("false", "0") and not torch.cuda.is_available():
+        raise ConfigError(f"the {kind}accelerate config asks for {n} GPU processes (use_cpu: false) but this "
+                          "machine has no GPU; on CPU use a config with use_cpu: true (configs/accelerate/"
+                          "fsdp_cpu.yaml for FSDP)")
+    if use_cpu.lower() in ("false", "0") and local >= torch.cuda.device_count():
+        raise ConfigError(f"the {kind}accelerate config starts {os.environ.get('LOCAL_WORLD_SIZE', n)} processes on "
+                          f"this machine but only {torch.cuda.device_count()} GPUs are visible; lower "
+                          "num_processes (or --num_processes)")
+
+
 def _make_accelerator(cfg: TrainConfig, out: Path):
     from accelerate import Accelerator
 
@@ -273,6 +296,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     if resume is not None and not Path(resume).exists():
         raise ConfigError(f"resume path does not exist: {resume} (refusing to start a fresh run silently)")
     loss_type = LossType(cfg.loss)
+    if accelerator is None:
+        _check_launch_devices()
     acc = accelerator or _make_accelerator(cfg, out)
     rank, world, device = acc.process_index, acc.num_processes, acc.device
     per_rank = cfg.batch_size // world if cfg.batch_size % world == 0 else 0
