@@ -180,12 +180,13 @@ class ResponseLogProbs(nn.Module):
         if n == 0:
             self.checked = False
             return
-        lean = self._lean(input_ids, attention_mask, loss_mask[:, 1:]).float()
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        full = sequence_logps(logits, input_ids, loss_mask, "sum").float()
-        # per token: fp32 paths agree to ~1e-6 nats; bf16 autocast rounds them differently by up to ~1e-2
-        tol = 0.05 if torch.is_autocast_enabled(input_ids.device.type) else 1e-3
-        if not torch.allclose(lean / n, full / n, atol=tol, rtol=0.0):
+        # without autocast: bf16 logits round by ~0.05 nats, more than a small transform; fp32 paths agree to 1e-6
+        with torch.autocast(input_ids.device.type, enabled=False):
+            lean = self._lean(input_ids, attention_mask, loss_mask[:, 1:]).float()
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            full = sequence_logps(logits, input_ids, loss_mask, "sum").float()
+        fp32 = _unwrap(self.model).get_output_embeddings().weight.dtype == torch.float32
+        if not torch.allclose(lean / n, full / n, atol=1e-3 if fp32 else 0.05, rtol=0.0):
             import warnings
 
             warnings.warn(f"lean LM head disagrees with {type(_unwrap(self.model)).__name__}'s logits "
