@@ -8,7 +8,7 @@ import yaml
 
 from conftest import build_tiny_llama
 from deltalearn.io import read_json
-from deltalearn.pipeline import run_recipe
+from deltalearn.runner import run_recipe
 from deltalearn.recipe import load_recipe
 
 PROMPTS = ["Name a fruit.", "Describe the sea.", "Give me a tip for sleeping well.", "What is a verb?",

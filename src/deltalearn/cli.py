@@ -12,7 +12,7 @@ import sys
 # name -> (module, one-line help). The order is the pipeline's order.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("deltalearn.experiments.sections", "the quick bold-sections experiment on the embedded SmolLM2 (~10 min CPU)"),
-    "run": ("deltalearn.pipeline", "run a whole recipe YAML: generate -> pair -> train -> eval -> report"),
+    "run": ("deltalearn.runner", "run a whole recipe YAML: generate -> pair -> train -> eval -> report"),
     "generate": ("deltalearn.generate", "greedy (or sampled) responses from one or more models, resumable"),
     "pair": ("deltalearn.pairs", "turn generations into preference pairs by a stated rule; --stats for delta statistics"),
     "audit": ("deltalearn.audit", "what a pair set will teach, before training: health, delta, weakness, predicted gain"),

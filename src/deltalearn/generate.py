@@ -473,6 +473,55 @@ def read_generations(out_path: str | Path) -> list[dict]:
     return list(read_done(Path(out_path)).values())
 
 
+def merge_shards(out_dir: str | Path, slug: str, n: int, prompts: list[dict]) -> Path:
+    """Merge the N shard files of `slug` into `<slug>.jsonl`; returns its path. Writes nothing on any error."""
+    from deltalearn.io import write_jsonl_atomic
+    from deltalearn.shards import shard_file, shard_of
+
+    out_dir = Path(out_dir)
+    files = [shard_file(out_dir, slug, (i, n)) for i in range(1, n + 1)]
+    absent = [str(f) for f in files if not f.exists()]
+    if absent:
+        raise DataError(out_dir, f"cannot merge {n} shards of {slug}: no file {', '.join(absent)}; run "
+                        f"`deltalearn generate ... --shard I/{n}` for each")
+    metas = [read_json(meta_path(f)) for f in files]
+    for f, m in zip(files[1:], metas[1:]):
+        diff = [k for k in MUST_MATCH if m.get(k) != metas[0].get(k)]
+        if diff:
+            raise DataError(f, f"made with other settings than {files[0].name} ({', '.join(diff)}); shards of one "
+                            "generation must share model, decoding and template")
+    rows: dict[str, dict] = {}
+    where: dict[str, str] = {}
+    dups: list[str] = []
+    for f in files:
+        for pid, row in read_done(f).items():
+            if pid in rows:
+                dups.append(f"'{pid}' ({where[pid]} and {f.name})")
+            rows[pid], where[pid] = row, f.name
+    if dups:
+        raise DataError(out_dir, f"{len(dups)} ids are in more than one shard, e.g. {', '.join(dups[:5])}: these "
+                        "files are not shards of one split (different N, or files copied in); nothing written")
+    missing = [r["id"] for r in prompts if r["id"] not in rows]
+    if missing:
+        by_shard = sorted({shard_of(pid, n) for pid in missing})
+        raise DataError(out_dir, f"{len(missing)} prompts have no response yet (first: {missing[:5]}); rerun "
+                        + ", ".join(f"--shard {i}/{n}" for i in by_shard) + " (each resumes where it stopped)")
+    known = {r["id"] for r in prompts}
+    extra = [pid for pid in rows if pid not in known]
+    if extra:
+        raise DataError(out_dir, f"{len(extra)} rows have ids not in the prompt set (first: {extra[:5]}); merge "
+                        "with the prompts the shards were generated from")
+    target = out_dir / f"{slug}.jsonl"
+    write_jsonl_atomic(target, [rows[r["id"]] for r in prompts])
+    summaries = [m.get("summary") or {} for m in metas]
+    summary = {k: sum(s.get(k) or 0 for s in summaries) for k in ("rows", "generated", "resumed", "tokens",
+                                                                   "truncated")}
+    meta = {k: v for k, v in metas[0].items() if k not in ("summary", "load_seconds")}
+    write_json_atomic(meta_path(target), {**meta, "complete": True, "summary": summary,
+                                          "merged_from": [f.name for f in files]})
+    return target
+
+
 # ---------------------------------------------------------------------------------------------------------
 # CLI: deltalearn generate
 # ---------------------------------------------------------------------------------------------------------
@@ -510,6 +559,11 @@ def add_cli_args(p) -> None:
     p.add_argument("--backend", choices=list(BACKENDS), default="transformers",
                    help="transformers (in process), openai (a served model at --base-url) or vllm")
     p.add_argument("--base-url", default=None, help="openai backend: e.g. http://127.0.0.1:8000/v1")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--shard", metavar="I/N", help="generate only shard I of N (1 <= I <= N): a stable subset by "
+                   "prompt id, written to <slug>.shard-I-of-N.jsonl; one per GPU or machine, each resumable")
+    g.add_argument("--merge", type=int, metavar="N", help="merge the N shard files of each model into "
+                   "<slug>.jsonl (refuses duplicated ids, names missing ones); give the same --prompts")
     from deltalearn.cli import add_no_progress
 
     add_no_progress(p)
@@ -520,6 +574,11 @@ def run_cli(args) -> int:
 
     if not args.prompts and not args.dataset:
         raise ConfigError("give --prompts FILE or --dataset NAME")
+    from deltalearn import shards
+
+    shard = shards.parse_shard(args.shard) if args.shard else None
+    if args.merge is not None and args.merge < 1:
+        raise ConfigError(f"--merge {args.merge}: expected the number of shards N >= 1")
     if args.label and len(args.models) != 1:
         raise ConfigError("--label names one output file: give exactly one model with it")
     slugs: dict[str, str] = {}
@@ -529,7 +588,7 @@ def run_cli(args) -> int:
             raise ConfigError(f"models '{slugs[s]}' and '{m}' would both write {s}.jsonl; rename one (e.g. copy "
                               "the folder) or generate them into different --out folders")
         slugs[s] = m
-    if args.backend == "transformers":
+    if args.backend == "transformers" and args.merge is None:
         from deltalearn.models import check_available
 
         for m in args.models:  # unknown or unreachable models fail now, not after the first model's hours of work
@@ -537,11 +596,20 @@ def run_cli(args) -> int:
     prompts = load_prompts(args.prompts, column=args.prompt_column, id_column=args.id_column, dataset=args.dataset,
                            split=args.split, default_split="train", limit=args.limit, keep=args.keep, dedupe=args.dedupe)
     out = Path(args.out)
+    if args.merge is not None:
+        for slug, m in slugs.items():
+            print(f"{m}: {merge_shards(out, slug, args.merge, prompts)} ({args.merge} shards merged)")
+        return 0
+    if shard is not None:
+        n_all, prompts = len(prompts), shards.select_shard(prompts, shard)
+        if not prompts:
+            raise ConfigError(f"--shard {args.shard}: no prompt of the {n_all} falls in this shard; use fewer shards")
     for slug, m in slugs.items():
-        generate_responses(m, prompts, out / f"{slug}.jsonl", max_new_tokens=args.max_new_tokens,
+        target = shards.shard_file(out, slug, shard) if shard else out / f"{slug}.jsonl"
+        generate_responses(m, prompts, target, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
                            system_prompt=args.system_prompt, precision=args.precision, seed=args.seed,
                            backend=args.backend, base_url=args.base_url, progress=not args.no_progress,
                            label=args.label or m)
-        print(f"{m}: {out / (slug + '.jsonl')}")
+        print(f"{m}: {target}")
     return 0

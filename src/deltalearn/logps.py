@@ -121,14 +121,31 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+# Config fields through which a causal LM's forward changes its logits after `lm_head` (or its input before it),
+# with the value that means "no change". Granite/GraniteMoE divide by logits_scaling, MiniCPM3 divides the hidden
+# state by it, Cohere multiplies by logit_scale, Gemma 2/3 soft-cap, Falcon-H1 multiplies by lm_head_multiplier.
+_LOGIT_TRANSFORMS = {"logits_scaling": 1.0, "logit_scale": 1.0, "final_logit_softcapping": None,
+                     "lm_head_multiplier": 1.0, "logits_mup_width_multiplier": 1.0, "mup_enabled": False,
+                     "output_multiplier_scale": 1.0}
+
+
+def logit_transforms(config) -> dict:
+    """The logit transforms a model config carries (field -> value), including a nested text_config."""
+    found = {}
+    for c in (config, getattr(config, "text_config", None)):
+        for name, identity in _LOGIT_TRANSFORMS.items():
+            value = getattr(c, name, identity) if c is not None else identity
+            if value not in (identity, None, 0, 0.0, False) or (identity is None and value):
+                found[name] = value
+    return found
+
+
 def supports_lean_head(model: nn.Module) -> bool:
     """The lean path assumes logits = hidden @ W^T with no bias, scaling or soft-capping."""
     lm = _unwrap(model)
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    cfg = getattr(lm, "config", None)
     return (head is not None and isinstance(head, nn.Linear) and head.bias is None
-            and hasattr(lm, "get_decoder")
-            and not getattr(cfg, "final_logit_softcapping", None) and getattr(cfg, "logit_scale", 1.0) in (1.0, None))
+            and hasattr(lm, "get_decoder") and not logit_transforms(getattr(lm, "config", None)))
 
 
 class ResponseLogProbs(nn.Module):
@@ -137,18 +154,46 @@ class ResponseLogProbs(nn.Module):
     Being an nn.Module, it can be handed to accelerate.prepare (DDP/FSDP hooks then see the forward).
     """
 
-    def __init__(self, model: nn.Module, *, lean: bool = True, chunk: int = 1024):
+    def __init__(self, model: nn.Module, *, lean: bool = True, chunk: int = 1024, check: bool = True):
         super().__init__()
         self.model = model
         self.lean = lean and supports_lean_head(model)
         self.chunk = chunk
+        self.checked = not check
 
     def forward(self, input_ids, attention_mask, loss_mask):
         mask = loss_mask[:, 1:]
         counts = mask.sum(-1)
+        if self.lean and not self.checked:
+            self._check_lean(input_ids[:1], attention_mask[:1], loss_mask[:1])
         if not self.lean:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
             return sequence_logps(logits, input_ids, loss_mask, "sum"), counts
+        return self._lean(input_ids, attention_mask, mask), counts
+
+    @torch.no_grad()
+    def _check_lean(self, input_ids, attention_mask, loss_mask) -> None:
+        """Once, on one row: the lean head must agree with the model's own logits. A logit transform that no
+        config field names (a new architecture) then falls back to the full path instead of training wrong."""
+        self.checked = True
+        n = int(loss_mask[:, 1:].sum())
+        if n == 0:
+            self.checked = False
+            return
+        # without autocast: bf16 logits round by ~0.05 nats, more than a small transform; fp32 paths agree to 1e-6
+        with torch.autocast(input_ids.device.type, enabled=False):
+            lean = self._lean(input_ids, attention_mask, loss_mask[:, 1:]).float()
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            full = sequence_logps(logits, input_ids, loss_mask, "sum").float()
+        fp32 = _unwrap(self.model).get_output_embeddings().weight.dtype == torch.float32
+        if not torch.allclose(lean / n, full / n, atol=1e-3 if fp32 else 0.05, rtol=0.0):
+            import warnings
+
+            warnings.warn(f"lean LM head disagrees with {type(_unwrap(self.model)).__name__}'s logits "
+                          f"({float(lean):.3f} vs {float(full):.3f}); using full logits", stacklevel=3)
+            self.lean = False
+
+    def _lean(self, input_ids, attention_mask, mask):
         lm = _unwrap(self.model)
         hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
         rows, cols = mask.nonzero(as_tuple=True)  # hidden position j predicts token j+1
@@ -158,7 +203,7 @@ class ResponseLogProbs(nn.Module):
         token_lp = _LinearLogProb.apply(h, weight, targets, self.chunk,
                                         _autocast_dtype(input_ids.device.type, h.dtype))
         sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
-        return sums.index_add(0, rows, token_lp), counts
+        return sums.index_add(0, rows, token_lp)
 
 
 @torch.no_grad()
@@ -218,4 +263,4 @@ def full_logits_reference(model: nn.Module, batch: SeqBatch, reduction: str = "s
 
 
 __all__ = ["SeqBatch", "collate", "sequence_logps", "reduce_logps", "ResponseLogProbs", "batched_logps",
-           "pair_logps", "supports_lean_head", "full_logits_reference"]
+           "pair_logps", "supports_lean_head", "logit_transforms", "full_logits_reference"]

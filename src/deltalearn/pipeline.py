@@ -1,11 +1,12 @@
-"""`deltalearn run RECIPE`: the whole pipeline, stage by stage, each writing an artifact under runs/NAME/.
+"""The whole pipeline of one recipe, stage by stage, each writing an artifact under runs/NAME/.
 
     prompts -> generate -> pair -> train (one run per arm) -> eval -> report
 
 A stage whose artifact is complete is skipped, so an interrupted run is resumed by running the same command:
 generations are append-only per model, pairs are written atomically, training resumes from its last checkpoint,
 and finished arms are not retrained. `--dry-run` validates the recipe and prints the plan and its compute
-without loading any model. The paper's experiments (`kind: sections | lab | sweep`) have their own drivers.
+without loading any model. The paper's experiments (`kind: sections | lab | sweep`) have their own drivers;
+`deltalearn.runner` dispatches a recipe to its driver (this module imports no other driver, so none imports back).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from deltalearn.io import write_jsonl_atomic
 from deltalearn.manifest import input_hash, update_manifest
-from deltalearn.recipe import Arm, ConfigError, Recipe, arm_configs, load_recipe, to_dict
+from deltalearn.recipe import Arm, ConfigError, Recipe, arm_configs, to_dict
 
 
 def _stage(run_dir: Path, name: str):
@@ -98,51 +99,3 @@ def _run_pipeline(recipe: Recipe, run_dir: Path, *, progress: bool, fallback_che
         path = build_report([run_dir])
         print(f"report: {path}")
     return run_dir
-
-
-def run_recipe(recipe: Recipe, *, progress: bool = True, fallback_checkpoint: bool = False):
-    """Dispatch on the recipe's kind."""
-    if recipe.kind == "pipeline":
-        return run_pipeline(recipe, progress=progress, fallback_checkpoint=fallback_checkpoint)
-    if recipe.kind == "sections":
-        from deltalearn.experiments.sections import run_sections
-
-        return run_sections(recipe, progress=progress)
-    if recipe.kind == "lab":
-        from deltalearn.lab.experiments import run_lab_recipe
-
-        return run_lab_recipe(recipe)
-    if recipe.kind == "sweep":
-        from deltalearn.sweep import run_sweep
-
-        return run_sweep(recipe, progress=progress)
-    raise ConfigError(f"unknown recipe kind {recipe.kind!r}")
-
-
-def add_cli_args(p) -> None:
-    p.add_argument("recipe", help="recipe YAML (see recipes/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.beta=5 (repeatable)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate the recipe and print the plan and compute estimate; load no model")
-    p.add_argument("--fallback-checkpoint", action="store_true",
-                   help="if an arm's latest checkpoint is corrupt, set it aside and resume from the previous good one")
-    from deltalearn.cli import add_no_progress
-
-    add_no_progress(p)
-
-
-def run_cli(args) -> int:
-    from deltalearn.recipe import blame
-
-    recipe = load_recipe(args.recipe, args.overrides)
-    try:
-        if args.dry_run:
-            from deltalearn.plan import format_plan, plan
-
-            print(format_plan(plan(recipe)))
-            return 0
-        run_recipe(recipe, progress=not args.no_progress, fallback_checkpoint=args.fallback_checkpoint)
-    except ConfigError as e:  # experiment settings are checked by their module: name the file (or --set) here too
-        raise ConfigError(blame(str(e), args.recipe, args.overrides)) from None
-    return 0

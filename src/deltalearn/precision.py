@@ -77,7 +77,8 @@ def use_bf16(precision: str, device) -> bool:
     if kind == "cuda":
         import torch
 
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        # not counting emulation: T4/V100 "support" bf16 only through slow emulated kernels
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
     if kind == "cpu":
         return cpu_has_native_bf16()
     return False

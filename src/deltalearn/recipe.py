@@ -420,6 +420,9 @@ def resolve_train(cfg: TrainConfig, where: str = "train") -> TrainConfig:
         (0 <= cfg.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
         (0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
         (0 <= cfg.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)"),
+        (cfg.label_smoothing == 0 or cfg.loss in ("dpo", "dpo_norm", "simpo"),
+         f"label_smoothing={cfg.label_smoothing} has no meaning for loss={cfg.loss} (only dpo, dpo_norm and "
+         "simpo have a smoothed form); set it to 0"),
         (cfg.beta >= 0, "beta must be >= 0"),
         (cfg.loss == "sft" or cfg.beta > 0, f"beta must be > 0 for loss={cfg.loss}"),
         (cfg.nll_coef >= 0, "nll_coef must be >= 0"),

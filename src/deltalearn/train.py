@@ -10,7 +10,9 @@ Shape of a run (top to bottom in `train`):
 4. clip, AdamW step, cosine-with-warmup schedule, log one metrics row, checkpoint every `save_every` steps;
 5. save the final model (safetensors + tokenizer) and a COMPLETED marker.
 
-Checkpoints are safetensors (weights, optimizer moments, RNG) plus JSON: nothing is unpickled on resume.
+Checkpoints are safetensors (weights, optimizer moments, RNG) plus JSON: nothing is unpickled on resume. Under
+DeepSpeed/FSDP the engine's own `save_state` files hold weights and optimizer (FSDP's are read back with
+`torch.load(weights_only=True)`, which refuses code); step, LR schedule and RNG stay ours.
 """
 
 from __future__ import annotations
@@ -125,30 +127,57 @@ def lr_lambda(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _uses_engine_state(accelerator) -> bool:
+    """DeepSpeed and FSDP shard weights and optimizer states, so their own save/load_state owns that part."""
+    return accelerator.distributed_type.value in ("DEEPSPEED", "FSDP")
+
+
 def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, accelerator) -> None:
-    if accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
-        accelerator.save_state(str(path))  # sharded engines own their state format
-    elif accelerator.is_main_process:
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            _write_checkpoint(tmp, model, optimizer, scheduler, step)
-        except Exception as e:  # e.g. disk full: the earlier checkpoints are untouched
+    """Write into `<path>.tmp`, hash every file (hashes.json), mark it COMPLETE, then rename: a killed or failed
+    save (disk full) never looks like a checkpoint and leaves the earlier ones intact. Under DeepSpeed/FSDP the
+    engine writes weights and optimizer; the step, schedule and RNG are ours in both."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-            if as_oserror(e) is not None:
-                raise write_failed(path, as_oserror(e), kept="the earlier checkpoints are intact") from None
-            if isinstance(e, DataError):
-                raise DataError(path, f"could not write the checkpoint ({e}); the earlier ones are intact") from None
-            raise
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        opt_json: dict = {}
+        if _uses_engine_state(accelerator):
+            accelerator.save_state(str(tmp))
+            # accelerate pickles each rank's RNG; ours goes to safetensors below, so resume never unpickles it
+            for f in tmp.glob(f"random_states_{accelerator.process_index}.pkl"):
+                f.unlink()
+            save_file({"torch_rng": torch.get_rng_state()}, str(tmp / f"rng_{accelerator.process_index}.safetensors"))
+        elif accelerator.is_main_process:
+            opt_json = _write_weights_and_optimizer(tmp, model, optimizer)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            # the LR schedule is not an accelerate-prepared object, so save_state would not hold it: keep it here
+            write_json_atomic(tmp / "state.json", {"step": step, "scheduler": scheduler.state_dict(),
+                                                   "python_rng": random.getstate(), **opt_json})
+            write_json_atomic(tmp / HASHES, {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()})
+            (tmp / "COMPLETE").write_text("ok\n")
+    except Exception as e:  # e.g. disk full: the earlier checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        if as_oserror(e) is not None:
+            raise write_failed(path, as_oserror(e), kept="the earlier checkpoints are intact") from None
+        if isinstance(e, DataError):
+            raise DataError(path, f"could not write the checkpoint ({e}); the earlier ones are intact") from None
+        raise
+    if accelerator.is_main_process:
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
 
 
-def _write_checkpoint(tmp: Path, model, optimizer, scheduler, step: int) -> None:
+def _write_weights_and_optimizer(tmp: Path, model, optimizer) -> dict:
+    """Our own checkpoint files (one process, no engine): trainable weights, optimizer moments, RNG; returns the
+    optimizer's JSON part for state.json."""
     from safetensors.torch import save_file
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     save_file(trainable, str(tmp / "trainable.safetensors"))
     opt = optimizer.state_dict()
@@ -160,13 +189,8 @@ def _write_checkpoint(tmp: Path, model, optimizer, scheduler, step: int) -> None
             else:
                 scalars[f"{idx}.{k}"] = v
     save_file(tensors or {"_empty": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
-    save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    write_json_atomic(tmp / "state.json", {
-        "step": step, "param_groups": opt["param_groups"], "optimizer_scalars": scalars,
-        "scheduler": scheduler.state_dict(), "python_rng": random.getstate(),
-    })
-    write_json_atomic(tmp / HASHES, {f.name: sha256_file(f) for f in sorted(tmp.iterdir())})
-    (tmp / "COMPLETE").write_text("ok\n")
+    save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng_0.safetensors"))
+    return {"param_groups": opt["param_groups"], "optimizer_scalars": scalars}
 
 
 HASHES = "hashes.json"  # sha256 of every file of a checkpoint, written last (before COMPLETE), checked on load
@@ -201,30 +225,31 @@ def verify_checkpoint(path: Path) -> None:
 def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int:
     from safetensors.torch import load_file
 
-    if accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
-        accelerator.load_state(str(path))
-        return int(path.name.split("-")[-1])
     verify_checkpoint(path)  # before anything is copied into the model: a failure leaves it untouched
     state = read_json(path / "state.json")
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise DataError(path, f"checkpoint has parameters the model lacks (first: {missing[0]}); "
-                        "was it made with another model or LoRA setting?")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t)
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    opt_state: dict = {}
-    for key, v in list(tensors.items()) + list(state["optimizer_scalars"].items()):
-        if key == "_empty":
-            continue
-        idx, name = key.split(".", 1)
-        opt_state.setdefault(int(idx), {})[name] = v
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    if _uses_engine_state(accelerator):
+        accelerator.load_state(str(path))
+    else:
+        weights = load_file(str(path / "trainable.safetensors"))
+        params = dict(model.named_parameters())
+        missing = [n for n in weights if n not in params]
+        if missing:
+            raise DataError(path, f"checkpoint has parameters the model lacks (first: {missing[0]}); "
+                            "was it made with another model or LoRA setting?")
+        with torch.no_grad():
+            for n, t in weights.items():
+                params[n].copy_(t)
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        opt_state: dict = {}
+        for key, v in list(tensors.items()) + list(state["optimizer_scalars"].items()):
+            if key == "_empty":
+                continue
+            idx, name = key.split(".", 1)
+            opt_state.setdefault(int(idx), {})[name] = v
+        optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
+    rng = path / f"rng_{accelerator.process_index}.safetensors"
+    torch.set_rng_state(load_file(str(rng if rng.exists() else path / "rng_0.safetensors"))["torch_rng"])
     py = state["python_rng"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     return int(state["step"])
@@ -271,8 +296,10 @@ def check_existing_run(out: Path, config: dict, data_hash: str) -> bool:
 
 def checkpoints(out_dir: Path) -> list[Path]:
     """Finished checkpoints of a run, newest first."""
-    ckpts = [p for p in (out_dir / "checkpoints").glob("step-*") if (p / "COMPLETE").exists()
-             or (p / "pytorch_model.bin").exists() or any(p.glob("*.safetensors"))]
+    # every save ends by marking its folder COMPLETE (ours, DeepSpeed's or FSDP's), so a half-written one is never
+    # picked
+    ckpts = [p for p in (out_dir / "checkpoints").glob("step-*")
+             if (p / "COMPLETE").exists() and not p.name.endswith(".tmp")]
     ckpts = [p for p in ckpts if p.name.split("-")[-1].isdigit()]
     return sorted(ckpts, key=lambda p: -int(p.name.split("-")[-1]))
 
@@ -319,11 +346,51 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _check_launch_devices() -> None:
+    """Under `accelerate launch`, fail before any model loads when the config asks for devices that are not here
+    (accelerate would otherwise fall back to CPU processes, or crash per rank on a missing GPU)."""
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU")
+    if use_cpu is None:
+        return  # not launched by accelerate
+    n, local = os.environ.get("WORLD_SIZE", "?"), int(os.environ.get("LOCAL_RANK", "0"))
+    kind = ("FSDP " if os.environ.get("ACCELERATE_USE_FSDP") == "true"
+            else "DeepSpeed " if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" else "")
+    if kind == "DeepSpeed " and not torch.cuda.is_available():
+        # accelerate 1.15 builds a DeepSpeed state only off-CPU; on CPU processes it would silently run plain DDP
+        raise ConfigError("a DeepSpeed accelerate config needs GPUs: on CPU processes accelerate ignores it and "
+                          "runs plain data parallel; use configs/accelerate/ddp.yaml or fsdp_cpu.yaml here")
+    if use_cpu.lower() in ("false", "0") and not torch.cuda.is_available():
+        raise ConfigError(f"the {kind}accelerate config asks for {n} GPU processes (use_cpu: false) but this "
+                          "machine has no GPU; on CPU use a config with use_cpu: true (configs/accelerate/"
+                          "fsdp_cpu.yaml for FSDP)")
+    if use_cpu.lower() in ("false", "0") and local >= torch.cuda.device_count():
+        raise ConfigError(f"the {kind}accelerate config starts {os.environ.get('LOCAL_WORLD_SIZE', n)} processes on "
+                          f"this machine but only {torch.cuda.device_count()} GPUs are visible; lower "
+                          "num_processes (or --num_processes)")
+
+
 def _make_accelerator(cfg: TrainConfig, out: Path):
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not torch.cuda.is_available(), log_with=list(cfg.log_with) or None,
-                       project_dir=str(out))
+    acc = Accelerator(cpu=not torch.cuda.is_available(), log_with=list(cfg.log_with) or None,
+                      project_dir=str(out))
+    if acc.distributed_type.value == "MULTI_CPU" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        _fsdp_on_cpu(acc)
+    return acc
+
+
+def _fsdp_on_cpu(acc) -> None:
+    """accelerate (1.15) turns an FSDP config into FSDP only on accelerators; on CPU processes it silently runs
+    plain data parallel instead. PyTorch's FSDP2 itself runs on CPU with gloo, so switch it on as the config asks:
+    `configs/accelerate/fsdp_cpu.yaml` then exercises the same sharded path (prepare, clip, save/load_state,
+    get_state_dict) as the GPU config, which is how the tests check it without GPUs."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = AcceleratorState()
+    state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* settings the launcher exported
+    # both shared states: AcceleratorState() re-copies the process state's type whenever it is constructed again
+    PartialState().distributed_type = state.distributed_type = DistributedType.FSDP
 
 
 def _apply_lora(model, cfg: TrainConfig):
@@ -367,6 +434,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     if resume is not None and not Path(resume).exists():
         raise ConfigError(f"resume path does not exist: {resume} (refusing to start a fresh run silently)")
     loss_type = LossType(cfg.loss)
+    if accelerator is None:
+        _check_launch_devices()
     acc = accelerator or _make_accelerator(cfg, out)
     rank, world, device = acc.process_index, acc.num_processes, acc.device
     per_rank = cfg.batch_size // world if cfg.batch_size % world == 0 else 0
@@ -429,6 +498,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
 
     # 3. policy, optimizer, schedule
     model, _ = models.load_model(cfg.model, with_tokenizer=False, trust_remote_code=cfg.trust_remote_code)
+    disable_dropout(model)  # the reference is scored without dropout; the policy must be too (TRL does the same)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -438,15 +508,21 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         if cfg.lora and cfg.reference is None:
             live_ref = "adapter-disabled"
         else:
-            live_ref, _ = models.load_model(ref_name, device=device, with_tokenizer=False)
+            live_ref, _ = models.load_model(ref_name, device=device, with_tokenizer=False,
+                                            trust_remote_code=cfg.trust_remote_code)
             live_ref.eval().requires_grad_(False)
     model.train()
-    scorer = ResponseLogProbs(model)
+    # ZeRO-3 gathers a weight only inside its module's forward; the lean head reads lm_head.weight outside it
+    zero3 = ds_plugin is not None and int(ds_plugin.zero_stage or 0) == 3
+    scorer = ResponseLogProbs(model, lean=not zero3)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.warmup_ratio,
                                                                       cfg.min_lr_ratio))
     scorer, optimizer = acc.prepare(scorer, optimizer)
+    # clip over the prepared module's own parameters: FSDP replaces them with shards, and accelerate's sharded
+    # clip applies only when handed exactly `model.parameters()` (frozen ones have no grad and are skipped)
+    clip_params = list(scorer.parameters())
 
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
@@ -487,7 +563,11 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                 seqs += [(encoded[i].prompt, encoded[i].rejected) for i in mb]
             batch = collate(seqs, pad_id).to(device)
             k = len(mb)
-            sync = contextlib.nullcontext() if j == len(micro) - 1 else acc.no_sync(scorer)
+            last = j == len(micro) - 1
+            # DeepSpeed steps its optimizer on every backward flagged sync_gradients (accelerate's default: True);
+            # only the step's last micro-batch may be, as in the HF Trainer
+            acc.gradient_state._set_sync_gradients(last)
+            sync = contextlib.nullcontext() if last else acc.no_sync(scorer)
             with sync:
                 with autocast_context(precision, device):
                     sums, counts = scorer(batch.input_ids, batch.attention_mask, batch.loss_mask)
@@ -496,7 +576,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                     pc, pr = reduce_logps(sums[:k], counts[:k], reduction), reduce_logps(sums[k:], counts[k:], reduction)
                     rc = rr = None
                     if loss_type.needs_reference:
-                        rc, rr = _reference_for(mb, ref, live_ref, scorer, batch, k, reduction, precision, device)
+                        rc, rr = _reference_for(mb, ref, live_ref, scorer, acc, batch, k, reduction, precision,
+                                                device)
                     losses, r_c, r_r = preference_loss(loss_type, pc, pr, rc, rr, beta=cfg.beta,
                                                        gamma_beta_ratio=cfg.gamma_beta_ratio,
                                                        label_smoothing=cfg.label_smoothing)
@@ -514,7 +595,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                 acc.backward(loss * loss_scale)
         grad_norm = None
         if cfg.grad_clip > 0:
-            grad_norm = acc.clip_grad_norm_(params, cfg.grad_clip)
+            grad_norm = acc.clip_grad_norm_(clip_params, cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -558,15 +639,24 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                "wall_s": time.time() - t_start, "ref_s": ref_seconds, "train_s": train_seconds,
                "tokens_per_s": tokens_seen / max(train_seconds, 1e-9), "encode_stats": enc_stats.as_dict(),
                "model_dir": str(out / "model"), "metrics_path": str(metrics_path), **ref_info}
+    # Under ZeRO-3/FSDP each rank holds only shards: gather the full weights (a collective, so every rank calls it)
+    state = acc.get_state_dict(scorer) if _uses_engine_state(acc) else None
     if acc.is_main_process:
         final = acc.unwrap_model(scorer).model
+        if state is not None:
+            state = {k.removeprefix("model."): v for k, v in state.items()}
+            if cfg.lora:  # merge into a plain (unsharded) copy
+                final, _ = models.load_model(cfg.model, with_tokenizer=False, trust_remote_code=cfg.trust_remote_code)
+                final = _apply_lora(final, cfg)
+                final.load_state_dict(state)
+                state = None
         if cfg.lora:
             final.save_pretrained(out / "adapter")
             final = final.merge_and_unload()
         # Into a temporary folder, then renamed: a kill or a full disk never leaves a half-written model/.
         tmp_model = out / ".model.tmp"
         shutil.rmtree(tmp_model, ignore_errors=True)
-        final.save_pretrained(tmp_model, safe_serialization=True)
+        final.save_pretrained(tmp_model, safe_serialization=True, **({"state_dict": state} if state else {}))
         tokenizer.save_pretrained(tmp_model)
         shutil.rmtree(out / "model", ignore_errors=True)
         os.replace(tmp_model, out / "model")
@@ -576,7 +666,22 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     return summary
 
 
-def _reference_for(mb, ref, live_ref, scorer, batch, k, reduction, precision, device):
+def disable_dropout(model) -> None:
+    """Zero every dropout of a model: nn.Dropout modules and the float rates attention layers keep as attributes
+    (Llama's `attention_dropout` is applied inside the attention call whenever the module is in train mode)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        for name, value in list(vars(m).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(m, name, 0.0)
+    for c in (getattr(model, "config", None), getattr(getattr(model, "config", None), "text_config", None)):
+        for name, value in (vars(c).items() if c is not None else ()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(c, name, 0.0)
+
+
+def _reference_for(mb, ref, live_ref, scorer, acc, batch, k, reduction, precision, device):
     """Reference log-probs (already reduced) for a micro-batch: from the cache, or a live no-grad forward."""
     if ref is not None:
         idx = torch.tensor(mb, dtype=torch.long)
@@ -585,9 +690,9 @@ def _reference_for(mb, ref, live_ref, scorer, batch, k, reduction, precision, de
         return rc, rr
     with torch.no_grad(), autocast_context(precision, device):
         if live_ref == "adapter-disabled":
-            inner = scorer.module if hasattr(scorer, "module") else scorer
-            with inner.model.disable_adapter():
-                s, c = inner(batch.input_ids, batch.attention_mask, batch.loss_mask)
+            # through the prepared module itself, so FSDP unshards its root parameters as in the policy forward
+            with acc.unwrap_model(scorer).model.disable_adapter():
+                s, c = scorer(batch.input_ids, batch.attention_mask, batch.loss_mask)
         else:
             s, c = ResponseLogProbs(live_ref)(batch.input_ids, batch.attention_mask, batch.loss_mask)
     s, c = s.float(), c.float()
