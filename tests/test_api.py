@@ -24,6 +24,10 @@ def test_generate_pair_train_evaluate_on_a_tiny_model(tiny_model_dir, toy_pairs,
     half = dl.generate(tiny_model_dir, prompts, None, shard="1/2", **kw)
     assert 0 < len(half) < len(prompts)
 
+    # A random tiny model writes whitespace or token soup, which pairing rightly drops: pair real texts on the
+    # generated rows (ids, prompts and provenance stay the generator's).
+    a = [{**r, "response": t["chosen"][0]["content"]} for r, t in zip(a, toy_pairs)]
+    b = [{**r, "response": t["rejected"][0]["content"]} for r, t in zip(b, toy_pairs)]
     pairs, summary = dl.make_pairs({"a": a, "b": b}, tmp_path / "pairs", rule="columns", chosen="a", rejected="b",
                                    drop_truncated=False)
     assert len(pairs) == summary["pairs"] == len(prompts) and (tmp_path / "pairs" / "pairs.jsonl").exists()

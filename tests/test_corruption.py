@@ -70,8 +70,8 @@ def test_corrupt_checkpoint_is_refused_naming_the_file(killed_after_step2, toy_p
 
 def test_missing_checkpoint_file_is_refused(killed_after_step2, toy_pairs):
     cfg, _, run = killed_after_step2
-    (run / "checkpoints" / "step-2" / "rng.safetensors").unlink()
-    with pytest.raises(CorruptCheckpoint, match="rng.safetensors: missing from the checkpoint"):
+    (run / "checkpoints" / "step-2" / "rng_0.safetensors").unlink()
+    with pytest.raises(CorruptCheckpoint, match="rng_0.safetensors: missing from the checkpoint"):
         verify_checkpoint(run / "checkpoints" / "step-2")
 
 

@@ -66,7 +66,7 @@ def make_pairs(generations: Union[PathLike, list[PathLike], dict[str, list[dict]
     gens = generations if isinstance(generations, dict) else load_generations(generations)
     pairs, summary = _make(gens, _config(PairConfig, settings, "make_pairs"))
     if out is not None:
-        save_pairs(pairs, out, summary=summary)
+        save_pairs(pairs, out, summary=summary, export=("jsonl",))
     return pairs, summary
 
 

@@ -297,7 +297,7 @@ def sweep_points(results: dict, where: str = "results.json") -> tuple[list[dict]
 
 def fit_curve(points: list[dict], *, quality: str, metric: str, source: str) -> dict:
     """A rise-then-plateau (hinge) fit of gain on delta, with its residual s.d. for the prediction band."""
-    from deltalearn.lab.report import hinge_fit
+    from deltalearn.stats import hinge_fit
 
     if len(points) < 5:
         raise DataError(source, f"a delta -> gain curve needs at least 5 sweep points, got {len(points)}")
@@ -609,7 +609,7 @@ def audit_tables(a: dict) -> list[dict]:
 
 def render_markdown(a: dict) -> str:
     """The audit as Markdown (stdout of `deltalearn audit`): a header line, then each finding's table."""
-    from deltalearn.report import _md_table
+    from deltalearn.render import _md_table
 
     head = [f"# Audit of {a['pairs_path']} ({a['pairs']} pairs)", "",
             f"Quality: {a.get('quality_scope')}. Student: {a.get('student') or '(none given)'}"
@@ -624,7 +624,7 @@ def render_markdown(a: dict) -> str:
 
 def histogram_png(a: dict) -> Optional[bytes]:
     """The per-pair delta histogram (and the student's margin histogram when there is one) as one PNG."""
-    from deltalearn.report import _plt, _png
+    from deltalearn.render import _plt, _png
 
     panels = []
     d = a.get("delta", {})
@@ -667,15 +667,17 @@ def add_cli_args(p) -> None:
     p.add_argument("--utility", help="quality by a utility (bold_sections, exact_answer, ...), on every pair")
     p.add_argument("--judge", help="quality by an LLM judge (1-5 rubric), on the sampled pairs only")
     p.add_argument("--sample", type=int, default=200, help="pairs sampled for the student and the judge (200)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
     p.add_argument("--curve", help="a sweep's results.json (or run folder) to fit the delta -> gain curve from; "
                    "default: the paper's cited numbers")
     p.add_argument("--max-new-tokens", type=int, default=256, help="the student's answers (256)")
     p.add_argument("--max-len", type=int, default=1024, help="tokens per scored sequence (1024)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass of the student (8)")
     p.add_argument("--out", help="audit JSON to write (default: RUN/audit/<pairs name>.json beside the pairs); "
                    "the Markdown goes to stdout and beside it as .md")
-    p.add_argument("--no-progress", action="store_true")
+    from deltalearn.cliargs import add_no_progress
+
+    add_no_progress(p)
 
 
 def run_cli(args) -> int:

@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from deltalearn.cliargs import add_no_progress, positive_int  # noqa: F401 - shared with the stages
+
 # name -> (module, one-line help). The order is the pipeline's order.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("deltalearn.experiments.sections", "the quick bold-sections experiment on the embedded SmolLM2 (~10 min CPU)"),
@@ -35,22 +37,6 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts such as --limit: a whole number >= 1 (0 and -1 are mistakes, not 'all')."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (leave the flag out to use all)")
-    return value
-
-
-def add_no_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars (ours, and transformers' / datasets' loading and saving bars)")
 
 
 def version() -> str:

@@ -467,7 +467,7 @@ def add_cli_args(p) -> None:
     p.add_argument("--base", help="base model: the judge's comparison (and, with --run, the model tuned)")
     p.add_argument("--lm-eval", nargs="*", default=None, metavar="TASK",
                    help="lm-evaluation-harness tasks, `preset:tulu3-dev`, or `local:tiny_facts` (needs [eval])")
-    from deltalearn.cli import positive_int
+    from deltalearn.cliargs import positive_int
 
     p.add_argument("--lm-eval-limit", type=positive_int, help="lm-eval: at most N documents per task")
     p.add_argument("--lm-eval-include", help="lm-eval: a folder of your own YAML tasks")
@@ -480,7 +480,7 @@ def add_cli_args(p) -> None:
     p.add_argument("--system-prompt", help="a system message put before every prompt")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 where the device has fast bf16 (AMX CPUs, Ampere+ GPUs), else fp32")
-    from deltalearn.cli import add_no_progress
+    from deltalearn.cliargs import add_no_progress
 
     add_no_progress(p)
 

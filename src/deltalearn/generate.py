@@ -350,11 +350,12 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
     with lock:
         return _generate(model, name, is_name, prompts, out_path, tokenizer=tokenizer, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, batch_size=batch_size, system_prompt=system_prompt,
-                         precision=precision, seed=seed, backend=backend, base_url=base_url, progress=progress)
+                         precision=precision, seed=seed, backend=backend, base_url=base_url, progress=progress,
+                         label=label)
 
 
 def _generate(model, name, is_name, prompts, out_path, *, tokenizer, max_new_tokens, temperature, top_p, batch_size,
-              system_prompt, precision, seed, backend, base_url, progress) -> list[dict]:
+              system_prompt, precision, seed, backend, base_url, progress, label) -> list[dict]:
     loaded_here = False
     t_load = time.time()
     if backend == "transformers" and is_name:
@@ -540,7 +541,7 @@ def add_cli_args(p) -> None:
     p.add_argument("--id-column", default=None, help="column with stable ids (default: a hash of the prompt)")
     p.add_argument("--keep", nargs="*", default=None, help="extra prompt columns to copy to the output (default all)")
     p.add_argument("--dedupe", action="store_true", help="drop repeated prompts (counted) instead of failing")
-    from deltalearn.cli import positive_int
+    from deltalearn.cliargs import positive_int
 
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (of the split)")
     p.add_argument("--out", required=True, help="folder for <model-slug>.jsonl + .meta.json")
@@ -564,7 +565,7 @@ def add_cli_args(p) -> None:
                    "prompt id, written to <slug>.shard-I-of-N.jsonl; one per GPU or machine, each resumable")
     g.add_argument("--merge", type=int, metavar="N", help="merge the N shard files of each model into "
                    "<slug>.jsonl (refuses duplicated ids, names missing ones); give the same --prompts")
-    from deltalearn.cli import add_no_progress
+    from deltalearn.cliargs import add_no_progress
 
     add_no_progress(p)
 

@@ -368,7 +368,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         return key.strip().split("."), yaml.safe_load(raw)
     except (yaml.YAMLError, RecursionError) as e:
-        raise ConfigError(f"--set {text}: the value is not valid YAML ({e.problem})") from None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"--set {text}: the value is not valid YAML ({problem})") from None
 
 
 def blame(message: str, path: str | Path | None, overrides: list[str] | None) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 from deltalearn.io import DataError, iter_jsonl, read_json, write_text_atomic
 from deltalearn.stats import paired_diff
+from deltalearn.render import _fmt, _md_table, _plt, _png  # noqa: F401 - used here and by the audit
 
 CURVE_KEYS = [("loss", "loss"), ("rewards/margin", "reward margin"), ("rewards/accuracy", "preference accuracy")]
 BASE_LABEL = "base"
@@ -223,24 +224,6 @@ def gain(base: dict, after: dict, metric: str) -> Optional[dict]:
     return {"gain": b["mean"] - a["mean"], "se": se, "n": min(a.get("n") or 0, b.get("n") or 0), "paired": False}
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, bool) or isinstance(x, str):
-        return str(x)
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        if math.isnan(x) or math.isinf(x):
-            return str(x)
-        if x == 0:
-            return "0"
-        if abs(x) >= 1e5 or abs(x) < 1e-3:
-            return f"{x:.{digits}g}"
-        return f"{x:.{digits}f}".rstrip("0").rstrip(".")
-    return str(x)
-
-
 def _pm(mean: Optional[float], se: Optional[float]) -> str:
     if mean is None:
         return "–"
@@ -320,24 +303,6 @@ def provenance(run: Run) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------------------
 # Plots (matplotlib, Agg, PNG bytes)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def curves_png(run: Run) -> Optional[bytes]:
@@ -530,17 +495,6 @@ def _html_table(t: dict) -> str:
     title = f"<h3>{html.escape(t['title'])}</h3>" if t.get("title") else ""
     note = f'<p class="note">{html.escape(t["note"])}</p>' if t.get("note") else ""
     return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
-
-
-def _md_table(t: dict) -> str:
-    def cell(c):
-        return (_fmt(c) if not isinstance(c, str) else c).replace("|", "\\|")
-
-    lines = [f"**{t['title']}**", ""] if t.get("title") else []
-    lines.append("| " + " | ".join(cell(c) for c in t["columns"]) + " |")
-    lines.append("|" + "---|" * len(t["columns"]))
-    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in t["rows"]]
-    return "\n".join(lines)
 
 
 def _train_table(run: Run) -> Optional[dict]:

@@ -36,7 +36,7 @@ def add_cli_args(p) -> None:
                    help="validate the recipe and print the plan and compute estimate; load no model")
     p.add_argument("--fallback-checkpoint", action="store_true",
                    help="if an arm's latest checkpoint is corrupt, set it aside and resume from the previous good one")
-    from deltalearn.cli import add_no_progress
+    from deltalearn.cliargs import add_no_progress
 
     add_no_progress(p)
 

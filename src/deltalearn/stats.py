@@ -79,3 +79,25 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (Pearson on average ranks, so ties are handled)."""
     return pearson(ranks(x), ranks(y))
+
+
+def hinge_fit(x: list[float], y: list[float]) -> dict:
+    """Least-squares continuous two-piece line y = a + b1*min(x, c) + b2*max(x - c, 0), the breakpoint c on a grid
+    over the observed x: a 'rises then plateaus' trend shows as b1 > 0 and b2 near 0 (paper Section 5: gains
+    rise with delta up to ~0.55, then plateau). Also the plain linear fit, for comparison."""
+    import numpy as np
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    lin = np.polyfit(x, y, 1)
+    best = None
+    for c in np.quantile(x, np.linspace(0.15, 0.85, 29)):
+        X = np.stack([np.ones_like(x), np.minimum(x, c), np.maximum(x - c, 0)], 1)
+        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+        sse = float(((X @ coef - y) ** 2).sum())
+        if best is None or sse < best[0]:
+            best = (sse, float(c), coef)
+    sse, c, (a, b1, b2) = best
+    lin_sse = float(((np.polyval(lin, x) - y) ** 2).sum())
+    return {"breakpoint": c, "intercept": float(a), "slope_below": float(b1), "slope_above": float(b2),
+            "sse": sse, "linear_slope": float(lin[0]), "linear_intercept": float(lin[1]), "linear_sse": lin_sse,
+            "pearson_r": float(np.corrcoef(x, y)[0, 1]) if len(x) > 2 else float("nan")}

@@ -93,7 +93,7 @@ def add_cli_args(p) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.beta=5 (repeatable; keys: docs/config.md)")
     p.add_argument("--list", action="store_true", help="only print the arms the sweep would train")
-    from deltalearn.cli import add_no_progress
+    from deltalearn.cliargs import add_no_progress
 
     add_no_progress(p)
 

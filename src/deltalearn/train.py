@@ -724,7 +724,7 @@ def add_cli_args(p) -> None:
                    help="if the latest checkpoint is corrupt, set it aside and resume from the previous good one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.beta=5 (repeatable)")
-    from deltalearn.cli import add_no_progress
+    from deltalearn.cliargs import add_no_progress
 
     add_no_progress(p)
 

@@ -831,7 +831,7 @@ def add_cli_args(p) -> None:
     p.add_argument("--out", default=None, help="output folder (default: runs/demo); rerunning reuses its artifacts")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set experiment.eval_prompts=16 (repeatable)")
-    from deltalearn.cli import add_no_progress
+    from deltalearn.cliargs import add_no_progress
 
     add_no_progress(p)
 

@@ -28,7 +28,7 @@ def add_cli_args(p) -> None:
                    help="override a recipe key, e.g. --set experiment.workers=1 (repeatable)")
     p.add_argument("--render", action="store_true", help="only rewrite results.json and the plots of a finished "
                    "run from its files")
-    from deltalearn.cli import add_no_progress
+    from deltalearn.cliargs import add_no_progress
 
     add_no_progress(p)
 

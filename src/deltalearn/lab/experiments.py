@@ -35,6 +35,7 @@ from typing import Optional
 from deltalearn.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 from deltalearn.lab import task
 from deltalearn.lab.ladder import LadderConfig, build_ladder
+from deltalearn.lab.report import eval_metric, load_gen
 from deltalearn.recipe import ConfigError, Recipe, TrainConfig, from_dict, resolve_train, to_dict
 from deltalearn.stats import mean_se, paired_diff
 
@@ -142,11 +143,6 @@ def evaluate(model: str, eval_path: str, out_json: str, *, max_new_tokens: int =
     return evaluate_model(model, cfg, out.parent.parent, label=out.stem, precision="fp32", progress=False)
 
 
-def eval_metric(res: dict) -> dict:
-    """The one utility metric of a lab eval result (exact_answer or item_accuracy)."""
-    return next(v for k, v in res["metrics"].items() if k.startswith("utility/"))
-
-
 def eval_scores(path: str | Path) -> dict[str, float]:
     """Per-prompt utility scores of one eval result, by prompt id."""
     res = read_json(path)
@@ -198,10 +194,6 @@ def run_jobs(jobs: list[tuple], workers: int, desc: str, progress: bool = True) 
 # ---------------------------------------------------------------------------------------------------------
 # Pairs
 # ---------------------------------------------------------------------------------------------------------
-
-
-def load_gen(path: str | Path) -> dict[str, dict]:
-    return {r["id"]: r for r in read_jsonl(path)}
 
 
 def make_pair_rows(chosen: dict[str, dict], rejected: dict[str, dict], *, chosen_model: str, rejected_model: str,

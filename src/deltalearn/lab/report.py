@@ -8,7 +8,7 @@ from pathlib import Path
 
 from deltalearn.io import read_json, read_jsonl
 from deltalearn.lab import task
-from deltalearn.stats import mean_se
+from deltalearn.stats import hinge_fit, mean_se
 
 PTS = 100.0  # accuracies and gains are reported in percentage points
 
@@ -74,26 +74,13 @@ def kappa_analog(pair_rows: list[dict], student: dict[str, dict], T) -> dict:
     return {"cw": cw, "wc": wc, "student_wrong_items": wrong, "kappa": (cw - wc) / wrong if wrong else 0.0}
 
 
-def hinge_fit(x: list[float], y: list[float]) -> dict:
-    """Least-squares continuous two-piece line y = a + b1*min(x, c) + b2*max(x - c, 0), the breakpoint c on a grid
-    over the observed x: a 'rises then plateaus' trend shows as b1 > 0 and b2 near 0 (paper Section 5: gains
-    rise with delta up to ~0.55, then plateau). Also the plain linear fit, for comparison."""
-    import numpy as np
+def eval_metric(res: dict) -> dict:
+    """The one utility metric of a lab eval result (exact_answer or item_accuracy)."""
+    return next(v for k, v in res["metrics"].items() if k.startswith("utility/"))
 
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    lin = np.polyfit(x, y, 1)
-    best = None
-    for c in np.quantile(x, np.linspace(0.15, 0.85, 29)):
-        X = np.stack([np.ones_like(x), np.minimum(x, c), np.maximum(x - c, 0)], 1)
-        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-        sse = float(((X @ coef - y) ** 2).sum())
-        if best is None or sse < best[0]:
-            best = (sse, float(c), coef)
-    sse, c, (a, b1, b2) = best
-    lin_sse = float(((np.polyval(lin, x) - y) ** 2).sum())
-    return {"breakpoint": c, "intercept": float(a), "slope_below": float(b1), "slope_above": float(b2),
-            "sse": sse, "linear_slope": float(lin[0]), "linear_intercept": float(lin[1]), "linear_sse": lin_sse,
-            "pearson_r": float(np.corrcoef(x, y)[0, 1]) if len(x) > 2 else float("nan")}
+
+def load_gen(path: str | Path) -> dict[str, dict]:
+    return {r["id"]: r for r in read_jsonl(path)}
 
 
 def _pearson(x: list[float], y: list[float]) -> float:
@@ -111,7 +98,6 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
     ladder = lab.ladder
     plots_dir = d / "plots"
     plots_dir.mkdir(exist_ok=True)
-    from deltalearn.lab.experiments import eval_metric
 
     base = eval_metric(read_json(d / "eval" / "base.json"))
     student_self = gen_accuracy(lab.gen_path("student", 0.0, 0), s.task)
@@ -193,7 +179,6 @@ def _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, setting
     for r in lab.ladder["rungs"]:
         g = gen_accuracy(lab.gen_path(r["name"], s.teacher_temperature, 0), s.task)
         qual[r["name"]] = g[0]
-    from deltalearn.lab.experiments import load_gen
 
     student_gen = load_gen(lab.gen_path("student", 0.0, 0))
     stu = student_self[0] if student_self else base["mean"]
