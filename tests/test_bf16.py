@@ -10,29 +10,18 @@ micro-batches), bf16 is deterministic and the comparison is exact.
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from deltalearn.recipe import TrainConfig
 from deltalearn.train import train
+from test_train import cfg as train_cfg, metrics, weights
 
 
 def cfg(model, tmp_path, **kw):
-    base = dict(model=model, loss="dpo_norm", lr=1e-3, batch_size=4, micro_batch_size=2, max_len=128, epochs=2,
-                ref_cache_dir=str(tmp_path / "refcache"), precision="bf16")
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def metrics(out):
-    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
-def weights(out):
-    return load_file(str(Path(out) / "model" / "model.safetensors"))
+    """test_train's training config with bf16 pinned (unless a test says otherwise)."""
+    return train_cfg(model, tmp_path, **{"precision": "bf16", **kw})
 
 
 def test_bf16_is_autocast_over_fp32_master_weights(tiny_model_dir, toy_pairs, tmp_path):
