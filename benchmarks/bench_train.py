@@ -23,8 +23,8 @@ End-to-end tokens/s = (prompt+response tokens of both sides of every pair, count
 tokenization, identical for every configuration) / (reference pass + training loop seconds); model loading and
 tokenization are outside it. Model FLOPs = 6 N T for training plus 2 N T for the reference forward (N = parameters
 taking part in matrix products, the tied LM head included; T = those tokens), the same for every configuration, so
-MFU = achieved FLOP/s over the matrix-product rate of this machine measured in this run (2048^2 fp32 matmuls, and
-1024^2 under bf16 autocast, on the same threads).
+MFU = achieved FLOP/s over the matrix-product rate of this machine measured in this run (2048^2 matmuls of fp32 and
+of bf16 operands, on the same threads).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 THREADS = 2
-CONFIGS = ("dl-fp32", "dl-gc", "dl-auto", "dl-bf16", "trl", "trl-pre")
+CONFIGS = ("dl-fp32", "dl-gc", "dl-auto", "dl-bf16", "dl-bf16-eager", "trl", "trl-bf16", "trl-pre")
 MODEL = os.environ.get("BENCH_MODEL", "smollm2-135m")  # a folder here gives a quick check of the script itself
 JOB = dict(beta=0.1, lr=1e-5, batch=4, accum=2, max_len=512, seed=0)
 
@@ -102,22 +102,21 @@ def matmul_rates() -> dict:
     """GFLOP/s of square matmuls on THREADS threads: fp32 (2048) and bf16 autocast (1024, it can be very slow)."""
     import torch
 
-    def rate(n: int, bf16: bool, min_s: float = 2.0) -> float:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
-        with ctx:
-            a @ b  # warm-up (oneDNN primitive creation)
-            reps, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < min_s or reps < 2:
-                a @ b
-                reps += 1
-            dt = time.perf_counter() - t0
-        return 2 * n ** 3 * reps / dt / 1e9
+    def rate(n: int, dtype, min_s: float = 2.0) -> float:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up (oneDNN primitive creation)
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < min_s or reps < 2:
+            a @ b
+            reps += 1
+        return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
     from deltalearn.precision import cpu_has_native_bf16
 
-    return {"fp32_gflops": rate(2048, False), "bf16_gflops": rate(1024, True),
-            "native_bf16": cpu_has_native_bf16()}
+    native = cpu_has_native_bf16()
+    # bf16 operands already in bf16 (the hardware's rate, no casts); emulated bf16 is ~100x slower: a small size
+    return {"fp32_gflops": rate(2048, torch.float32), "bf16_gflops": rate(2048 if native else 512, torch.bfloat16),
+            "native_bf16": native}
 
 
 def matmul_params() -> int:
@@ -132,7 +131,8 @@ def matmul_params() -> int:
     return n if head.data_ptr() == emb.data_ptr() else n - emb.numel()
 
 
-def run_deltalearn(precision: str, path: Path, n_pairs: int, checkpointing: bool = False) -> dict:
+def run_deltalearn(precision: str, path: Path, n_pairs: int, checkpointing: bool = False,
+                   compile: bool | str = "auto") -> dict:
     from deltalearn.recipe import TrainConfig
     from deltalearn.train import train
 
@@ -142,14 +142,18 @@ def run_deltalearn(precision: str, path: Path, n_pairs: int, checkpointing: bool
                           warmup_ratio=0.0, adam_betas=(0.9, 0.999), weight_decay=0.0, grad_clip=1.0,
                           batch_size=JOB["batch"] * JOB["accum"], micro_batch_size=JOB["batch"],
                           max_len=JOB["max_len"], precision=precision, shuffle=False, seed=JOB["seed"],
-                          gradient_checkpointing=checkpointing,
+                          gradient_checkpointing=checkpointing, compile=compile,
                           ref_cache_dir=str(Path(tmp) / "refcache"))  # cold cache: the reference pass is timed
         s = train(cfg, rows, Path(tmp) / "run", progress=False)
-        losses = [json.loads(ln)["loss"] for ln in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    return {"ref_s": s["ref_s"], "train_s": s["train_s"], "losses": losses, "precision": s["precision"]}
+        steps = [json.loads(ln) for ln in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    # steps after the first: the first one holds the compilation when the layers are compiled
+    later = steps[1:]
+    return {"ref_s": s["ref_s"], "train_s": s["train_s"], "losses": [r["loss"] for r in steps],
+            "precision": s["precision"], "compiled": s["compiled"],
+            "later_steps_tokens_per_s": sum(r["tokens"] for r in later) / max(sum(r["step_s"] for r in later), 1e-9)}
 
 
-def run_trl(precompute: bool, path: Path, n_pairs: int) -> dict:
+def run_trl(precompute: bool, path: Path, n_pairs: int, bf16: bool = False) -> dict:
     import datasets
     import torch
     from torch.utils.data import SequentialSampler
@@ -185,7 +189,7 @@ def run_trl(precompute: bool, path: Path, n_pairs: int) -> dict:
                          learning_rate=JOB["lr"], lr_scheduler_type="constant", warmup_steps=0,
                          adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0, max_grad_norm=1.0,
                          num_train_epochs=1, beta=JOB["beta"], loss_type=["sigmoid"], seed=JOB["seed"],
-                         precompute_ref_log_probs=precompute, use_cpu=True, bf16=False, fp16=False,
+                         precompute_ref_log_probs=precompute, use_cpu=True, bf16=bf16, fp16=False,
                          logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
                          dataloader_num_workers=0)
         trainer = InOrderDPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
@@ -194,7 +198,7 @@ def run_trl(precompute: bool, path: Path, n_pairs: int) -> dict:
             trainer.train()
         train_s = time.perf_counter() - t
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"ref_s": timings["ref_s"], "train_s": train_s, "losses": losses, "precision": "fp32"}
+    return {"ref_s": timings["ref_s"], "train_s": train_s, "losses": losses, "precision": "bf16" if bf16 else "fp32"}
 
 
 def child(args) -> None:
@@ -207,10 +211,12 @@ def child(args) -> None:
     elif args.child == "params":
         result = {"params": matmul_params()}
     elif args.child.startswith("dl-"):
-        precision = {"dl-fp32": "fp32", "dl-gc": "fp32", "dl-auto": "auto", "dl-bf16": "bf16"}[args.child]
-        result = run_deltalearn(precision, path, args.pairs, checkpointing=args.child == "dl-gc")
+        precision = {"dl-fp32": "fp32", "dl-gc": "fp32", "dl-auto": "auto", "dl-bf16": "bf16",
+                     "dl-bf16-eager": "bf16"}[args.child]
+        result = run_deltalearn(precision, path, args.pairs, checkpointing=args.child == "dl-gc",
+                                compile=False if args.child == "dl-bf16-eager" else "auto")
     else:
-        result = run_trl(args.child == "trl-pre", path, args.pairs)
+        result = run_trl(args.child == "trl-pre", path, args.pairs, bf16=args.child == "trl-bf16")
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -284,7 +290,7 @@ def main() -> None:
 
     results = {}
     for name in configs:
-        n = bf16_pairs if name == "dl-bf16" else args.pairs
+        n = bf16_pairs if name in ("dl-bf16", "dl-bf16-eager", "trl-bf16") else args.pairs
         wl = w if n == args.pairs else workload(data, n)
         print(f"-- {name} ({n} pairs) ... load {_load()}", flush=True)
         r = spawn(name, data, n)
@@ -293,9 +299,11 @@ def main() -> None:
         r["tokens_per_s"] = wl["tokens"] / r["e2e_s"]
         r["flops"] = 8 * n_params * wl["tokens"]  # 6NT training + 2NT reference forward
         results[name] = r
+        later = (f", training steps after the first {r['later_steps_tokens_per_s']:.1f} tokens/s"
+                 if "later_steps_tokens_per_s" in r else "")
         print(f"   {name}: {r['tokens_per_s']:.1f} tokens/s end to end (ref {r['ref_s']:.1f} s + train "
-              f"{r['train_s']:.1f} s), peak RSS {r['peak_rss_gb']:.2f} GB, losses "
-              f"{[round(x, 4) for x in r['losses']]}", flush=True)
+              f"{r['train_s']:.1f} s{later}), peak RSS {r['peak_rss_gb']:.2f} GB, compiled "
+              f"{r.get('compiled', False)}, losses {[round(x, 4) for x in r['losses']]}", flush=True)
 
     base = results.get("trl")
     print(f"\n== Results: {MODEL} DPO, batch {JOB['batch']} x {JOB['accum']}, max_len {JOB['max_len']}, "

@@ -180,8 +180,9 @@ class ResponseLogProbs(nn.Module):
         if n == 0:
             self.checked = False
             return
-        # without autocast: bf16 logits round by ~0.05 nats, more than a small transform; fp32 paths agree to 1e-6
-        with torch.autocast(input_ids.device.type, enabled=False):
+        # without autocast: bf16 logits round by ~0.05 nats, more than a small transform; fp32 paths agree to 1e-6.
+        # Eager even where the layers are compiled: a one-off fp32 no-grad graph would cost a compilation of its own
+        with torch.autocast(input_ids.device.type, enabled=False), torch.compiler.set_stance("force_eager"):
             lean = self._lean(input_ids, attention_mask, loss_mask[:, 1:]).float()
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
             full = sequence_logps(logits, input_ids, loss_mask, "sum").float()

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deltalearn import models, refcache
+from deltalearn import models, refcache, speedups
 from deltalearn.io import (DataError, JsonlAppender, as_oserror, read_json, read_table, sha256_file, write_failed,
                            write_json_atomic)
 from deltalearn.locks import artifact_lock
@@ -258,7 +258,7 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> in
 # Settings that do not change what is trained (only how it is logged, cached or split into micro-batches): a
 # rerun may change them. Every other train_config key must match the folder's, or the runs would mix.
 RERUN_MAY_CHANGE = frozenset({"log_every", "log_with", "save_every", "ref_cache", "ref_cache_dir",
-                              "micro_batch_size", "gradient_checkpointing", "trust_remote_code"})
+                              "micro_batch_size", "gradient_checkpointing", "trust_remote_code", "compile"})
 
 
 def pairs_hash(rows: list[dict]) -> str:
@@ -456,6 +456,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         acc.gradient_accumulation_steps = n_micro
     loss_scale = n_micro if ds_plugin is not None else 1
     t_start = time.time()
+    speedups.keep_freed_memory()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
@@ -471,6 +472,12 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     precision = "bf16" if use_bf16(cfg.precision, device) else "fp32"
+    auto_size = cfg.compile == "auto" and precision == "bf16"  # the size only matters to "auto" under bf16
+    compiled = speedups.should_compile(cfg.compile, bf16=precision == "bf16",
+                                       n_params=models.parameter_count(cfg.model) if auto_size else 0,
+                                       distributed=world > 1 or ds_plugin is not None,
+                                       gradient_checkpointing=cfg.gradient_checkpointing, lora=cfg.lora is not None)
+    attention = speedups.attention_for(device, cfg.max_len, compiled)
 
     # 2. reference log-probs (cached on disk, model freed), or a live reference
     ref = None
@@ -484,6 +491,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         def loader():
             m, _ = models.load_model(ref_name, device=device, with_tokenizer=False,
                                      trust_remote_code=cfg.trust_remote_code)
+            if compiled:  # the policy's own kernels: in bf16 they decide the rounding, and step 1 must be ln 2
+                speedups.compile_layers(m, attention=attention)
             return m
 
         # fp32 is batch-invariant to ~1e-6, so it scores in length-sorted batches (least padding); bf16 is not, so
@@ -502,6 +511,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    if compiled:
+        speedups.compile_layers(model, attention=attention)
     if cfg.lora:
         model = _apply_lora(model, cfg)
     if loss_type.needs_reference and not cfg.ref_cache:
@@ -516,7 +527,10 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     zero3 = ds_plugin is not None and int(ds_plugin.zero_stage or 0) == 3
     scorer = ResponseLogProbs(model, lean=not zero3)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    # fused: one kernel over all tensors (4x faster than the per-tensor loop on CPU); FSDP/DeepSpeed shard the
+    # parameters into DTensors / flat buffers and keep the default implementation
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
+                                  fused=not _uses_engine_state(acc) or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.warmup_ratio,
                                                                       cfg.min_lr_ratio))
     scorer, optimizer = acc.prepare(scorer, optimizer)
@@ -635,7 +649,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
 
     # 5. final model + summary
     summary = {"steps": total_steps, "resumed_from": start_step, "pairs": n, "loss": cfg.loss, "beta": cfg.beta,
-               "final_loss": loss_value, "precision": precision, "processes": world,
+               "final_loss": loss_value, "precision": precision, "compiled": compiled, "processes": world,
                "wall_s": time.time() - t_start, "ref_s": ref_seconds, "train_s": train_seconds,
                "tokens_per_s": tokens_seen / max(train_seconds, 1e-9), "encode_stats": enc_stats.as_dict(),
                "model_dir": str(out / "model"), "metrics_path": str(metrics_path), **ref_info}
