@@ -54,10 +54,12 @@ def test_compiled_bf16_reference_uses_the_policys_kernels(tiny_model_dir, toy_pa
 
 def test_auto_compiles_only_where_it_was_measured_to_pay():
     big = speedups.COMPILE_MIN_PARAMS
-    base = dict(bf16=True, n_params=big, distributed=False, gradient_checkpointing=False, lora=False)
+    base = dict(bf16=True, n_params=big, train_tokens=speedups.COMPILE_MIN_TOKENS, distributed=False,
+                gradient_checkpointing=False, lora=False)
     assert speedups.should_compile("auto", **base)
     assert not speedups.should_compile("auto", **{**base, "bf16": False})  # fp32: matmul-bound, ~5% gain
     assert not speedups.should_compile("auto", **{**base, "n_params": big - 1})  # tiny: compilation never pays
+    assert not speedups.should_compile("auto", **{**base, "train_tokens": speedups.COMPILE_MIN_TOKENS - 1})  # short
     for combo in ("distributed", "gradient_checkpointing", "lora"):
         assert not speedups.should_compile("auto", **{**base, combo: True})
     assert speedups.should_compile(True, **{**base, "bf16": False, "n_params": 1})  # an explicit choice wins
