@@ -351,3 +351,21 @@ def test_model_fingerprint_does_not_depend_on_threads(smol):
             assert model_fingerprint(model, None) not in fps
         finally:
             first.view(-1)[0] = old
+
+
+def test_bf16_generation_loads_bf16_weights_and_never_mixes_with_autocast_rows(tiny_model_dir, tmp_path):
+    """A model loaded by name for bf16 generation runs in bf16 weights (no autocast: 0.8x fp32 under autocast on an
+    AMX CPU, 1.46x with bf16 weights); its sidecar says so, and a file written the other way is not resumed."""
+    out = tmp_path / "gen.jsonl"
+    kw = dict(max_new_tokens=4, precision="bf16", progress=False)
+    rows = generate_responses(tiny_model_dir, PROMPTS[:2], out, **kw)
+    meta = json.loads(meta_path(out).read_text())
+    assert meta["bf16"] is True and meta["weights"] == "bf16" and len(rows) == 2
+    fp32 = tmp_path / "fp32.jsonl"
+    generate_responses(tiny_model_dir, PROMPTS[:2], fp32, **{**kw, "precision": "fp32"})
+    assert json.loads(meta_path(fp32).read_text())["weights"] is None
+    # a half-done file from autocast bf16 generation (before bf16 weights): its rows must not be mixed with these
+    meta.update(weights=None, complete=False)
+    meta_path(out).write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="weights"):
+        generate_responses(tiny_model_dir, PROMPTS, out, **kw)

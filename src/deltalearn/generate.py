@@ -35,7 +35,7 @@ from deltalearn.recipe import ConfigError
 
 BACKENDS = ("transformers", "openai", "vllm")
 # Settings that change what is generated: a resume with any of them different would mix two datasets.
-MUST_MATCH = ("max_new_tokens", "temperature", "top_p", "system_prompt", "seed", "backend", "bf16",
+MUST_MATCH = ("max_new_tokens", "temperature", "top_p", "system_prompt", "seed", "backend", "bf16", "weights",
               "template_hash", "model_fingerprint")
 
 
@@ -154,7 +154,9 @@ def _decode_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_token
     )
     if sample:
         torch.manual_seed(seed)
-    with torch.inference_mode(), autocast_context(precision, device):
+    # a model already in bf16 needs no autocast (it would only add casts)
+    cast = precision if next(model.parameters()).dtype == torch.float32 else "fp32"
+    with torch.inference_mode(), autocast_context(cast, device):
         out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg)
     results = []
     eos = tokenizer.eos_token_id
@@ -369,11 +371,19 @@ def _generate(model, name, is_name, prompts, out_path, *, tokenizer, max_new_tok
             raise DataError(name, f"cannot load model: {str(e).splitlines()[0]}") from None
         model.eval()
         loaded_here = True
+        from deltalearn.precision import use_bf16
+
+        if use_bf16(precision, next(model.parameters()).device):
+            # Inference only: bf16 weights, no autocast. Autocast keeps fp32 weights and casts around every op,
+            # which made greedy decoding 0.8x fp32 on an AMX CPU; bf16 weights made it 1.46x (benchmarks/README.md)
+            model.to(torch.bfloat16)
     elif backend == "vllm" and tokenizer is None:
         from deltalearn.models import load_tokenizer
 
         tokenizer = load_tokenizer(name)
     try:
+        import torch
+
         from deltalearn.precision import use_bf16
         from deltalearn.tokenize import template_hash
 
@@ -383,6 +393,9 @@ def _generate(model, name, is_name, prompts, out_path, *, tokenizer, max_new_tok
             "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
             "system_prompt": system_prompt, "seed": seed, "precision": precision,
             "bf16": use_bf16(precision, device) if backend == "transformers" else None,
+            # bf16 weights (a model loaded here) round differently from fp32 weights under autocast: never mixed
+            "weights": "bf16" if backend == "transformers" and next(model.parameters()).dtype == torch.bfloat16
+            else None,
             "batch_size": batch_size,
             "template_hash": template_hash(tokenizer) if tokenizer is not None else None,
             "model_fingerprint": (model_fingerprint(model, name if is_name else None) if backend == "transformers"
