@@ -58,9 +58,6 @@ def test_cpu_config_differs_from_the_gpu_one_only_in_device_lines():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="FSDP2 on 2 CPU processes does not yet match one process: step-1 loss is "
-                   "ln 2 on both, but the step-1 grad norm is 9.465 vs 9.494 and step 2's loss 0.6158 vs 0.6290 "
-                   "(measured at the merge; issue 16 stays open)")
 def test_fsdp_two_processes_match_one_and_resume_exactly(tiny_model_dir, toy_pairs, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pairs))

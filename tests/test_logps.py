@@ -65,3 +65,16 @@ def test_batch_mate_and_padding_invariance(tiny_model_dir):
 
 def _tensors(b):
     return b.input_ids, b.attention_mask, b.loss_mask
+
+
+def test_wrapper_keeps_a_tied_lm_head_tied_through_a_move_to_meta(tiny_model_dir):
+    # accelerate's FSDP2 prepare (cpu_ram_efficient_loading) does exactly this to the module it is handed: move it
+    # to meta (which unties shared weights), re-tie through its tie_weights, then group the embedding and the head
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    scorer = ResponseLogProbs(model)
+    assert scorer.get_output_embeddings().weight is scorer.get_input_embeddings().weight  # the tiny Llama ties
+    scorer = scorer.to(torch.device("meta"))
+    scorer.tie_weights()
+    assert scorer.get_input_embeddings() is model.model.embed_tokens
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert len(list(scorer.parameters())) == len(list(AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters()))

@@ -171,6 +171,22 @@ class ResponseLogProbs(nn.Module):
             return sequence_logps(logits, input_ids, loss_mask, "sum"), counts
         return self._lean(input_ids, attention_mask, mask), counts
 
+    # accelerate's FSDP2 prepare moves the module it is handed to the meta device (cpu_ram_efficient_loading),
+    # which unties shared weights, and re-ties them by calling that module's `tie_weights`; it also groups the
+    # (tied) embedding and LM head by asking for them. Without these three, a tied LM head (SmolLM2, the tiny test
+    # Llama) silently became two parameters under FSDP, each with part of the gradient, each stepped on its own.
+    def tie_weights(self, *args, **kwargs):
+        lm = _unwrap(self.model)
+        return lm.tie_weights(*args, **kwargs) if hasattr(lm, "tie_weights") else None
+
+    def get_input_embeddings(self):
+        lm = _unwrap(self.model)
+        return lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else None
+
+    def get_output_embeddings(self):
+        lm = _unwrap(self.model)
+        return lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+
     @torch.no_grad()
     def _check_lean(self, input_ids, attention_mask, loss_mask) -> None:
         """Once, on one row: the lean head must agree with the model's own logits. A logit transform that no

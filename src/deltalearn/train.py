@@ -667,6 +667,9 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                 final = _apply_lora(final, cfg)
                 final.load_state_dict(state)
                 state = None
+            else:  # gathered copies no longer share storage, so save_pretrained would write a tied head twice
+                aliases = tied_aliases(final)
+                state = {k: v for k, v in state.items() if k not in aliases}
         if cfg.lora:
             final.save_pretrained(out / "adapter")
             final = final.merge_and_unload()
@@ -681,6 +684,17 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         (out / "COMPLETED").write_text("ok\n")
     acc.wait_for_everyone()
     return summary
+
+
+def tied_aliases(model) -> set[str]:
+    """Names under which a parameter appears a second time (a tied LM head: `lm_head.weight`, the alias of
+    `model.embed_tokens.weight`), the same names save_pretrained leaves out of a one-process save."""
+    seen, aliases = set(), set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            aliases.add(name)
+        seen.add(id(p))
+    return aliases
 
 
 def disable_dropout(model) -> None:
