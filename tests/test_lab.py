@@ -282,6 +282,21 @@ def test_kappa_analog_counts_only_the_items_the_student_gets_wrong():
     assert (k["cw"], k["wc"], k["kappa"]) == (1, 0, 1.0)
 
 
+def test_error_overlap_splits_a_rungs_wrong_items_by_the_students():
+    from deltalearn.lab.items import LOOKUPS
+    from deltalearn.lab.report import error_overlap
+
+    ref = "58,07,33,12"
+    student = {"a": {"response": "00,07,00,12"}, "b": {"response": "58,07,33,12"}}  # wrong on a's items 0, 2
+    gen = lambda resp: {"id": "a", "reference": ref, "response": resp}
+    # wrong exactly where the student is: 2/2 of the student's wrong items, 0/2 of its right ones
+    assert error_overlap({"a": gen("11,07,11,12")}, student, LOOKUPS) == (1.0, 0.0)
+    # one wrong item of each kind; prompt b (student all right) adds 4 right-student items, 1 of them wrong
+    both = {"a": gen("11,99,33,12"), "b": dict(gen("58,07,33,99"), id="b")}
+    assert error_overlap(both, student, LOOKUPS) == (0.5, 2 / 6)
+    assert error_overlap({"c": gen(ref)}, student, LOOKUPS) is None  # no shared prompt
+
+
 def _mini_items_recipe() -> dict:
     return {"name": "mini-items", "kind": "lab",
             "train": {"lr": 3e-6, "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "batch_size": 4, "micro_batch_size": 4,
@@ -338,6 +353,8 @@ def test_mini_items_sweep_reports_the_kappa_analog(mini_items_lab, tmp_path, mon
     sweep = next(t for t in res["tables"] if t["title"].startswith("Sweep: every"))
     assert len(sweep["rows"]) == 3 and "kappa analog" in sweep["columns"][4]
     assert any(p["path"].endswith("kappa.png") for p in res["plots"])
+    # the audit reads the sweep's points with the task's own grader (item_accuracy here, not exact_answer)
+    assert res["sweep_points"]["quality"] == "item_accuracy" and len(res["sweep_points"]["points"]) == 3
 
 
 def test_audit_of_lab_pairs_matches_the_labs_own_delta(mini_lab, tmp_path, monkeypatch):

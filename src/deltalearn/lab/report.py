@@ -74,6 +74,26 @@ def kappa_analog(pair_rows: list[dict], student: dict[str, dict], T) -> dict:
     return {"cw": cw, "wc": wc, "student_wrong_items": wrong, "kappa": (cw - wc) / wrong if wrong else 0.0}
 
 
+def error_overlap(gen: dict[str, dict], student: dict[str, dict], T) -> tuple[float, float] | None:
+    """How often a generation set's items are wrong where the student's greedy answer is wrong, and where it is
+    right (shared prompts): independent errors give two equal shares; errors where the student's are give the
+    first far above the second, and then the delta has little the student lacks to teach."""
+    ww = w = rw = r = 0
+    for pid, g in gen.items():
+        st = student.get(pid)
+        if st is None:
+            continue
+        for s_i, g_i in zip(item_rights(T, st["response"], g["reference"]),
+                            item_rights(T, g["response"], g["reference"])):
+            if s_i:
+                r += 1
+                rw += not g_i
+            else:
+                w += 1
+                ww += not g_i
+    return (ww / w, rw / r) if w and r else None
+
+
 def eval_metric(res: dict) -> dict:
     """The one utility metric of a lab eval result (exact_answer or item_accuracy)."""
     return next(v for k, v in res["metrics"].items() if k.startswith("utility/"))
@@ -106,6 +126,9 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
     # -- ladder ------------------------------------------------------------------------------------------
     params = {c["run"]["name"]: c["params"] for c in ladder["curves"]}
     rows = []
+    many_items = hasattr(lab.T, "items_right")
+    spath = lab.gen_path("student", 0.0, 0)
+    student_gen = load_gen(spath) if many_items and spath.exists() else {}
     for r in ladder["rungs"] + [ladder["student"]]:
         temp = 0.0 if r["name"] == "student" else s.teacher_temperature
         g = gen_accuracy(lab.gen_path(r["name"], temp, 0), s.task)
@@ -115,12 +138,19 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
         if s.task == "items":
             sign = error_signs(lab.gen_path(r["name"], temp, 0))
             row.append(f"{sign[0] * PTS:.0f} / {sign[1] * PTS:.0f}" if sign else "-")
+        if many_items:
+            gp = lab.gen_path(r["name"], temp, 0)
+            ov = error_overlap(load_gen(gp), student_gen, lab.T) if (
+                r["name"] != "student" and gp.exists() and student_gen) else None
+            row.append(f"{ov[0] * PTS:.0f} / {ov[1] * PTS:.0f}" if ov else "-")
         rows.append(row)
     tables.append({"title": "Ladder: rungs chosen by dev accuracy from pretraining checkpoints",
                    "columns": ["model", "run", "params", "step", "dev acc % (greedy, selection)",
                                f"pref-prompt acc % (the training responses: T={s.teacher_temperature:g} samples; "
                                "student greedy)"] + (["wrong items: % too low / too high"] if s.task == "items"
-                                                     else []),
+                                                     else [])
+                              + (["items wrong, % where the student is wrong / where it is right"] if many_items
+                                 else []),
                    "rows": rows,
                    "note": f"Student eval accuracy (greedy, {base['n']} eval prompts): {_acc(base['mean'], base['se'])}. "
                            f"Ladder wall time: {ladder.get('wall_s', 0):.0f} s"
@@ -169,7 +199,8 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
            "student_base": base, "ladder_hash": ladder.get("config_hash")}
     if sweep:
         # machine-readable (fractions, not the tables' points): `deltalearn audit --curve` fits gain on delta here
-        out["sweep_points"] = {"quality": "exact_answer", "metric": "utility/exact_answer", "points": points}
+        # the task's own utility: `item_accuracy` pairs graded by `exact_answer` would give the audit a wrong delta
+        out["sweep_points"] = {"quality": lab.T.UTILITY, "metric": f"utility/{lab.T.UTILITY}", "points": points}
     return out
 
 
