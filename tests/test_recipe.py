@@ -134,6 +134,13 @@ def test_config_reference_is_current_and_complete():
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in nested
                    and f.name not in configdoc.field_docs(cls)]
         assert not missing, f"{cls.__name__}: fields without a docstring: {missing}"
+    from deltalearn.experiments.sections import SectionsSettings
+    from deltalearn.lab.experiments import LabSettings
+
+    for cls in (SectionsSettings, LabSettings):  # the experiment.* keys, documented in the same file
+        missing = [f.name for f in dataclasses.fields(cls) if f.name != "ladder"
+                   and f.name not in configdoc.field_docs(cls)]
+        assert not missing, f"{cls.__name__}: fields without a docstring: {missing}"
     for f in dataclasses.fields(R.TrainConfig):
         assert f"| `train.{f.name}` |" in doc
         if f.name not in ("lora", "model", "reference"):
