@@ -138,3 +138,19 @@ def test_our_warnings_print_as_a_message():
     assert r.returncode == 0, r.stderr
     assert "deltalearn run: warning: train.beta=0.1 with loss=dpo_norm" in r.stderr
     assert "UserWarning" not in r.stderr and "recipe.py" not in r.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`deltalearn doctor | head -3`: the reader is gone before the output is; that ends the command quietly
+    (rc 141 = 128 + SIGPIPE, as `yes | head`), not with a BrokenPipeError traceback. Handled once in the entry point,
+    so it holds for every subcommand."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has exited: every write gets EPIPE
+    try:
+        r = subprocess.run([sys.executable, "-m", "deltalearn.cli", "doctor"], stdout=write_end,
+                           stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 141 and r.stderr == "", r.stderr
