@@ -75,8 +75,12 @@ def test_every_flag_has_help_and_shows_its_default(name, capsys):
             continue
         text = fmt._get_help_string(a) % {"default": a.default}
         assert a.help, f"{name} {a.option_strings or a.dest}: no help text"
-        if a.option_strings and a.default not in (None, False, []):
+        # `is`: a default of 0 (a seed) is a default to show, though 0 == False
+        if a.option_strings and not (a.default is None or a.default is False or a.default == []):
             assert "default" in text, f"{name} {a.option_strings[0]}: default {a.default!r} not shown"
+            assert f"({a.default}) (default" not in text, f"{name} {a.option_strings[0]}: default shown twice"
+            assert "(default: (" not in text and "(default: [" not in text, \
+                f"{name} {a.option_strings[0]}: default shown as a Python repr, not as the flag takes it: {text}"
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])
