@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from deltalearn.io import DataError, iter_jsonl, read_json, write_text_atomic
 from deltalearn.stats import paired_diff
-from deltalearn.render import _fmt, _md_table, _plt, _png  # noqa: F401 - used here and by the audit
+from deltalearn.render import _fmt, _md_table, _plt, _png
 
 CURVE_KEYS = [("loss", "loss"), ("rewards/margin", "reward margin"), ("rewards/accuracy", "preference accuracy")]
 BASE_LABEL = "base"
