@@ -158,3 +158,18 @@ def test_output_into_a_closed_pipe_ends_quietly():
     finally:
         os.close(write_end)
     assert r.returncode == 141 and r.stderr == "", r.stderr
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("generate.max_new_tokens=5", "--set generate.max_new_tokens=5: `deltalearn train` reads only train.* keys"),
+    ("lr=1", "--set lr=1: `deltalearn train` reads only train.* keys (the other sections are for `deltalearn run`); "
+             "did you mean train.lr?"),
+])
+def test_train_refuses_a_set_it_would_ignore(setting, message, tmp_path, capsys):
+    """train uses the recipe's train section only: another section's key was accepted and did nothing."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    assert main(["train", "--pairs", str(pairs), "--out", str(tmp_path / "o"), "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"deltalearn train: error: {message}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()

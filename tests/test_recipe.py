@@ -56,8 +56,8 @@ def test_overrides_parse_yaml_values():
     assert parse_override("train.adam_betas=[0.9, 0.99]") == (["train", "adam_betas"], [0.9, 0.99])
     r = load_recipe(data={"train": {"model": "m"}}, overrides=["train.adam_betas=[0.9, 0.99]", "seed=3"])
     assert r.train.adam_betas == (0.9, 0.99) and r.seed == 3
-    with pytest.raises(ConfigError, match="must look like key.path=value"):
-        parse_override("train.beta")
+    with pytest.raises(ConfigError, match=r"^--set train.beta: expected KEY=VALUE, e.g. --set train.beta=5$"):
+        parse_override("train.beta")  # the same `--set TEXT:` prefix as every other override error
 
 
 def test_arms_merge_and_get_their_own_loss_defaults():

@@ -743,9 +743,22 @@ def add_cli_args(p) -> None:
     add_no_progress(p)
 
 
+def train_overrides_only(overrides: list[str]) -> None:
+    """`deltalearn train` reads only the recipe's train section, so a `--set` of any other key would be accepted
+    and do nothing: refuse it, naming the train.* key the user probably meant."""
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if "=" in text and not key.startswith("train."):
+            leaf = key.split(".")[-1]
+            hint = f"; did you mean train.{leaf}?" if leaf in TrainConfig.__dataclass_fields__ else ""
+            raise ConfigError(f"--set {text}: `deltalearn train` reads only train.* keys (the other sections are "
+                              f"for `deltalearn run`){hint}")
+
+
 def run_cli(args) -> int:
     from deltalearn.recipe import load_recipe
 
+    train_overrides_only(args.overrides)
     overrides = list(args.overrides)
     if args.model:
         overrides.append(f"train.model={args.model}")
