@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deltalearn.io import DataError, as_oserror, write_failed
+from deltalearn.io import DataError, as_oserror, ordinary_permissions, write_failed
 from deltalearn.locks import artifact_lock
 from deltalearn.models import cache_home
 from deltalearn.tokenize import EncodedPair
@@ -96,6 +96,7 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     try:
         save_file(tensors, tmp, metadata={**{k: str(v) for k, v in meta.items()},
                                           "content_sha256": content_hash(tensors)})
+        ordinary_permissions(tmp)
         os.replace(tmp, path)
     except Exception as e:  # noqa: BLE001 - safetensors wraps I/O errors in its own type
         if as_oserror(e) is None:

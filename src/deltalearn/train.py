@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from deltalearn import models, refcache, speedups
-from deltalearn.io import (DataError, JsonlAppender, as_oserror, read_json, read_table, sha256_file, write_failed,
-                           write_json_atomic)
+from deltalearn.io import (DataError, JsonlAppender, as_oserror, ordinary_permissions, read_json, read_table,
+                           sha256_file, write_failed, write_json_atomic)
 from deltalearn.locks import artifact_lock
 from deltalearn.logps import ResponseLogProbs, collate, reduce_logps
 from deltalearn.losses import LossType, preference_loss, sft_loss
@@ -158,6 +158,7 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, acceler
             # the LR schedule is not an accelerate-prepared object, so save_state would not hold it: keep it here
             write_json_atomic(tmp / "state.json", {"step": step, "scheduler": scheduler.state_dict(),
                                                    "python_rng": random.getstate(), **opt_json})
+            ordinary_permissions(tmp)
             write_json_atomic(tmp / HASHES, {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()})
             (tmp / "COMPLETE").write_text("ok\n")
     except Exception as e:  # e.g. disk full: the earlier checkpoints are untouched
@@ -666,12 +667,14 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                 state = None
         if cfg.lora:
             final.save_pretrained(out / "adapter")
+            ordinary_permissions(out / "adapter")
             final = final.merge_and_unload()
         # Into a temporary folder, then renamed: a kill or a full disk never leaves a half-written model/.
         tmp_model = out / ".model.tmp"
         shutil.rmtree(tmp_model, ignore_errors=True)
         final.save_pretrained(tmp_model, safe_serialization=True, **({"state_dict": state} if state else {}))
         tokenizer.save_pretrained(tmp_model)
+        ordinary_permissions(tmp_model)
         shutil.rmtree(out / "model", ignore_errors=True)
         os.replace(tmp_model, out / "model")
         write_json_atomic(out / "train_summary.json", summary)
