@@ -351,3 +351,12 @@ def test_model_fingerprint_does_not_depend_on_threads(smol):
             assert model_fingerprint(model, None) not in fps
         finally:
             first.view(-1)[0] = old
+
+
+def test_summary_line_names_the_model_as_the_user_labelled_it(smol, capsys):
+    """The bar and the closing line both say the label (`generate --label`, eval's arm names), not the model's
+    cache folder or the other name of the same model."""
+    model, tok = smol
+    generate_responses(model, PROMPTS[:1], None, tokenizer=tok, max_new_tokens=2, precision="fp32", label="t1.2")
+    err = capsys.readouterr().err
+    assert "generate t1.2: 1 rows (0 resumed)" in err and "deltalearn/dequantized" not in err, err
