@@ -102,6 +102,8 @@ def test_report_html_and_markdown(tmp_path):
     assert page.count("<img") == 2  # training curves + base/arms bars
     assert "data:image/png;base64," in page and "http" not in page.split("<body>")[1].split("<script>")[0]
     assert "| utility/bold_sections |" in md and "(paired)" in md
+    # at the precision the s.e. allows, signed gains, as `deltalearn eval` prints them (was 2.5 ± 0.189)
+    assert "| 2.75 ± 0.25 |" in md and "| +2.50 ± 0.19 (paired) |" in md
     assert "abc1234" in page and "mean_delta" in page
     assert "complete" in md
 
