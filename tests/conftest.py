@@ -61,3 +61,30 @@ def toy_pair_rows() -> list[dict]:
 @pytest.fixture()
 def toy_pairs() -> list[dict]:
     return toy_pair_rows()
+
+
+def chromium() -> str | None:
+    """A headless-capable Chromium on PATH (`make chromium` installs Debian's), or None."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+needs_chromium = pytest.mark.skipif(chromium() is None, reason="chromium not installed (make chromium)")
+
+
+def render_in_chromium(page: Path) -> tuple[str, int, int]:
+    """(DOM, images, images decoded) of an HTML report rendered by headless Chromium: the report's own check
+    script writes how many embedded images decoded (naturalWidth > 0) into data- attributes of the DOM."""
+    import re
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+               "--virtual-time-budget=5000", "--dump-dom", Path(page).as_uri()]
+        dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r'data-images-total="(\d+)"[^>]*data-images-decoded="(\d+)"', dom)
+    assert m, dom[:2000]
+    return dom, int(m.group(1)), int(m.group(2))

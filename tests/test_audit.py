@@ -7,12 +7,11 @@ import json
 import math
 import re
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from conftest import needs_chromium, render_in_chromium
 from deltalearn import audit as A
 from deltalearn.cli import main
 from deltalearn.experiments.sections import with_k_sections
@@ -224,23 +223,7 @@ def test_report_renders_the_audit_section(tmp_path):
     assert "not a `deltalearn audit` result" in build_report([run]).read_text()
 
 
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-def _decoded_in_chromium(page: Path) -> tuple[str, int, int]:
-    """(DOM, images, images decoded) of a page rendered by headless Chromium (the report's check script)."""
-    with tempfile.TemporaryDirectory() as profile:
-        cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-               "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
-        dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    m = re.search(r'data-images-total="(\d+)"[^>]*data-images-decoded="(\d+)"', dom)
-    assert m, dom[:2000]
-    return dom, int(m.group(1)), int(m.group(2))
-
-
-@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (make chromium)")
+@needs_chromium
 def test_audit_section_renders_in_chromium(tmp_path):
     from deltalearn.report import build_report
 
@@ -248,12 +231,12 @@ def test_audit_section_renders_in_chromium(tmp_path):
     (run / "audit").mkdir(parents=True)
     path = write_jsonl(tmp_path / "k3-over-k2.jsonl", sections_pairs(3, 2))
     assert main(["audit", str(path), "--utility", "bold_sections", "--out", str(run / "audit" / "k3.json")]) == 0
-    dom, total, decoded = _decoded_in_chromium(build_report([run]))
+    dom, total, decoded = render_in_chromium(build_report([run]))
     assert total == decoded == 1 and "Audit 2. Per-pair delta histogram" in dom and "positive delta" in dom
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (make chromium)")
+@needs_chromium
 def test_audit_with_the_embedded_student_renders_in_chromium(tmp_path):
     """Real generations: SmolLM2 answers the sampled prompts; the report's audit plots decode in a browser."""
     from deltalearn.report import build_report
@@ -265,7 +248,7 @@ def test_audit_with_the_embedded_student_renders_in_chromium(tmp_path):
                  "--max-new-tokens", "48", "--out", str(run / "audit" / "k3.json"), "--no-progress"]) == 0
     a = json.loads((run / "audit" / "k3.json").read_text())
     assert a["weakness"]["n"] == 4 and a["student_view"]["n"] == 4
-    dom, total, decoded = _decoded_in_chromium(build_report([run]))
+    dom, total, decoded = render_in_chromium(build_report([run]))
     assert total == decoded == 1  # one figure: the delta histogram beside the student's margin histogram
     assert "Audit 3. Weakness" in dom and "Audit 4. The student" in dom
 

@@ -75,8 +75,12 @@ def test_every_flag_has_help_and_shows_its_default(name, capsys):
             continue
         text = fmt._get_help_string(a) % {"default": a.default}
         assert a.help, f"{name} {a.option_strings or a.dest}: no help text"
-        if a.option_strings and a.default not in (None, False, []):
+        # `is`: a default of 0 (a seed) is a default to show, though 0 == False
+        if a.option_strings and not (a.default is None or a.default is False or a.default == []):
             assert "default" in text, f"{name} {a.option_strings[0]}: default {a.default!r} not shown"
+            assert f"({a.default}) (default" not in text, f"{name} {a.option_strings[0]}: default shown twice"
+            assert "(default: (" not in text and "(default: [" not in text, \
+                f"{name} {a.option_strings[0]}: default shown as a Python repr, not as the flag takes it: {text}"
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])
@@ -138,3 +142,34 @@ def test_our_warnings_print_as_a_message():
     assert r.returncode == 0, r.stderr
     assert "deltalearn run: warning: train.beta=0.1 with loss=dpo_norm" in r.stderr
     assert "UserWarning" not in r.stderr and "recipe.py" not in r.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`deltalearn doctor | head -3`: the reader is gone before the output is; that ends the command quietly
+    (rc 141 = 128 + SIGPIPE, as `yes | head`), not with a BrokenPipeError traceback. Handled once in the entry point,
+    so it holds for every subcommand."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has exited: every write gets EPIPE
+    try:
+        r = subprocess.run([sys.executable, "-m", "deltalearn.cli", "doctor"], stdout=write_end,
+                           stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 141 and r.stderr == "", r.stderr
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("generate.max_new_tokens=5", "--set generate.max_new_tokens=5: `deltalearn train` reads only train.* keys"),
+    ("lr=1", "--set lr=1: `deltalearn train` reads only train.* keys (the other sections are for `deltalearn run`); "
+             "did you mean train.lr?"),
+])
+def test_train_refuses_a_set_it_would_ignore(setting, message, tmp_path, capsys):
+    """train uses the recipe's train section only: another section's key was accepted and did nothing."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    assert main(["train", "--pairs", str(pairs), "--out", str(tmp_path / "o"), "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"deltalearn train: error: {message}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()

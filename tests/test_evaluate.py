@@ -222,3 +222,15 @@ def test_numbers_print_at_the_precision_their_error_allows():
     assert fmt_mean_se(48.0, 0.0) == "48 ± 0"
     assert fmt_mean_se(-0.9712, 0.3913, signed=True) == "-0.97 ± 0.39"
     assert fmt_mean_se(1.96, 1.234, signed=True) == "+2.0 ± 1.2"
+
+
+@pytest.mark.parametrize("extra", [[], ["--judge", "no-such-judge", "--base", "no-such-base"]])
+def test_a_misspelled_utility_fails_before_any_model_loads(extra, tmp_path, capsys):
+    """It was found only after the model had generated every answer (minutes); the model names here cannot load,
+    so reaching the utility error at all shows nothing was loaded first (with --judge: not even the base)."""
+    from deltalearn.cli import main
+
+    rc = main(["eval", "--model", "no-such-model", "--prompts", "builtin:sections_prompts", "--limit", "1",
+               "--utilities", "bold_sectionz", "--out", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == "deltalearn eval: error: unknown utility 'bold_sectionz'; did you mean 'bold_sections'?\n"

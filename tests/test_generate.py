@@ -369,3 +369,12 @@ def test_bf16_generation_loads_bf16_weights_and_never_mixes_with_autocast_rows(t
     meta_path(out).write_text(json.dumps(meta))
     with pytest.raises(DataError, match="weights"):
         generate_responses(tiny_model_dir, PROMPTS, out, **kw)
+
+
+def test_summary_line_names_the_model_as_the_user_labelled_it(smol, capsys):
+    """The bar and the closing line both say the label (`generate --label`, eval's arm names), not the model's
+    cache folder or the other name of the same model."""
+    model, tok = smol
+    generate_responses(model, PROMPTS[:1], None, tokenizer=tok, max_new_tokens=2, precision="fp32", label="t1.2")
+    err = capsys.readouterr().err
+    assert "generate t1.2: 1 rows (0 resumed)" in err and "deltalearn/dequantized" not in err, err

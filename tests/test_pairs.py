@@ -259,6 +259,11 @@ def test_cli_on_generation_folders(tmp_path):
     assert "size heuristic agrees (bigger model scores higher): 100.0% of 2 pairs" in r.stdout
     assert json.loads((out / "delta_stats.json").read_text())["delta_mean"] == 1.0
     assert len(read_table(out / "pairs.jsonl")) == 2 and f"{out / 'pairs.jsonl'}" in r.stderr
+    assert "Saving the dataset" in r.stderr  # datasets' bar, which --no-progress silences like every other command's
+    r = subprocess.run([sys.executable, "-m", "deltalearn.cli", "pair", "--generations", str(folder), "--rule", "ladder",
+                        "--sizes", "big=2", "small=1", "--out", str(tmp_path / "quiet"), "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "Saving the dataset" not in r.stderr and "it/s" not in r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-m", "deltalearn.cli", "pair", "--generations", str(folder), "--rule",
                         "columns", "--chosen", "bigg", "--rejected", "small"], capture_output=True, text=True,
                        timeout=300)

@@ -7,14 +7,11 @@ own behaviour is tested without a training run; the Chromium test checks that ta
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from conftest import needs_chromium, render_in_chromium
 from deltalearn.cli import main
 from deltalearn.io import DataError
 from deltalearn.report import build_report, gain, load_run, provenance, render
@@ -105,6 +102,8 @@ def test_report_html_and_markdown(tmp_path):
     assert page.count("<img") == 2  # training curves + base/arms bars
     assert "data:image/png;base64," in page and "http" not in page.split("<body>")[1].split("<script>")[0]
     assert "| utility/bold_sections |" in md and "(paired)" in md
+    # at the precision the s.e. allows, signed gains, as `deltalearn eval` prints them (was 2.5 ± 0.189)
+    assert "| 2.75 ± 0.25 |" in md and "| +2.50 ± 0.19 (paired) |" in md
     assert "abc1234" in page and "mean_delta" in page
     assert "complete" in md
 
@@ -152,24 +151,14 @@ def test_cli_prints_markdown_and_strict_fails_on_problems(tmp_path, capsys):
     assert main(["report", str(half), "--out", str(out), "--strict"]) == 1
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (make chromium)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(tmp_path):
     runs = [make_run(tmp_path, "demo"), make_sweep(tmp_path), make_run(tmp_path, "half", complete=False)]
     out = build_report(runs, tmp_path / "report.html")
     n_img = out.read_text().count("<img")
     assert n_img == 2 + 2 + 2  # demo: curves + bars; sweep: scatter + custom plot; half: curves + bars
-    with tempfile.TemporaryDirectory() as profile:
-        cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-               "--virtual-time-budget=5000", "--dump-dom", out.as_uri()]
-        dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    m = re.search(r'data-images-total="(\d+)"[^>]*data-images-decoded="(\d+)"', dom)
-    assert m, dom[:2000]
-    assert int(m.group(1)) == n_img and int(m.group(2)) == n_img  # every embedded PNG decoded (naturalWidth > 0)
+    dom, total, decoded = render_in_chromium(out)
+    assert total == decoded == n_img  # every embedded PNG decoded (naturalWidth > 0)
     assert dom.count("<table") >= 8 and "utility/bold_sections" in dom and "Gain vs delta" in dom
 
 

@@ -43,6 +43,13 @@ def test_dpo_norm_learns_and_writes_artifacts(tiny_model_dir, toy_pairs, tmp_pat
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["rewards/margin"] > 0
     assert rows[-1]["rewards/accuracy"] > 0.5
     assert (out / "COMPLETED").exists() and (out / "model" / "model.safetensors").exists()
+    # safetensors writes 0600; the model, checkpoints and reference cache are readable like the JSON beside them
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [f for d in (out, tmp_path / "refcache") for f in d.rglob("*") if f.is_file()]
+    assert any(f.suffix == ".safetensors" for f in files) and (tmp_path / "refcache").is_dir()
+    assert {f.relative_to(tmp_path).as_posix(): oct(f.stat().st_mode & 0o777) for f in files
+            if f.stat().st_mode & 0o777 != 0o666 & ~umask} == {}
     before = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
     after = weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -666,13 +666,13 @@ def add_cli_args(p) -> None:
     p.add_argument("--student", help="the model you will tune: answers the sampled prompts and scores the pairs")
     p.add_argument("--utility", help="quality by a utility (bold_sections, exact_answer, ...), on every pair")
     p.add_argument("--judge", help="quality by an LLM judge (1-5 rubric), on the sampled pairs only")
-    p.add_argument("--sample", type=int, default=200, help="pairs sampled for the student and the judge (200)")
+    p.add_argument("--sample", type=int, default=200, help="pairs sampled for the student and the judge")
     p.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
     p.add_argument("--curve", help="a sweep's results.json (or run folder) to fit the delta -> gain curve from; "
                    "default: the paper's cited numbers")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="the student's answers (256)")
-    p.add_argument("--max-len", type=int, default=1024, help="tokens per scored sequence (1024)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass of the student (8)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer of the student")
+    p.add_argument("--max-len", type=int, default=1024, help="tokens per scored sequence")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass of the student")
     p.add_argument("--out", help="audit JSON to write (default: RUN/audit/<pairs name>.json beside the pairs); "
                    "the Markdown goes to stdout and beside it as .md")
     from deltalearn.cliargs import add_no_progress

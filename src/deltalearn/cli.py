@@ -34,7 +34,10 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+        # `is`, not `in (None, False, ...)`: 0 == False, and a default of 0 (a seed, a margin) is worth showing.
+        none = action.default is None or action.default is False or action.default == [] \
+            or action.default is argparse.SUPPRESS
+        if "default" in text or none or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
@@ -96,6 +99,32 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Output into a closed pipe (`deltalearn doctor | head -3`) ends it quietly with 141
+    (128 + SIGPIPE, as `yes | head` does), for every subcommand, instead of a BrokenPipeError traceback."""
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # a buffered tail hits the closed pipe here, inside the handler, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return 141
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe, point stdout at /dev/null so Python's final flush of what is still buffered does not
+    print `Exception ignored ... BrokenPipeError` on the way out."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # not a real file (an in-process caller's capture): nothing to do
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, sub = build_parser()
     if not argv or argv[0] in ("-h", "--help", "--version") or argv[0] not in SUBCOMMANDS:

@@ -84,6 +84,14 @@ def check_model_tokenizer(model, tokenizer, name: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def check_utilities(names: list[str]) -> None:
+    """A misspelled utility is an error before any model loads, not after every answer has been generated."""
+    from deltalearn.utility import get_utility
+
+    for name in names:
+        get_utility(name)
+
+
 def utility_scores(responses: list[dict], utilities: list[str], *, source: Optional[str] = None
                    ) -> dict[str, list[float]]:
     """Per-item scores for each utility, plus lengths. `responses`: rows {"id", "response", "n_tokens",
@@ -247,6 +255,7 @@ def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: O
     """Evaluate one model by `cfg` (recipe.EvalConfig) and write OUT/eval/<label>.json. Returns the result."""
     from deltalearn.locks import artifact_lock
 
+    check_utilities(cfg.utilities)
     label = label or _slug(Path(model).name if Path(model).exists() else model)
     eval_dir = Path(out_dir) / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
@@ -550,6 +559,7 @@ def run_cli(args) -> int:
     out = Path(args.out or "runs/eval")
     baseline = None
     if cfg.judge:
+        check_utilities(cfg.utilities)  # before the base model's answers, not after them
         if not args.base:
             raise ConfigError("--judge compares against the base model's responses: pass --base MODEL")
         if not cfg.prompts:

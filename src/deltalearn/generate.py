@@ -462,8 +462,8 @@ def _generate(model, name, is_name, prompts, out_path, *, tokenizer, max_new_tok
             write_json_atomic(meta_path(out_path), {**meta, "complete": True, "summary": summary,
                                                     "load_seconds": round(t0 - t_load, 2)})
         if progress:
-            print(f"generate {name}: {summary['rows']} rows ({summary['resumed']} resumed), {summary['tokens']} "
-                  f"new tokens in {summary['seconds']:.1f}s = {summary['tokens_per_s']} tokens/s, "
+            print(f"generate {label or name}: {summary['rows']} rows ({summary['resumed']} resumed), "
+                  f"{summary['tokens']} new tokens in {summary['seconds']:.1f}s = {summary['tokens_per_s']} tokens/s, "
                   f"{summary['truncated']} truncated at {max_new_tokens} tokens", file=sys.stderr)
         for r in rows:
             r.pop("_resumed", None)

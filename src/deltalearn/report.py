@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from deltalearn.io import DataError, iter_jsonl, read_json, write_text_atomic
-from deltalearn.stats import paired_diff
-from deltalearn.render import _fmt, _md_table, _plt, _png  # noqa: F401 - used here and by the audit
+from deltalearn.stats import fmt_mean_se, paired_diff
+from deltalearn.render import _fmt, _md_table, _plt, _png
 
 CURVE_KEYS = [("loss", "loss"), ("rewards/margin", "reward margin"), ("rewards/accuracy", "preference accuracy")]
 BASE_LABEL = "base"
@@ -224,10 +224,11 @@ def gain(base: dict, after: dict, metric: str) -> Optional[dict]:
     return {"gain": b["mean"] - a["mean"], "se": se, "n": min(a.get("n") or 0, b.get("n") or 0), "paired": False}
 
 
-def _pm(mean: Optional[float], se: Optional[float]) -> str:
+def _pm(mean: Optional[float], se: Optional[float], *, signed: bool = False) -> str:
+    """At the precision the s.e. allows, as `deltalearn eval` prints it (18.75 ± 0.48, not 18.75 ± 0.479)."""
     if mean is None:
         return "–"
-    return _fmt(mean) + ("" if se is None else f" ± {_fmt(se)}")
+    return fmt_mean_se(mean, se, signed=signed)
 
 
 def eval_table(run: Run) -> Optional[dict]:
@@ -250,7 +251,8 @@ def eval_table(run: Run) -> Optional[dict]:
         if base:
             for a in arms:
                 g = gain(base, run.evals[a], m)
-                row.append("–" if g is None else _pm(g["gain"], g["se"]) + (" (paired)" if g["paired"] else ""))
+                row.append("–" if g is None else _pm(g["gain"], g["se"], signed=True) + (" (paired)" if g["paired"]
+                                                                                       else ""))
         rows.append(row)
     return {"title": "Eval: before (base) and after", "columns": cols, "rows": rows,
             "note": "mean ± standard error; gains are paired over the same items where per-item scores exist"}
@@ -525,7 +527,7 @@ def _summary_row(run: Run) -> list:
             for m in heads[:1]:
                 g = gain(base, run.evals[lab], m)
                 if g:
-                    parts.append(f"{lab} {m}: {'+' if g['gain'] >= 0 else ''}{_pm(g['gain'], g['se'])}")
+                    parts.append(f"{lab} {m}: {_pm(g['gain'], g['se'], signed=True)}")
         headline = "; ".join(parts[:4]) or "–"
     prov = dict(provenance(run))
     return [run.name, run.status, prov.get("pair rule", "–"), prov.get("student", "–"), len(run.arms), headline]

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from deltalearn import models, refcache, speedups
-from deltalearn.io import (DataError, JsonlAppender, as_oserror, read_json, read_table, sha256_file, write_failed,
-                           write_json_atomic)
+from deltalearn.io import (DataError, JsonlAppender, as_oserror, ordinary_permissions, read_json, read_table,
+                           sha256_file, write_failed, write_json_atomic)
 from deltalearn.locks import artifact_lock
 from deltalearn.logps import ResponseLogProbs, collate, reduce_logps
 from deltalearn.losses import LossType, preference_loss, sft_loss
@@ -158,6 +158,7 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, acceler
             # the LR schedule is not an accelerate-prepared object, so save_state would not hold it: keep it here
             write_json_atomic(tmp / "state.json", {"step": step, "scheduler": scheduler.state_dict(),
                                                    "python_rng": random.getstate(), **opt_json})
+            ordinary_permissions(tmp)
             write_json_atomic(tmp / HASHES, {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()})
             (tmp / "COMPLETE").write_text("ok\n")
     except Exception as e:  # e.g. disk full: the earlier checkpoints are untouched
@@ -672,12 +673,14 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                 state = {k: v for k, v in state.items() if k not in aliases}
         if cfg.lora:
             final.save_pretrained(out / "adapter")
+            ordinary_permissions(out / "adapter")
             final = final.merge_and_unload()
         # Into a temporary folder, then renamed: a kill or a full disk never leaves a half-written model/.
         tmp_model = out / ".model.tmp"
         shutil.rmtree(tmp_model, ignore_errors=True)
         final.save_pretrained(tmp_model, safe_serialization=True, **({"state_dict": state} if state else {}))
         tokenizer.save_pretrained(tmp_model)
+        ordinary_permissions(tmp_model)
         shutil.rmtree(out / "model", ignore_errors=True)
         os.replace(tmp_model, out / "model")
         write_json_atomic(out / "train_summary.json", summary)
@@ -760,9 +763,22 @@ def add_cli_args(p) -> None:
     add_no_progress(p)
 
 
+def train_overrides_only(overrides: list[str]) -> None:
+    """`deltalearn train` reads only the recipe's train section, so a `--set` of any other key would be accepted
+    and do nothing: refuse it, naming the train.* key the user probably meant."""
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if "=" in text and not key.startswith("train."):
+            leaf = key.split(".")[-1]
+            hint = f"; did you mean train.{leaf}?" if leaf in TrainConfig.__dataclass_fields__ else ""
+            raise ConfigError(f"--set {text}: `deltalearn train` reads only train.* keys (the other sections are "
+                              f"for `deltalearn run`){hint}")
+
+
 def run_cli(args) -> int:
     from deltalearn.recipe import load_recipe
 
+    train_overrides_only(args.overrides)
     overrides = list(args.overrides)
     if args.model:
         overrides.append(f"train.model={args.model}")

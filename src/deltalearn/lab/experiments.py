@@ -58,18 +58,24 @@ class LabSettings:
     teacher_temperature: float = 1.0
     """Teachers sample at temperature 1 (notes: greedy teacher outputs gave a smaller gain)."""
     max_new_tokens: int = 64
+    """Token cap of every lab generation (teachers, student, evals); an answer that hits it counts as truncated."""
     gen_batch_size: int = 256
+    """Prompts per generation batch in each worker (lab models are tiny, so large batches are cheap)."""
     main_chosen: str = "r4"
+    """The main recipe's chosen rung (`rN`, a higher rung than main_rejected)."""
     main_rejected: str = "r3"
+    """The main recipe's rejected rung (`rN`)."""
     self_weaker: str = "r3"
     """Self-over-weaker: the rung whose samples are rejected against the student's own answers."""
     workers: int = 2
+    """Worker processes (one thread each) for generation, training and eval jobs; 1 runs them in this process."""
     drop_truncated: bool = True
     """Drop pairs where either side hit max_new_tokens (as PairConfig.drop_truncated)."""
     lr_grid: list[float] = field(default_factory=list)
     """When set, the lr of every arm is chosen on the *dev* split first: the main dpo_norm arm is trained at each
     lr and the one with the best paired dev gain is used (ties: the smaller lr). Empty: train.lr as given."""
     dev_prompts: int = 1000
+    """Dev-split prompts on which lr_grid chooses the lr (never the eval prompts)."""
     sweep_lr: Optional[float] = None
     """The sweep's lr (one for all 28 arms, as the paper's sweep); when set, `--sweep` uses it instead of lr_grid."""
 

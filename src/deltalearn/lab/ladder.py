@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from deltalearn.io import read_json, sha256_json, write_json_atomic
+from deltalearn.io import ordinary_permissions, read_json, sha256_json, write_json_atomic
 from deltalearn.lab import task
 from deltalearn.recipe import ConfigError
 
@@ -265,6 +265,7 @@ def pretrain(spec: RunSpec, lab_dir: str, dev_size: int, position: int = 0, thre
             acc = greedy_accuracy(model, tok, dev, task_name=task_name)
             ck = out / f"step-{step + 1}"
             model.save_pretrained(ck)
+            ordinary_permissions(ck)
             curve.append({"step": step + 1, "dev_acc": acc, "loss": loss.item(), "path": str(ck),
                           "elapsed_s": round(time.time() - t0, 1)})
             bar.set_postfix(loss=f"{loss.item():.3f}", dev=f"{acc:.1%}")

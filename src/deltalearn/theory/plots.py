@@ -7,16 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deltalearn.render import _plt
 from deltalearn.theory.geometry import SLIDES_D, Targets
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(plt, fig, path: Path) -> None:

@@ -190,7 +190,8 @@ def add_cli_args(p: argparse.ArgumentParser) -> None:
                    help="read the targets as accuracies (1 - arccos(cos)/pi) or cosines to theta*, for the arms plot "
                         "(the Corollary table always shows both readings); default %(default)s")
     p.add_argument("--dim", type=int, default=d.dim, help="dimension for the arms plot and the Theorem 6.1 scatter (default %(default)s)")
-    p.add_argument("--dims", type=_dims, default=d.dims, help="comma-separated dimensions for the Corollary 6.2 curve")
+    p.add_argument("--dims", type=_dims, default=d.dims, help="comma-separated dimensions for the Corollary 6.2 curve "
+                   f"(default: {','.join(map(str, d.dims))})")
     p.add_argument("--n-pairs", "--pairs", dest="pairs", type=int, default=d.pairs, help="teacher pairs per d for the C1 fraction (default %(default)s)")
     p.add_argument("--sgd-pairs", type=int, default=d.sgd_pairs, help="pairs per d also trained by SGD; 0 = C1 only (default %(default)s)")
     p.add_argument("--arm-draws", type=int, default=d.arm_draws, help="draws averaged in the arms plot (default %(default)s)")
