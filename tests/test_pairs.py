@@ -2,6 +2,7 @@
 on the real SmolLM2, and a pairs dataset training one step in TRL's DPOTrainer unchanged."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -251,9 +252,12 @@ def test_cli_on_generation_folders(tmp_path):
                 f.write(r)
         write_json_atomic(folder / f"{label}.meta.json", {"model": label})
     out = tmp_path / "pairs"
+    # bars on, whatever an earlier in-process `--no-progress` left in this process's environment
+    loud = {k: v for k, v in os.environ.items()
+            if k not in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")}
     r = subprocess.run([sys.executable, "-m", "deltalearn.cli", "pair", "--generations", str(folder), "--rule", "ladder",
                         "--sizes", "big=2", "small=1", "--out", str(out), "--stats", "--stats-utility",
-                        "bold_sections", "--export", "jsonl"], capture_output=True, text=True, timeout=300)
+                        "bold_sections", "--export", "jsonl"], capture_output=True, text=True, timeout=300, env=loud)
     assert r.returncode == 0, r.stderr
     assert '"pairs": 2' in r.stdout and "delta statistics: 2 pairs scored by bold_sections" in r.stdout
     assert "size heuristic agrees (bigger model scores higher): 100.0% of 2 pairs" in r.stdout
