@@ -474,8 +474,9 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     precision = "bf16" if use_bf16(cfg.precision, device) else "fp32"
     auto_size = cfg.compile == "auto" and precision == "bf16"  # the size only matters to "auto" under bf16
-    epoch_tokens = sum(len(e.prompt) + len(e.chosen) + (len(e.prompt) + len(e.rejected)) * loss_type.uses_rejected
-                       for e in encoded)
+    epoch_tokens = sum(len(e.prompt) + len(e.chosen) for e in encoded)
+    if loss_type.uses_rejected:
+        epoch_tokens += sum(len(e.prompt) + len(e.rejected) for e in encoded)
     compiled = speedups.should_compile(cfg.compile, bf16=precision == "bf16",
                                        n_params=models.parameter_count(cfg.model) if auto_size else 0,
                                        train_tokens=epoch_tokens * total_steps // max(steps_per_epoch, 1),
