@@ -209,6 +209,21 @@ def test_sections_table_and_pairs():
     assert "rejected" not in sft[0]
 
 
+def test_tied_pairs_have_no_systematic_side():
+    """The tie's two variants differ in wording and boundaries; a fixed orientation would teach one over the other.
+    Each pair's sides are drawn by a coin that depends only on (seed, id): stable under reordering, about half each."""
+    table = [{"id": f"q{i}", "prompt": f"Q{i}?", "3_sections": f"A{i}", "3_sections_alt": f"B{i}"} for i in range(400)]
+    pairs = S.arm_pairs(table, "3_sections", "3_sections_alt", reverse=False, system_prompt=None, tie_seed=0)
+    swapped = [p["chosen_model"] == "3_sections_alt" for p in pairs]
+    assert 160 < sum(swapped) < 240
+    for p, r in zip(pairs, table):  # every pair keeps both texts, just ordered by its coin
+        assert {p["chosen"][0]["content"], p["rejected"][0]["content"]} == {r["3_sections"], r["3_sections_alt"]}
+    again = S.arm_pairs(table[::-1], "3_sections", "3_sections_alt", reverse=False, system_prompt=None, tie_seed=0)
+    assert {p["id"]: p["chosen_model"] for p in again} == {p["id"]: p["chosen_model"] for p in pairs}
+    other = S.arm_pairs(table, "3_sections", "3_sections_alt", reverse=False, system_prompt=None, tie_seed=1)
+    assert [p["chosen_model"] for p in other] != [p["chosen_model"] for p in pairs]
+
+
 # ------------------------------------------------------------------------------------------------ recipes
 
 
@@ -246,6 +261,8 @@ def test_paper_settings_recipe():
     ("experiment.habit_train={loss_rate: 1}", "did you mean"),
     ("experiment.eval_original=1", "true or false"),
     ("pair.rejected=3_sections", "identical texts give zero gradient"),
+    ("pair.rejected=3_sections_alt", "add control: tie"),
+    ("pair.control=tie", "tie has no meaning for SFT"),
     ("pair.rule=ladder", "use rule: columns"),
     ("eval.system_prompt=other", "same one"),
     ("generate.models=[other-model]", "leave generate.models empty"),
@@ -272,6 +289,13 @@ def test_sft_with_reverse_is_refused():
     data = {"kind": "sections", "train": {"model": "smollm2-135m"}, "pair": {"rule": "columns"},
             "arms": [{"name": "x", "pair": {"chosen": "3_sections", "control": "reverse"}, "train": {"loss": "sft"}}]}
     with pytest.raises(ConfigError, match="reverse has no meaning for SFT"):
+        S.settings_from(load_recipe(data=data))
+
+
+def test_tie_needs_equal_k():
+    data = {"kind": "sections", "train": {"model": "smollm2-135m"}, "pair": {"rule": "columns"},
+            "arms": [{"name": "x", "pair": {"chosen": "3_sections", "rejected": "2_sections", "control": "tie"}}]}
+    with pytest.raises(ConfigError, match=r"arms\[x\]\.pair\.control: tie needs two columns of the same k"):
         S.settings_from(load_recipe(data=data))
 
 

@@ -12,7 +12,8 @@ nothing. Here the same experiment runs end to end on the embedded SmolLM2-135M-I
 2. y_k: the model's greedy answer to each train prompt, rewritten by `with_k_sections` with exactly k header lines
    (rule in its docstring; bold_sections(y_k) == k is asserted). Columns are named like the paper's released data:
    `3_sections`; `3_sections_alt` is a second 3-section text of the same answer (other chunk boundaries, other
-   header wording) for the tied control, since two identical texts give no gradient at all. A prompt set that
+   header wording) for the tied control (`control: tie`: each pair's sides drawn by a seeded coin, since the two
+   variants differ systematically in wording), as two identical texts give no gradient at all. A prompt set that
    already has such columns (the paper's released data) is used as is.
 3. The student's habit. The paper's k_c = 3 and k_r = 2 are both *below* the student's habit (Llama-3.2-3B: 5.9).
    SmolLM2-135M almost never writes a standalone bold header line (shared/sections-notes.md: 0.09 per answer), and
@@ -21,7 +22,8 @@ nothing. Here the same experiment runs end to end on the embedded SmolLM2-135M-I
    answers; the result is "the student" of every arm, and the base row measures its habit (`eval_original` also
    evaluates the model before it). Without habit_k the student is `train.model` (+ `generate.system_prompt`).
 4. Arms (recipe `arms`): each picks its columns with `pair: {chosen: 3_sections, rejected: 2_sections}` and its loss
-   with `train: {loss: ...}` (SFT uses only the chosen side); `pair.control: reverse` swaps the sides. Every arm
+   with `train: {loss: ...}` (SFT uses only the chosen side); `pair.control: reverse` swaps the sides, `tie` swaps
+   them per pair by a seeded coin (`pair.seed`). Every arm
    starts from the same student and sees the same prompts for the same number of steps.
 5. Eval: greedy answers on the held-out prompts at a fixed `eval.max_new_tokens`: mean bold sections +/- s.e., the
    paired difference against base on the same prompts, distinct headers (repetition loops), bold spans ("emit **
@@ -151,22 +153,33 @@ def settings_from(recipe: Recipe) -> SectionsSettings:
         where = f"arms[{arm.name}].pair"
         if pair.rule != "columns":
             raise ConfigError(f"{where}.rule: the sections experiment pairs its own y_k columns; use rule: columns")
-        if pair.control not in ("none", "reverse"):
-            raise ConfigError(f"{where}.control: use none or reverse; a tie is chosen: 3_sections, rejected: "
-                              "3_sections_alt")
+        if pair.control not in ("none", "reverse", "tie"):
+            raise ConfigError(f"{where}.control: use none, reverse or tie")
         if pair.chosen is None:
             raise ConfigError(f"{where}.chosen: name the chosen column, e.g. 3_sections")
         column_k(pair.chosen, f"{where}.chosen")
         if train.loss == "sft":
-            if pair.control == "reverse":
-                raise ConfigError(f"{where}.control: reverse has no meaning for SFT (it trains on chosen only)")
+            if pair.control != "none":
+                raise ConfigError(f"{where}.control: {pair.control} has no meaning for SFT (it trains on chosen "
+                                  "only)")
         else:
             if pair.rejected is None:
                 raise ConfigError(f"{where}.rejected: loss {train.loss} needs a rejected column, e.g. 2_sections")
             column_k(pair.rejected, f"{where}.rejected")
             if pair.rejected == pair.chosen:
                 raise ConfigError(f"{where}: chosen and rejected are both '{pair.chosen}': identical texts give zero "
-                                  "gradient; for a tie use 3_sections vs 3_sections_alt")
+                                  "gradient; for a tie use 3_sections vs 3_sections_alt with control: tie")
+            same_k = column_k(pair.chosen)[0] == column_k(pair.rejected)[0]
+            if pair.control == "tie" and not same_k:
+                raise ConfigError(f"{where}.control: tie needs two columns of the same k (e.g. 3_sections vs "
+                                  f"3_sections_alt), got {pair.chosen} vs {pair.rejected}")
+            if same_k and pair.control != "tie":
+                # Measured: the two variants differ systematically (header wording, where sections start), so a
+                # fixed orientation is a delta in wording, and the full form's "tie" learned it (+3.00 +/- 0.70,
+                # header loops). A tie has no systematic side: each pair's orientation is a seeded coin.
+                raise ConfigError(f"{where}: {pair.chosen} vs {pair.rejected} have the same k; add control: tie "
+                                  "(each pair's sides drawn by a seeded coin), since a fixed orientation prefers "
+                                  "one header wording over the other")
     return settings
 
 
@@ -336,21 +349,29 @@ def build_sections_table(base_rows: list[dict], columns: list[str]) -> tuple[lis
     return table, dropped
 
 
+def tie_swaps(pid: Any, seed: int) -> bool:
+    """The tied control's coin for one pair: stable per (seed, prompt id), whatever the rows' order."""
+    return hashlib.sha256(f"{seed}:{pid}".encode()).digest()[0] & 1 == 1
+
+
 def arm_pairs(table: list[dict], chosen: str, rejected: Optional[str], *, reverse: bool,
-              system_prompt: Optional[str]) -> list[dict]:
-    """Pair rows in the project's conversational format; the prompt carries the student's system prompt."""
+              system_prompt: Optional[str], tie_seed: Optional[int] = None) -> list[dict]:
+    """Pair rows in the project's conversational format; the prompt carries the student's system prompt.
+    With `tie_seed`, each pair's sides are swapped by a seeded coin (`tie_swaps`), so neither column is
+    systematically chosen."""
     from deltalearn.tokenize import as_messages
 
     if reverse:
         chosen, rejected = rejected, chosen
     rows = []
     for r in table:
+        c, j = (rejected, chosen) if tie_seed is not None and tie_swaps(r["id"], tie_seed) else (chosen, rejected)
         row = {"id": r["id"], "prompt": as_messages(r["prompt"], system_prompt=system_prompt),
-               "chosen": [{"role": "assistant", "content": r[chosen]}], "chosen_model": chosen,
-               "rule": "columns", "chosen_score": bold_sections(r[chosen])}
-        if rejected is not None:
-            row.update({"rejected": [{"role": "assistant", "content": r[rejected]}], "rejected_model": rejected,
-                        "rejected_score": bold_sections(r[rejected])})
+               "chosen": [{"role": "assistant", "content": r[c]}], "chosen_model": c,
+               "rule": "columns", "chosen_score": bold_sections(r[c])}
+        if j is not None:
+            row.update({"rejected": [{"role": "assistant", "content": r[j]}], "rejected_model": j,
+                        "rejected_score": bold_sections(r[j])})
         rows.append(row)
     return rows
 
@@ -767,14 +788,17 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
         tcfg.model, tcfg.reference = student, None
         reverse = pair.control == "reverse"
         rejected = pair.rejected if tcfg.loss != "sft" else None
-        rows = arm_pairs(table, pair.chosen, rejected, reverse=reverse, system_prompt=system_prompt)
+        tie_seed = pair.seed if pair.control == "tie" else None
+        rows = arm_pairs(table, pair.chosen, rejected, reverse=reverse, system_prompt=system_prompt,
+                         tie_seed=tie_seed)
         title, trained_on = arm_title(tcfg.loss, pair.chosen, rejected, reverse)
         _log(f"{next(stage)}/{n_stages} arm '{arm.name}' ({title}): {tcfg.loss} lr {tcfg.lr:g}"
              + (f" beta {tcfg.beta:g}" if tcfg.loss != "sft" else "")
              + f", {len(rows)} pairs, batch {tcfg.batch_size}, {tcfg.max_steps or 'all'} steps; then eval")
         t = time.time()
         summary = _train_arm(tcfg, rows, run_dir / "arms" / arm.name,
-                             {"chosen": pair.chosen, "rejected": rejected, "reverse": reverse}, progress)
+                             {"chosen": pair.chosen, "rejected": rejected, "reverse": reverse,
+                              **({"tie_seed": tie_seed} if tie_seed is not None else {})}, progress)
         timed(f"train_{arm.name}", t)
         t = time.time()
         out = answers(summary["model_dir"], eval_prompts, f"{arm.name}-eval.jsonl", ev.max_new_tokens,
