@@ -1,6 +1,7 @@
 """The one CLI: every subcommand has working help, doctor reports the machine, inspect-data shows the boundary."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -131,6 +132,10 @@ def test_no_progress_silences_transformers_bars(tmp_path, tiny_model_dir, capfd,
         assert main([*args, "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
         err = capfd.readouterr().err
         assert "Loading weights" not in err and "Writing model shards" not in err and "it/s" not in err, err
+        # for that command only: the caller's environment and transformers' switch are as they were
+        assert not {k for k in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+                    if k in os.environ}
+        assert hf_logging.is_progress_bar_enabled()
     finally:
         hf_logging.enable_progress_bar()
 

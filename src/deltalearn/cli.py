@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -52,19 +53,36 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def _quiet_progress() -> None:
+_BAR_SWITCHES = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+
+
+@contextlib.contextmanager
+def _quiet_progress():
     """--no-progress: silence every tqdm bar in this process (transformers' `Loading weights`, `Writing model
-    shards`, datasets' and the hub's bars too), not only ours."""
+    shards`, datasets' and the hub's bars too), not only ours -- for this command only: an in-process caller gets
+    its environment and transformers' switch back afterwards."""
     import os
 
+    saved = {key: os.environ.get(key) for key in _BAR_SWITCHES}
+    hf_logging = None
     # Read when tqdm / transformers / datasets are imported, so this runs before the subcommand's module loads.
-    os.environ["TQDM_DISABLE"] = "1"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    for key in _BAR_SWITCHES:
+        os.environ[key] = "1"
     if "transformers" in sys.modules:  # already imported (an in-process caller): switch its bars off directly
         from transformers.utils import logging as hf_logging
-
+    hf_was_on = hf_logging.is_progress_bar_enabled() if hf_logging else False
+    if hf_logging:
         hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if hf_was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _short_warnings(command: str) -> None:
@@ -133,13 +151,16 @@ def _main(argv: list[str] | None) -> int:
         parser.print_help()
         return 0 if argv else 2
     name = argv[0]
-    if "--no-progress" in argv[1:]:
-        _quiet_progress()
+    with _quiet_progress() if "--no-progress" in argv[1:] else contextlib.nullcontext():
+        return _run_subcommand(name, argv[1:])
+
+
+def _run_subcommand(name: str, argv: list[str]) -> int:
     module = importlib.import_module(SUBCOMMANDS[name][0])
     p = argparse.ArgumentParser(prog=f"deltalearn {name}", description=SUBCOMMANDS[name][1],
                                 formatter_class=DefaultsHelpFormatter)
     module.add_cli_args(p)
-    args = p.parse_args(argv[1:])
+    args = p.parse_args(argv)
     from deltalearn.io import DataError
     from deltalearn.recipe import ConfigError
 

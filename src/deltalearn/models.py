@@ -249,13 +249,13 @@ def load_model(name: str, *, dtype=None, device: str | None = None, trust_remote
     return model, tok
 
 
-def parameter_count(name: str) -> int:
+def parameter_count(name: str, *, trust_remote_code: bool = False) -> int:
     """Parameters of a model from its config alone (no weights loaded): the ladder rule's size proxy."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     import torch
 
-    cfg = AutoConfig.from_pretrained(local_folder(name))
+    cfg = AutoConfig.from_pretrained(local_folder(name), trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
+        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
     return sum(p.numel() for p in model.parameters())

@@ -477,8 +477,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     epoch_tokens = sum(len(e.prompt) + len(e.chosen) for e in encoded)
     if loss_type.uses_rejected:
         epoch_tokens += sum(len(e.prompt) + len(e.rejected) for e in encoded)
-    compiled = speedups.should_compile(cfg.compile, bf16=precision == "bf16",
-                                       n_params=models.parameter_count(cfg.model) if auto_size else 0,
+    n_params = models.parameter_count(cfg.model, trust_remote_code=cfg.trust_remote_code) if auto_size else 0
+    compiled = speedups.should_compile(cfg.compile, bf16=precision == "bf16", n_params=n_params,
                                        train_tokens=epoch_tokens * total_steps // max(steps_per_epoch, 1),
                                        distributed=world > 1 or ds_plugin is not None,
                                        gradient_checkpointing=cfg.gradient_checkpointing, lora=cfg.lora is not None)
