@@ -132,7 +132,7 @@ def matmul_params() -> int:
 
 
 def run_deltalearn(precision: str, path: Path, n_pairs: int, checkpointing: bool = False,
-                   compile: bool | str = "auto") -> dict:
+                   compile: bool | str = "auto", epochs: int = 1) -> dict:
     from deltalearn.recipe import TrainConfig
     from deltalearn.train import train
 
@@ -142,7 +142,7 @@ def run_deltalearn(precision: str, path: Path, n_pairs: int, checkpointing: bool
                           warmup_ratio=0.0, adam_betas=(0.9, 0.999), weight_decay=0.0, grad_clip=1.0,
                           batch_size=JOB["batch"] * JOB["accum"], micro_batch_size=JOB["batch"],
                           max_len=JOB["max_len"], precision=precision, shuffle=False, seed=JOB["seed"],
-                          gradient_checkpointing=checkpointing, compile=compile,
+                          gradient_checkpointing=checkpointing, compile=compile, epochs=epochs,
                           ref_cache_dir=str(Path(tmp) / "refcache"))  # cold cache: the reference pass is timed
         s = train(cfg, rows, Path(tmp) / "run", progress=False)
         steps = [json.loads(ln) for ln in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
