@@ -183,10 +183,9 @@ def test_sections_are_roughly_equal_and_alt_variant_differs():
 
 
 def test_titles_come_from_the_chunk_without_markdown():
-    assert S._title("1. **Keep a schedule**: Go to bed", 0, 0) == "Keep A Schedule"
-    assert S._title("The first step is to read.", 0, 0) == "The First Step"
-    assert S._title("The first step is to read.", 0, 1) == "First Step Read"
-    assert S._title("42", 3, 1) == "Part 4"
+    assert S._title("1. **Keep a schedule**: Go to bed", 0) == "Keep A Schedule"
+    assert S._title("The first step is to read.", 0) == "The First Step"
+    assert S._title("... !", 3) == "Part 4"
 
 
 def test_sections_table_and_pairs():

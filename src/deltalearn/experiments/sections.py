@@ -11,9 +11,9 @@ nothing. Here the same experiment runs end to end on the embedded SmolLM2-135M-I
    tests/test_sections.py checks there is no overlap and no near-duplicate (content-word Jaccard < 0.6).
 2. y_k: the model's greedy answer to each train prompt, rewritten by `with_k_sections` with exactly k header lines
    (rule in its docstring; bold_sections(y_k) == k is asserted). Columns are named like the paper's released data:
-   `3_sections`; `3_sections_alt` is a second 3-section text of the same answer (other chunk boundaries, other
-   header wording) for the tied control (`control: tie`: each pair's sides drawn by a seeded coin, since the two
-   variants differ systematically in wording), as two identical texts give no gradient at all. A prompt set that
+   `3_sections`; `3_sections_alt` is a second 3-section text of the same answer (its sections start half a share
+   earlier, so other words become headers; the same title rule) for the tied control (`control: tie`: each pair's
+   sides drawn by a seeded coin), as two identical texts give no gradient at all. A prompt set that
    already has such columns (the paper's released data) is used as is.
 3. The student's habit. The paper's k_c = 3 and k_r = 2 are both *below* the student's habit (Llama-3.2-3B: 5.9).
    SmolLM2-135M almost never writes a standalone bold header line (shared/sections-notes.md: 0.09 per answer), and
@@ -174,12 +174,12 @@ def settings_from(recipe: Recipe) -> SectionsSettings:
                 raise ConfigError(f"{where}.control: tie needs two columns of the same k (e.g. 3_sections vs "
                                   f"3_sections_alt), got {pair.chosen} vs {pair.rejected}")
             if same_k and pair.control != "tie":
-                # Measured: the two variants differ systematically (header wording, where sections start), so a
-                # fixed orientation is a delta in wording, and the full form's "tie" learned it (+3.00 +/- 0.70,
-                # header loops). A tie has no systematic side: each pair's orientation is a seeded coin.
+                # Measured: with variant 0 always chosen, the full form's "tie" learned the variants' systematic
+                # difference (+3.00 +/- 0.70 on held-out, header loops). A tie has no systematic side: each pair's
+                # orientation is a seeded coin.
                 raise ConfigError(f"{where}: {pair.chosen} vs {pair.rejected} have the same k; add control: tie "
                                   "(each pair's sides drawn by a seeded coin), since a fixed orientation prefers "
-                                  "one header wording over the other")
+                                  "one variant's section boundaries over the other's")
     return settings
 
 
@@ -280,19 +280,18 @@ def _boundaries(lengths: list[int], k: int, variant: int) -> list[int]:
     return cuts
 
 
-def _title(chunk: str, index: int, variant: int) -> str:
-    """A short header from the chunk's first words. variant 0: the text of a bold lead-in the chunk opens with
-    (`1. **Keep a schedule**: ...`), else its first four words less trailing stop words; variant 1: its first three
-    content words (no stop words, 3+ letters). Title case, no Markdown, at most 40 characters; `Part N` if empty."""
+def _title(chunk: str, index: int) -> str:
+    """A short header from the chunk's first words: the text of a bold lead-in the chunk opens with (`1. **Keep a
+    schedule**: ...`), else its first four words less trailing stop words. Title case, no Markdown, at most 40
+    characters; `Part N` if empty. One rule for every column: the tied control's two texts then differ only in
+    where their sections start (so in which words become headers), not in a header style that the student's habit
+    (trained on this rule) would prefer on one side."""
     first_line = _LEADING_MARKUP.sub("", chunk.split("\n", 1)[0])
     lead = re.match(r"\*\*([^*\n]+?)\*\*", first_line)
     plain = first_line.replace("*", "").replace("_", " ")
-    if variant == 1:
-        words = [w for w in _WORD.findall(plain) if len(w) >= 3 and w.lower() not in _TITLE_STOP][:3]
-    else:
-        words = _WORD.findall(lead.group(1))[:5] if lead else _WORD.findall(plain)[:4]
-        while len(words) > 1 and words[-1].lower() in _TITLE_STOP:
-            words.pop()
+    words = _WORD.findall(lead.group(1))[:5] if lead else _WORD.findall(plain)[:4]
+    while len(words) > 1 and words[-1].lower() in _TITLE_STOP:
+        words.pop()
     title = " ".join(w[:1].upper() + w[1:] for w in words)[:40].strip()
     return title or f"Part {index + 1}"
 
@@ -323,7 +322,7 @@ def with_k_sections(text: str, k: int, *, variant: int = 0, truncated: bool = Fa
         chunk_units = units[cuts[i]:cuts[i + 1]]
         chunk = chunk_units[0][1].lstrip() + "".join(sep + t for sep, t in chunk_units[1:])
         chunk = _unbold_header_lines(chunk.strip())
-        title = _title(chunk, i, variant)
+        title = _title(chunk, i)
         if title.lower() in seen:  # distinct headers within one answer: a repeated title gets a number
             title = f"{title} ({i + 1})"
         seen.add(title.lower())
