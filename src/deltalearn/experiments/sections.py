@@ -555,8 +555,9 @@ def delta_table(records: list[dict]) -> Optional[dict]:
         rows.append([rec["title"], rec.get("trained_on", "-"), fmt_pm(d, se), len(ids)])
     return {"title": f"The delta's own effect: preference arms minus the tied control ({tie['title']})",
             "columns": ["run", "trained on", "Δ bold sections vs tied (paired)", "prompts"], "rows": rows,
-            "note": "The tied arm trains DPO on two different 3-section texts of each answer: whatever it moves comes "
-                    "from the pairs' content, not from a difference in k. Paper: tied 6.1 vs base 5.9."}
+            "note": "The tied arm trains DPO on two different 3-section texts of each answer, each pair's sides drawn "
+                    "by a seeded coin: whatever it moves comes from the pairs' content, not from a difference in k. "
+                    "Paper: tied 6.1 vs base 5.9."}
 
 
 def markdown_table(table: dict) -> str:
