@@ -45,6 +45,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.epochs, args.result)
+    import torch
+
+    from deltalearn.precision import cpu_has_native_bf16
+
+    if not torch.cuda.is_available() and not cpu_has_native_bf16():
+        print("bench_numerics: this CPU has no native bf16 (no AMX / AVX512-BF16): bf16 would be emulated, ~100x "
+              "slower; skipped", file=sys.stderr)
+        return
     env = {**os.environ, "OMP_NUM_THREADS": str(bench_train.THREADS), "TOKENIZERS_PARALLELISM": "false",
            "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
     runs = {}
