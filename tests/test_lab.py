@@ -382,3 +382,67 @@ def test_audit_of_lab_pairs_matches_the_labs_own_delta(mini_lab, tmp_path, monke
     assert (a["health"]["truncated_chosen"], a["health"]["truncated_rejected"]) == (
         sum(g["truncated"] for g in gens["r3"].values() if g["id"] in {r["id"] for r in rows}),
         sum(g["truncated"] for g in gens["r1"].values() if g["id"] in {r["id"] for r in rows}))
+
+
+def test_teacher_pool_trains_seeded_copies_and_never_pairs_one_run_with_itself(mini_lab, tmp_path, monkeypatch):
+    """ladder.teacher_pool: each teacher run gets seeded copies with their own rungs; a pooled rung answers the
+    pref prompts from its copies in turn, the rejected side one copy on, so no pair has both sides from one run.
+    teacher_pool 1 leaves the ladder's cache key as it was."""
+    import shutil
+
+    from deltalearn.lab.experiments import Lab
+    from deltalearn.lab.ladder import LadderConfig, build_ladder
+    from deltalearn.recipe import load_recipe
+
+    home = tmp_path / "home"
+    shutil.copytree(mini_lab[0], home)
+    ladder = dict(MINI_LADDER, teacher_pool=2)
+    rec = build_ladder(LadderConfig.from_dict(ladder), home, progress=False)
+    assert not rec["cached"] and rec["config_hash"] != mini_lab[1]["config_hash"]
+    assert rec["pool"]["r2"] == ["r2", "r2s1"] and [r["name"] for r in rec["pool_rungs"]] == ["r1s1", "r2s1", "r3s1"]
+    assert {r["run"] for r in rec["pool_rungs"]} == {"as1"} and {r["run"] for r in rec["rungs"]} == {"a"}
+    copy = next(c for c in rec["curves"] if c["run"]["name"] == "as1")
+    assert copy["run"]["seed"] == 1 and (home / "mini" / "r3s1" / "config.json").exists()
+    # the seed-0 run is the cached one, not retrained; the copy learned on its own
+    assert rec["curves"][0]["curve"] == mini_lab[1]["curves"][0]["curve"]
+    assert [p["loss"] for p in copy["curve"]] != [p["loss"] for p in rec["curves"][0]["curve"]]
+    assert build_ladder(LadderConfig.from_dict(MINI_LADDER), home, progress=False)["config_hash"] == \
+        mini_lab[1]["config_hash"]
+
+    monkeypatch.setenv("DELTALEARN_LAB_DIR", str(home))
+    build_ladder(LadderConfig.from_dict(ladder), home, progress=False)  # ladder.json back to the pooled record
+    recipe = load_recipe(data={"name": "pool", "kind": "lab", "train": {"precision": "fp32"},
+                               "experiment": {"pref_prompts": 12, "eval_prompts": 4, "dev_prompts": 4,
+                                              "max_new_tokens": 24, "workers": 1, "main_chosen": "r3",
+                                              "main_rejected": "r2", "self_weaker": "r1", "ladder": ladder}})
+    lab = Lab(recipe, tmp_path / "run", progress=False)
+    lab.prepare()
+    lab.generate([("r3", 1.0, 0), ("r2", 1.0, 0)])
+    chosen, rejected = lab.responses("r3"), lab.responses("r2", side=1)
+    ids = [json.loads(x)["id"] for x in (tmp_path / "run" / "prompts.jsonl").read_text().splitlines()]
+    assert [chosen[i]["model"] for i in ids] == ["lab:mini/r3", "lab:mini/r3s1"] * 6
+    assert [rejected[i]["model"] for i in ids] == ["lab:mini/r2s1", "lab:mini/r2"] * 6
+
+
+def test_a_pool_copy_without_a_checkpoint_near_a_target_is_an_error():
+    """The measured case: a d64 seed that rose 25% -> 65% -> 98% dev in 40 steps has no checkpoint near 55%, so its
+    '55%' rung would be a 98% model in a weak rung; check_pool refuses, naming the copy; a copy that tracks the
+    targets passes."""
+    from deltalearn.lab.ladder import check_pool, select_rungs
+
+    def curve(name, accs):
+        return {"run": {"name": name}, "curve": [{"step": 20 * (i + 1), "dev_acc": a, "path": f"{name}/{i}"}
+                                                 for i, a in enumerate(accs)]}
+
+    seed0 = curve("a", [0.0, 0.1, 0.2, 0.35, 0.52, 0.7, 0.9, 1.0])
+    student = curve("b", [0.5, 0.9])
+    tracks = curve("as1", [0.0, 0.12, 0.23, 0.38, 0.56, 0.69, 0.89, 1.0])
+    jumps = curve("as2", [0.0, 0.05, 0.11, 0.25, 0.65, 0.98, 1.0, 1.0])
+    targets = [0.1, 0.25, 0.4, 0.55, 0.7]
+    curves = [seed0, student, tracks, jumps]
+    rungs = select_rungs(curves, targets, "b", ["a"])
+    ok = [dict(r, name=f"{r['name']}s1") for r in select_rungs(curves, targets, "b", ["as1"])]
+    check_pool(rungs, ok, curves, 0.1)
+    bad = [dict(r, name=f"{r['name']}s2") for r in select_rungs(curves, targets, "b", ["as2"])]
+    with pytest.raises(ConfigError, match=r"rung r3s2 \(run as2 step 100\) is at 65.0% dev against r3's 35.0%"):
+        check_pool(rungs, ok + bad, curves, 0.1)

@@ -311,7 +311,8 @@ class Lab:
         returns key -> job result."""
         t0 = time.time()
         jobs = []
-        for rung, temp, seed in needs:
+        members = [(m, temp, seed) for rung, temp, seed in needs for m in self.members(rung)]
+        for rung, temp, seed in members:
             model = self.s.model(rung)
             out = self.dir / "generations" / f"{_gen_key(model, temp, seed)}.jsonl"
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -320,7 +321,11 @@ class Lab:
                                        batch_size=self.s.gen_batch_size, task_name=self.s.task)))
         res = run_jobs(jobs + list(extra), self.s.workers, "lab: generate", self.progress)
         self.timings["generate_s"] = self.timings.get("generate_s", 0) + time.time() - t0
-        return {f"{rung}-t{temp:g}-s{seed}": r for (rung, temp, seed), r in zip(needs, res)}
+        return {f"{rung}-t{temp:g}-s{seed}": r for (rung, temp, seed), r in zip(members, res)}
+
+    def members(self, rung: str) -> list[str]:
+        """The models behind a rung: itself, or its seeded copies (ladder.teacher_pool > 1)."""
+        return self.ladder.get("pool", {}).get(rung, [rung])
 
     def gen_path(self, rung: str, temp: float, seed: int) -> Path:
         return self.dir / "generations" / f"{_gen_key(self.s.model(rung), temp, seed)}.jsonl"
@@ -335,10 +340,10 @@ class Lab:
             rows = sft_rows(str(self.dir / "prompts.jsonl"), self.s.task)
             stats = {"pairs": len(rows), "chosen_acc": 1.0}
         elif arm.rejected is None:
-            rows, stats = sft_chosen_rows(load_gen(self._src(arm.chosen)), model=arm.chosen, rule=arm.group,
+            rows, stats = sft_chosen_rows(self.responses(arm.chosen), model=arm.chosen, rule=arm.group,
                                           drop_truncated=self.s.drop_truncated, task_name=self.s.task)
         else:
-            rows, stats = make_pair_rows(load_gen(self._src(arm.chosen)), load_gen(self._src(arm.rejected)),
+            rows, stats = make_pair_rows(self.responses(arm.chosen), self.responses(arm.rejected, side=1),
                                          chosen_model=arm.chosen, rejected_model=arm.rejected,
                                          rule=arm.group, reverse=arm.reverse,
                                          drop_truncated=self.s.drop_truncated, task_name=self.s.task)
@@ -346,13 +351,21 @@ class Lab:
         write_json_atomic(stats_path, stats)
         return path, stats
 
-    def _src(self, spec: str) -> Path:
-        """'r4' = rung r4's teacher sample (seed 0); 'r4#1' = its second sample; 'student' = the student's greedy
-        answer (self-over-weaker's chosen side, Experiment 2)."""
+    def responses(self, spec: str, side: int = 0) -> dict[str, dict]:
+        """One response per pref prompt, by id: 'r4' = rung r4's teacher sample (seed 0); 'r4#1' = its second
+        sample; 'student' = the student's greedy answer (self-over-weaker's chosen side, Experiment 2).
+        A pooled rung (K seeded copies) answers prompt i from copy (i + side) mod K: the chosen side (side 0) and
+        the rejected side (side 1) of a pair never come from the same run, and each side's per-key errors are an
+        average over K runs'."""
         if spec == "student":
-            return self.gen_path("student", 0.0, 0)
+            return load_gen(self.gen_path("student", 0.0, 0))
         rung, _, seed = spec.partition("#")
-        return self.gen_path(rung, self.s.teacher_temperature, int(seed or 0))
+        members = [load_gen(self.gen_path(m, self.s.teacher_temperature, int(seed or 0))) for m in self.members(rung)]
+        if len(members) == 1:
+            return members[0]
+        ids = [p["id"] for p in read_jsonl(self.dir / "prompts.jsonl")]
+        return {pid: members[(i + side) % len(members)][pid] for i, pid in enumerate(ids)
+                if pid in members[(i + side) % len(members)]}
 
     def train_cfg(self, loss: str, lr: float | None = None) -> dict:
         base = to_dict(self.recipe.train)

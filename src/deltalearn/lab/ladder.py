@@ -74,6 +74,27 @@ class LadderConfig:
     name: str = ""
     """Sub-folder of the lab folder for this ladder (models `lab:NAME/r1`); empty: the lab folder itself
     (`lab:r1` ... `lab:student`)."""
+    teacher_pool: int = 1
+    """Independently seeded copies of the teacher runs behind each rung (1: one run's checkpoints). Copy k >= 1
+    is every teacher run again with seed + k, named `{run}s{k}`; its rungs `r1s{k}` ... are chosen by the same
+    targets. The experiments then draw each rung's responses from its copies in turn, so that a rung's per-key
+    quirks (one run's checkpoint losing a key an earlier one knew) average out over K runs (issue 14)."""
+    pool_tolerance: float = 0.1
+    """A copy's rung may differ from the seed-0 rung's dev accuracy by at most this much; a copy whose run jumps
+    past a target between two checkpoints (measured: a d64 seed went 25% -> 65% -> 98% in 40 steps) would put a
+    far better model into a weak rung, so that is an error, not a silent mix."""
+
+    def teacher_names(self) -> list[str]:
+        """The seed-0 runs whose checkpoints may become rungs (`teacher_runs`, or every run)."""
+        return list(self.teacher_runs) or [r.name for r in self.runs]
+
+    def all_runs(self) -> list[RunSpec]:
+        """The recipe's runs, then the teacher runs' seeded copies (teacher_pool > 1)."""
+        teachers = self.teacher_names()
+        copies = [RunSpec(**dict(asdict(r), name=f"{r.name}s{k}", seed=r.seed + k,
+                                 init_from=f"{r.init_from}s{k}" if r.init_from else ""))
+                  for k in range(1, self.teacher_pool) for r in self.runs if r.name in teachers]
+        return list(self.runs) + copies
 
     def validate(self) -> "LadderConfig":
         task.get_task(self.task)
@@ -87,6 +108,8 @@ class LadderConfig:
                               f"runs ({names})")
         if self.student_run not in names:
             raise ConfigError(f"experiment.ladder.student_run: {self.student_run!r} is not one of the runs {names}")
+        if self.teacher_pool < 1:
+            raise ConfigError(f"experiment.ladder.teacher_pool must be >= 1, got {self.teacher_pool}")
         if any(b <= a for a, b in zip(self.targets, self.targets[1:])) or not self.targets:
             raise ConfigError(f"experiment.ladder.targets must be increasing dev accuracies, got {self.targets}")
         for i, r in enumerate(self.runs):
@@ -108,7 +131,7 @@ class LadderConfig:
     def from_dict(cls, d: dict) -> "LadderConfig":
         d = dict(d)
         unknown = set(d) - {"runs", "targets", "student_run", "student_step", "teacher_runs", "dev_size", "workers",
-                            "name"}
+                            "name", "teacher_pool", "pool_tolerance"}
         if unknown:
             raise ConfigError(f"experiment.ladder: unknown keys {sorted(unknown)}")
         runs = []
@@ -310,6 +333,21 @@ def select_rungs(curves: list[dict], targets: list[float], student_run: str,
     return rungs
 
 
+def check_pool(rungs: list[dict], copies: list[dict], curves: list[dict], tolerance: float) -> None:
+    """Every seeded copy's rung (`r4s1`) within `tolerance` dev accuracy of its seed-0 rung (`r4`), else a
+    ConfigError naming the copy and its dev curve."""
+    for c in copies:
+        r = next(x for x in rungs if x["name"] == c["name"].rsplit("s", 1)[0])
+        if abs(c["dev_acc"] - r["dev_acc"]) > tolerance:
+            curve = next(x for x in curves if x["run"]["name"] == c["run"])["curve"]
+            raise ConfigError(
+                f"experiment.ladder.teacher_pool: rung {c['name']} (run {c['run']} step {c['step']}) is at "
+                f"{c['dev_acc']:.1%} dev against {r['name']}'s {r['dev_acc']:.1%}, more than pool_tolerance "
+                f"{tolerance:g} apart: that copy has no checkpoint near the target (dev curve "
+                f"{[round(p['dev_acc'], 2) for p in curve]}); use fewer copies, a smaller eval_every, or a larger "
+                "pool_tolerance")
+
+
 def _install(src: str, dst: Path, tok) -> None:
     """Copy a checkpoint into the lab folder as a loadable HF model folder (weights + tokenizer). A rung that
     already holds this checkpoint is left alone: its files' identity (size + mtime) is what generation resume and
@@ -342,7 +380,9 @@ def build_ladder(cfg: LadderConfig, lab_dir: str | Path | None = None, *, progre
               "teacher_runs": cfg.teacher_runs, "dev_size": cfg.dev_size,
               # unset / default: earlier hashes stay valid
               **({"student_step": cfg.student_step} if cfg.student_step else {}),
-              **({"task": cfg.task} if cfg.task != task.NAME else {})}
+              **({"task": cfg.task} if cfg.task != task.NAME else {}),
+              **({"teacher_pool": cfg.teacher_pool, "pool_tolerance": cfg.pool_tolerance}
+                 if cfg.teacher_pool > 1 else {})}
     key = sha256_json(config)
     record_path = lab / LADDER_FILE
     if record_path.exists():
@@ -352,7 +392,8 @@ def build_ladder(cfg: LadderConfig, lab_dir: str | Path | None = None, *, progre
             return rec
     t0 = time.time()
     # finished runs are read back here; the others train longest first, `workers` at a time, one thread each
-    todo = sorted([r for r in cfg.runs if not (run_dir(lab, r, cfg.task) / "curve.json").exists()
+    runs = cfg.all_runs()
+    todo = sorted([r for r in runs if not (run_dir(lab, r, cfg.task) / "curve.json").exists()
                    and not r.init_from],
                   key=lambda r: -r.steps * r.hidden ** 2 * r.layers)
     if cfg.workers > 1 and len(todo) > 1:
@@ -367,17 +408,26 @@ def build_ladder(cfg: LadderConfig, lab_dir: str | Path | None = None, *, progre
         for r in todo:
             pretrain(r, str(lab), cfg.dev_size, 0, threads=1, progress=progress, task_name=cfg.task)
     curves = []
-    for r in cfg.runs:  # continuations after their parent run; then everything is cached, in the recipe's order
+    for r in runs:  # continuations after their parent run; then everything is cached, in the recipe's order
         parent = next((c for c in curves if c["run"]["name"] == r.init_from), None) if r.init_from else None
         curves.append(pretrain(r, str(lab), cfg.dev_size, init_path=parent["curve"][-1]["path"] if parent else "",
                                progress=progress, task_name=cfg.task))
-    rungs = select_rungs(curves, cfg.targets, cfg.student_run, cfg.teacher_runs, cfg.student_step)
+    rungs = select_rungs(curves, cfg.targets, cfg.student_run, cfg.teacher_names(), cfg.student_step)
     student = dict(student_point(curves, cfg.student_run, cfg.student_step), run=cfg.student_run, name="student")
+    copies = []  # each seeded copy's own rungs, by the same targets: r1s1 ... (teacher_pool > 1)
+    for k in range(1, cfg.teacher_pool):
+        for r in select_rungs(curves, cfg.targets, cfg.student_run, [f"{n}s{k}" for n in cfg.teacher_names()]):
+            copies.append(dict(r, name=f"{r['name']}s{k}"))
+    check_pool(rungs, copies, curves, cfg.pool_tolerance)
     tok = build_tokenizer()
-    for r in rungs + [student]:
+    for r in rungs + copies + [student]:
         _install(r["path"], lab / r["name"], tok)
     rec = {"config_hash": key, "config": config,
-           "rungs": rungs, "student": student, "models": [r["name"] for r in rungs] + ["student"],
+           "rungs": rungs, "student": student, "models": [r["name"] for r in rungs + copies] + ["student"],
            "curves": curves, "wall_s": round(time.time() - t0, 1), "cached": False}
+    if copies:
+        rec["pool_rungs"] = copies
+        rec["pool"] = {r["name"]: [r["name"]] + [f"{r['name']}s{k}" for k in range(1, cfg.teacher_pool)]
+                       for r in rungs}
     write_json_atomic(record_path, rec)
     return rec

@@ -129,19 +129,25 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
     many_items = hasattr(lab.T, "items_right")
     spath = lab.gen_path("student", 0.0, 0)
     student_gen = load_gen(spath) if many_items and spath.exists() else {}
+    pool_rec = {r["name"]: r for r in ladder.get("pool_rungs", [])}
     for r in ladder["rungs"] + [ladder["student"]]:
         temp = 0.0 if r["name"] == "student" else s.teacher_temperature
-        g = gen_accuracy(lab.gen_path(r["name"], temp, 0), s.task)
+        members = [r["name"]] if r["name"] == "student" else lab.members(r["name"])
+        have = all(lab.gen_path(m, temp, 0).exists() for m in members)
+        gen = lab.responses(r["name"]) if have else {}
+        g = mean_se([lab.T.grade(x["response"], x["reference"]) for x in gen.values()]) if gen else None
         spec = next(c["run"] for c in ladder["curves"] if c["run"]["name"] == r["run"])
-        row = [s.model(r["name"]), f"{r['run']} (d{spec['hidden']} L{spec['layers']})", params[r["run"]],
-               r["step"], f"{r['dev_acc'] * PTS:.1f}", _acc(g[0], g[1]) if g else "-"]
+        # a pooled rung: every copy's run, step and dev accuracy, the pooled responses' accuracy
+        recs = [r] + [pool_rec[m] for m in members[1:]]
+        row = [s.model(r["name"]) + (f" (+{len(members) - 1} seeded copies)" if len(members) > 1 else ""),
+               f"{r['run']} (d{spec['hidden']} L{spec['layers']})", params[r["run"]],
+               r["step"] if len(recs) == 1 else " / ".join(str(x["step"]) for x in recs), " / ".join(f"{x['dev_acc'] * PTS:.1f}" for x in recs),
+               _acc(g[0], g[1]) if g else "-"]
         if s.task == "items":
             sign = error_signs(lab.gen_path(r["name"], temp, 0))
             row.append(f"{sign[0] * PTS:.0f} / {sign[1] * PTS:.0f}" if sign else "-")
         if many_items:
-            gp = lab.gen_path(r["name"], temp, 0)
-            ov = error_overlap(load_gen(gp), student_gen, lab.T) if (
-                r["name"] != "student" and gp.exists() and student_gen) else None
+            ov = error_overlap(gen, student_gen, lab.T) if (r["name"] != "student" and gen and student_gen) else None
             row.append(f"{ov[0] * PTS:.0f} / {ov[1] * PTS:.0f}" if ov else "-")
         rows.append(row)
     tables.append({"title": "Ladder: rungs chosen by dev accuracy from pretraining checkpoints",
@@ -207,9 +213,9 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
 def _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, settings) -> tuple[list[dict], list[dict]]:
     s, d = lab.s, lab.dir
     qual = {}
-    for r in lab.ladder["rungs"]:
-        g = gen_accuracy(lab.gen_path(r["name"], s.teacher_temperature, 0), s.task)
-        qual[r["name"]] = g[0]
+    for r in lab.ladder["rungs"]:  # a pooled rung's quality is its pooled responses'
+        qual[r["name"]] = mean_se([lab.T.grade(x["response"], x["reference"])
+                                   for x in lab.responses(r["name"]).values()])[0]
 
     student_gen = load_gen(lab.gen_path("student", 0.0, 0))
     stu = student_self[0] if student_self else base["mean"]
@@ -305,7 +311,7 @@ def _plot_ladder(ladder: dict, path: Path, root: Path) -> str:
         ax.plot([o + p["step"] for p in c["curve"]], [p["dev_acc"] * PTS for p in c["curve"]], marker=".",
                 label=f"{c['run']['name']} (d{c['run']['hidden']} L{c['run']['layers']}, {c['params'] / 1e3:.0f}K)"
                       + (f", from {parent}" if parent else ""))
-    for r in ladder["rungs"] + [ladder["student"]]:
+    for r in ladder["rungs"] + ladder.get("pool_rungs", []) + [ladder["student"]]:
         x = offset.get(r["run"], 0) + r["step"]
         ax.annotate(r["name"], (x, r["dev_acc"] * PTS), textcoords="offset points", xytext=(4, -10), fontsize=8)
         ax.plot([x], [r["dev_acc"] * PTS], "ko", ms=4)
