@@ -21,7 +21,7 @@ from deltalearn.train import train
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "accelerate"
 
-SETTINGS = dict(loss="dpo_norm", lr=1e-3, batch_size=4, micro_batch_size=1, max_len=128, epochs=3, save_every=2,
+SETTINGS = dict(loss="dpo_norm", lr=1e-3, batch_size=4, micro_batch_size=1, max_len=128, epochs=2, save_every=2,
                 warmup_ratio=0.5, precision="fp32")
 
 
@@ -57,7 +57,6 @@ def test_cpu_config_differs_from_the_gpu_one_only_in_device_lines():
     assert changed == {"num_processes", "use_cpu", "mixed_precision"}
 
 
-@pytest.mark.slow
 def test_fsdp_two_processes_match_one_and_resume_exactly(tiny_model_dir, toy_pairs, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pairs))
@@ -67,10 +66,14 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tiny_model_dir, toy_pai
           progress=False)
     launch_fsdp(pairs, tiny_model_dir, fsdp, refcache)
     assert json.loads((fsdp / "train_summary.json").read_text())["processes"] == 2
-    assert (fsdp / "checkpoints" / "step-4" / "COMPLETE").exists()
+    ckpt = fsdp / "checkpoints" / "step-2"
+    assert (ckpt / "COMPLETE").exists() and (ckpt / "pytorch_model_fsdp.bin").exists()  # the engine's own save
+    # accelerate pickles each rank's RNG (read back with weights_only=False); ours are safetensors
+    assert not list(ckpt.glob("*.pkl"))
+    assert {"rng_0.safetensors", "rng_1.safetensors"} <= {f.name for f in ckpt.iterdir()}
 
     m1, m2 = metrics(one), metrics(fsdp)
-    assert [r["step"] for r in m2] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in m2] == [1, 2, 3, 4]
     for a, b in zip(m1, m2):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), a["step"]
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), a["step"]  # the sharded clip's norm
@@ -84,12 +87,11 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tiny_model_dir, toy_pai
     shutil.copytree(fsdp, cut)
     shutil.rmtree(cut / "model")
     (cut / "COMPLETED").unlink()
-    shutil.rmtree(cut / "checkpoints" / "step-4")
     (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in m2[:3]) + '{"step": 4, "lo')
     launch_fsdp(pairs, tiny_model_dir, cut, refcache)
     assert json.loads((cut / "train_summary.json").read_text())["resumed_from"] == 2
     got = metrics(cut)
-    assert [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
     for a, b in zip(got, m2):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), a["step"]
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9), a["step"]  # warmup does not restart
