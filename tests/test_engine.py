@@ -124,6 +124,29 @@ def test_cuda_bf16_means_native_not_emulated(monkeypatch):
     assert use_bf16("bf16", "cuda:0") is True
 
 
+def test_checkpoint_rng_holds_the_gpu_generator_too(monkeypatch, tmp_path):
+    """Resume restores every generator a step draws from: the CPU one (run for real here) and, on a GPU, the
+    device's own (LoRA dropout draws from it; no GPU here, so its two calls are stood in for)."""
+    from safetensors.torch import load_file, save_file
+
+    from deltalearn.train import restore_rng, rng_tensors
+
+    torch.manual_seed(5)
+    save_file(rng_tensors("cpu"), str(tmp_path / "rng.safetensors"))
+    want = torch.rand(4)
+    torch.rand(9)
+    restore_rng(load_file(str(tmp_path / "rng.safetensors")), "cpu")
+    assert torch.equal(torch.rand(4), want)
+    assert set(load_file(str(tmp_path / "rng.safetensors"))) == {"torch_rng"}
+
+    gpu_state, restored = torch.arange(16, dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": gpu_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((state, device)))
+    save_file(rng_tensors("cuda:1"), str(tmp_path / "rng1.safetensors"))
+    restore_rng(load_file(str(tmp_path / "rng1.safetensors")), "cuda:1")
+    assert len(restored) == 1 and torch.equal(restored[0][0], gpu_state) and restored[0][1] == "cuda:1"
+
+
 def test_live_reference_honours_trust_remote_code(smollm2_dir, toy_pairs, tmp_path):
     """A model whose code ships in its folder (auto_map): the live reference must load it like the policy does."""
     model_dir = Path(build_tiny_llama(tmp_path / "custom-llama", smollm2_dir))

@@ -150,9 +150,9 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, acceler
             # accelerate pickles each rank's RNG; ours goes to safetensors below, so resume never unpickles it
             for f in tmp.glob(f"random_states_{accelerator.process_index}.pkl"):
                 f.unlink()
-            save_file({"torch_rng": torch.get_rng_state()}, str(tmp / f"rng_{accelerator.process_index}.safetensors"))
+            save_file(rng_tensors(accelerator.device), str(tmp / f"rng_{accelerator.process_index}.safetensors"))
         elif accelerator.is_main_process:
-            opt_json = _write_weights_and_optimizer(tmp, model, optimizer)
+            opt_json = _write_weights_and_optimizer(tmp, model, optimizer, accelerator.device)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             # the LR schedule is not an accelerate-prepared object, so save_state would not hold it: keep it here
@@ -174,7 +174,23 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, acceler
     accelerator.wait_for_everyone()
 
 
-def _write_weights_and_optimizer(tmp: Path, model, optimizer) -> dict:
+def rng_tensors(device) -> dict[str, torch.Tensor]:
+    """This process's torch RNG states, for a checkpoint: the CPU generator, and the GPU's own when training on one
+    (dropout kernels, e.g. LoRA's, draw from the device generator, which torch.get_rng_state does not cover)."""
+    out = {"torch_rng": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        out["cuda_rng"] = torch.cuda.get_rng_state(device).cpu()
+    return out
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], device) -> None:
+    """Undo `rng_tensors`. A checkpoint from a CPU run resumed on a GPU restores the CPU generator only."""
+    torch.set_rng_state(tensors["torch_rng"])
+    if "cuda_rng" in tensors and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(tensors["cuda_rng"], device)
+
+
+def _write_weights_and_optimizer(tmp: Path, model, optimizer, device) -> dict:
     """Our own checkpoint files (one process, no engine): trainable weights, optimizer moments, RNG; returns the
     optimizer's JSON part for state.json."""
     from safetensors.torch import save_file
@@ -190,7 +206,7 @@ def _write_weights_and_optimizer(tmp: Path, model, optimizer) -> dict:
             else:
                 scalars[f"{idx}.{k}"] = v
     save_file(tensors or {"_empty": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
-    save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng_0.safetensors"))
+    save_file(rng_tensors(device), str(tmp / "rng_0.safetensors"))
     return {"param_groups": opt["param_groups"], "optimizer_scalars": scalars}
 
 
@@ -250,7 +266,7 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> in
         optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
     rng = path / f"rng_{accelerator.process_index}.safetensors"
-    torch.set_rng_state(load_file(str(rng if rng.exists() else path / "rng_0.safetensors"))["torch_rng"])
+    restore_rng(load_file(str(rng if rng.exists() else path / "rng_0.safetensors")), accelerator.device)
     py = state["python_rng"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     return int(state["step"])
