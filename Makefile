@@ -52,6 +52,8 @@ $(VLLM_VENV)/bin/vllm:
 	# exist") and importing vLLM fails. Take the CPU build from PyTorch's index, or run without it (text models).
 	$(VLLM_VENV)/bin/pip install -q --no-deps --force-reinstall --index-url $(TORCH_CPU_INDEX) $(VLLM_TORCHVISION) \
 	  || $(VLLM_VENV)/bin/pip uninstall -y -q torchvision
+	# PyPI's torchaudio (2.11.1) and torchcodec do not load their libraries on torch 2.13 CPU either; text needs neither.
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchaudio torchcodec
 	touch $(VLLM_VENV)/bin/vllm
 
 vllm-env: $(VLLM_VENV)/bin/vllm
