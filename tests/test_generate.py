@@ -319,7 +319,7 @@ def test_openai_backend_against_a_real_vllm_server(smol, smollm2_dir, tmp_path):
         model, tok = smol
         rows = generate_responses("smollm2-135m", PROMPTS, tmp_path / "v.jsonl", backend="openai", base_url=base,
                                   max_new_tokens=10, progress=False)
-        local = generate_responses(model, PROMPTS, tokenizer=tok, max_new_tokens=10, progress=False)
+        local = generate_responses(model, PROMPTS, tokenizer=tok, max_new_tokens=10, precision="fp32", progress=False)
         assert [r["response"] for r in rows] == [r["response"] for r in local]
         assert [r["truncated"] for r in rows] == [r["truncated"] for r in local]
     finally:
