@@ -46,7 +46,8 @@ test: setup chromium
 $(VLLM_VENV)/bin/vllm:
 	$(PY) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
-	$(VLLM_VENV)/bin/pip install -q --no-deps --index-url $(TORCH_CPU_INDEX) $(VLLM_TORCH)
+	$(VLLM_VENV)/bin/pip install -q --no-deps --index-url $(TORCH_CPU_INDEX) $(VLLM_TORCH) \
+	  || echo "PyTorch's CPU index is not reachable: $(VLLM_TORCH) from the configured package indexes"
 	$(VLLM_VENV)/bin/pip install -q $(VLLM_TORCH) $(VLLM_PIN)
 	# PyPI's torchvision is a CUDA build: on CPU torch its ops do not register ("operator torchvision::nms does not
 	# exist") and importing vLLM fails. Take the CPU build from PyTorch's index, or run without it (text models).
