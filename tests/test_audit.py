@@ -62,8 +62,11 @@ def test_sections_forward_reversed_tie_named_with_exact_per_pair_difference(tmp_
     assert d["verdict"].startswith(verdict)
     md = A.render_markdown(a)
     assert verdict in md and f"| {'0' if kc == kr else f'{kc - kr:+d}'} | {len(rows)} | 100.0% |" in md
-    # the tie is two *different* texts (alt section boundaries), so it is not counted as identical
-    assert a["health"]["identical"]["count"] == 0
+    # identical texts are counted: y_3' starts its sections half a share earlier, which on a short text can land on
+    # y_3's own boundaries (the same text); otherwise no pair is identical
+    same = sum(r["chosen"] == r["rejected"] for r in rows)
+    assert a["health"]["identical"]["count"] == same
+    assert same == 0 if kc != kr else 0 < same < len(rows)
     # the paper's curve is in judge points: a utility delta only predicts a direction, labelled a prediction
     assert a["prediction"]["direction_only"] and "PREDICTION, not a measurement" in md
     assert ("a gain along it is expected" in a["prediction"]["text"]) == (kc > kr)
