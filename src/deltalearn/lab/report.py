@@ -22,9 +22,11 @@ def _acc(m: float, se: float) -> str:
 
 
 def gen_accuracy(path: Path, task_name: str = task.NAME) -> tuple[float, float, int] | None:
-    if not path.exists():
-        return None
-    rows = read_jsonl(path)
+    return rows_accuracy(read_jsonl(path), task_name) if path.exists() else None
+
+
+def rows_accuracy(rows, task_name: str = task.NAME) -> tuple[float, float, int]:
+    """Mean grade +/- s.e. of generation rows (a file's, or a pooled rung's responses)."""
     grade = task.get_task(task_name).grade
     m, se = mean_se([grade(r["response"], r["reference"]) for r in rows])
     return m, se, len(rows)
@@ -135,13 +137,13 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
         members = [r["name"]] if r["name"] == "student" else lab.members(r["name"])
         have = all(lab.gen_path(m, temp, 0).exists() for m in members)
         gen = lab.responses(r["name"]) if have else {}
-        g = mean_se([lab.T.grade(x["response"], x["reference"]) for x in gen.values()]) if gen else None
+        g = rows_accuracy(list(gen.values()), s.task) if gen else None
         spec = next(c["run"] for c in ladder["curves"] if c["run"]["name"] == r["run"])
         # a pooled rung: every copy's run, step and dev accuracy, the pooled responses' accuracy
         recs = [r] + [pool_rec[m] for m in members[1:]]
         row = [s.model(r["name"]) + (f" (+{len(members) - 1} seeded copies)" if len(members) > 1 else ""),
                f"{r['run']} (d{spec['hidden']} L{spec['layers']})", params[r["run"]],
-               r["step"] if len(recs) == 1 else " / ".join(str(x["step"]) for x in recs), " / ".join(f"{x['dev_acc'] * PTS:.1f}" for x in recs),
+               " / ".join(str(x["step"]) for x in recs), " / ".join(f"{x['dev_acc'] * PTS:.1f}" for x in recs),
                _acc(g[0], g[1]) if g else "-"]
         if s.task == "items":
             sign = error_signs(lab.gen_path(r["name"], temp, 0))
@@ -214,8 +216,7 @@ def _sweep_tables(lab, arms, info, plots, plots_dir, student_self, base, setting
     s, d = lab.s, lab.dir
     qual = {}
     for r in lab.ladder["rungs"]:  # a pooled rung's quality is its pooled responses'
-        qual[r["name"]] = mean_se([lab.T.grade(x["response"], x["reference"])
-                                   for x in lab.responses(r["name"]).values()])[0]
+        qual[r["name"]] = rows_accuracy(list(lab.responses(r["name"]).values()), s.task)[0]
 
     student_gen = load_gen(lab.gen_path("student", 0.0, 0))
     stu = student_self[0] if student_self else base["mean"]
