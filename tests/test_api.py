@@ -1,5 +1,5 @@
 """`import deltalearn as dl`: the functions the CLI calls, on a tiny model (default suite), and the README's
-example as written on the embedded SmolLM2 (slow)."""
+example as written on the embedded SmolLM2."""
 
 import json
 import math
@@ -60,7 +60,6 @@ def test_readme_example_is_python_and_uses_the_api():
         assert f in code
 
 
-@pytest.mark.slow
 def test_readme_example_runs_on_the_embedded_model(tmp_path, smollm2_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(os.environ, "TOKENIZERS_PARALLELISM", "false")

@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from deltalearn.recipe import TrainConfig
+from deltalearn.recipe import LoraConfig, TrainConfig
 from deltalearn.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,11 +39,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_fsdp(pairs, model, out, refcache):
+def launch_fsdp(pairs, model, out, refcache, settings=SETTINGS):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp_cpu.yaml"),
            "--main_process_port", str(free_port()), "-m", "deltalearn.cli", "train", "--pairs", str(pairs),
            "--model", model, "--out", str(out), "--no-progress", f"--set=train.ref_cache_dir={refcache}",
-           *[f"--set=train.{k}={v}" for k, v in SETTINGS.items()]]
+           *[f"--set=train.{k}={v}" for k, v in settings.items()]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -97,3 +97,27 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tiny_model_dir, toy_pai
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9), a["step"]  # warmup does not restart
     w3 = weights(cut)
     assert all(torch.allclose(w3[k], w2[k], atol=1e-6) for k in w2)
+
+
+def test_fsdp_lora_with_the_adapters_off_reference_matches_one_process(tiny_model_dir, toy_pairs, tmp_path):
+    """LoRA under FSDP, reference = the base with adapters off, scored live (no cache): that forward must go through
+    the prepared module so FSDP unshards its root, and the clip must see the adapters' shards, not a per-rank
+    fraction. Losses, grad norms and the merged model equal one process."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pairs))
+    lora = {**SETTINGS, "lr": 1e-2, "epochs": 1, "save_every": 0, "ref_cache": False}
+    one, fsdp = tmp_path / "one", tmp_path / "fsdp"
+    train(TrainConfig(model=tiny_model_dir, lora=LoraConfig(r=4, alpha=8), **lora), str(pairs), one, progress=False)
+    launch_fsdp(pairs, tiny_model_dir, fsdp, tmp_path / "refcache",
+                {**lora, "lora.r": 4, "lora.alpha": 8})
+    m1, m2 = metrics(one), metrics(fsdp)
+    assert len(m1) == len(m2) == 2
+    assert m2[0]["loss"] == pytest.approx(0.693147, abs=1e-5)  # the adapters start at zero: policy == reference
+    for a, b in zip(m1, m2):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), a["step"]
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), a["step"]
+    assert m1[-1]["loss"] != pytest.approx(0.693147, abs=1e-4)  # the adapters did train
+    w1, w2 = weights(one), weights(fsdp)
+    assert w1.keys() == w2.keys()
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+    assert (fsdp / "adapter" / "adapter_model.safetensors").exists()

@@ -380,3 +380,36 @@ def test_summary_line_names_the_model_as_the_user_labelled_it(smol, capsys):
     generate_responses(model, PROMPTS[:1], None, tokenizer=tok, max_new_tokens=2, precision="fp32", label="t1.2")
     err = capsys.readouterr().err
     assert "generate t1.2: 1 rows (0 resumed)" in err and "deltalearn/dequantized" not in err, err
+
+
+def _repeated_ngram(ids: list[int], n: int) -> bool:
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_no_repeat_ngram_guard_stops_loops_and_is_part_of_the_file_settings(tiny_model_dir, tmp_path):
+    """A random 2-layer model loops under greedy decoding; with the guard no 3 tokens in a row occur twice in its
+    answers. The guard is a decoding setting: a file written without it is not resumed with it (an old sidecar
+    without the key counts as 0), and a backend that cannot apply it is refused."""
+    from deltalearn.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    model.eval()
+    kw = dict(tokenizer=tok, max_new_tokens=40, precision="fp32", progress=False)
+    plain = generate_responses(model, PROMPTS, tmp_path / "plain.jsonl", **kw)
+    guarded = generate_responses(model, PROMPTS, tmp_path / "guarded.jsonl", no_repeat_ngram_size=3, **kw)
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    assert any(_repeated_ngram(enc(r["response"]), 3) for r in plain)  # the loops the guard is for
+    assert not any(_repeated_ngram(enc(r["response"]), 3) for r in guarded)
+    assert json.loads(meta_path(tmp_path / "guarded.jsonl").read_text())["no_repeat_ngram_size"] == 3
+    with pytest.raises(DataError, match=r"no_repeat_ngram_size: file has 0, this run 3"):
+        generate_responses(model, PROMPTS, tmp_path / "plain.jsonl", no_repeat_ngram_size=3, **kw)
+    meta = json.loads(meta_path(tmp_path / "plain.jsonl").read_text())
+    del meta["no_repeat_ngram_size"]  # a sidecar from before the setting existed
+    meta_path(tmp_path / "plain.jsonl").write_text(json.dumps(meta))
+    assert generate_responses(model, PROMPTS, tmp_path / "plain.jsonl", **kw) == plain
+    with pytest.raises(ConfigError, match="no_repeat_ngram_size"):
+        generate_responses("m", PROMPTS, backend="openai", base_url="http://127.0.0.1:9", no_repeat_ngram_size=3,
+                           progress=False)
+    with pytest.raises(ConfigError, match="no_repeat_ngram_size must be >= 0"):
+        generate_responses(model, PROMPTS, no_repeat_ngram_size=-1, **kw)

@@ -182,6 +182,20 @@ def test_sections_are_roughly_equal_and_alt_variant_differs():
     assert header_lines(alt) != header_lines(y)
 
 
+def test_alt_variant_differs_even_when_lines_allow_one_partition():
+    """Three lines into three sections has one line partition: y_3' then cuts at sentences, and when each line is
+    one sentence, at words -- never inside a bold span -- so the tie never pairs a text with itself."""
+    by_sentence = "Plan the week first. Then shop once.\nCook in batches on Sunday.\nFreeze what you will not eat soon."
+    by_word = "Always **keep a simple schedule** for the whole family\nCook in batches on Sunday\nFreeze the rest"
+    for text in (by_sentence, by_word):
+        y, alt = S.with_k_sections(text, 3), S.with_k_sections(text, 3, variant=1)
+        assert bold_sections(alt) == 3 and alt != y
+        body = lambda t: [w for ln in t.split("\n") if not ln.startswith("**") or not ln.endswith("**")
+                          for w in ln.split()]
+        assert body(alt) == body(y)  # the same words, only the section starts move
+    assert "**keep a simple schedule**" in S.with_k_sections(by_word, 3, variant=1)
+
+
 def test_titles_come_from_the_chunk_without_markdown():
     assert S._title("1. **Keep a schedule**: Go to bed", 0) == "Keep A Schedule"
     assert S._title("The first step is to read.", 0) == "The First Step"

@@ -307,7 +307,8 @@ def _evaluate_model(model: str, cfg: EvalConfig, eval_dir: Path, label: str, *, 
                                 "prompts": (cfg.prompts.path or cfg.prompts.dataset) if cfg.prompts else None,
                                 "split": (cfg.prompts.split or "eval (default)") if cfg.prompts else None,
                                 "n_prompts": len(prompts) if prompts else 0, "pairs": cfg.pairs,
-                                "limit": limit, "precision": precision}
+                                "limit": limit, "precision": precision,
+                                "no_repeat_ngram_size": cfg.no_repeat_ngram_size}
     if prompts or pairs:
         import torch
 
@@ -323,7 +324,8 @@ def _evaluate_model(model: str, cfg: EvalConfig, eval_dir: Path, label: str, *, 
                 responses = generate_responses(m, prompts, eval_dir / f"{label}.responses.jsonl", tokenizer=tok,
                                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                                system_prompt=cfg.system_prompt, precision=precision,
-                                               progress=progress, label=f"{label} ({model})")
+                                               progress=progress, label=f"{label} ({model})",
+                                               no_repeat_ngram_size=cfg.no_repeat_ngram_size)
                 src = cfg.prompts.path or cfg.prompts.dataset
                 for k, v in utility_scores(responses, cfg.utilities, source=src).items():
                     scores[k], item_ids[k] = v, [r["id"] for r in responses]

@@ -36,7 +36,9 @@ from deltalearn.recipe import ConfigError
 BACKENDS = ("transformers", "openai", "vllm")
 # Settings that change what is generated: a resume with any of them different would mix two datasets.
 MUST_MATCH = ("max_new_tokens", "temperature", "top_p", "system_prompt", "seed", "backend", "bf16", "weights",
-              "template_hash", "model_fingerprint")
+              "template_hash", "model_fingerprint", "no_repeat_ngram_size")
+# a key added after files were written: a sidecar without it was written with this value
+MUST_MATCH_DEFAULTS = {"no_repeat_ngram_size": 0}
 
 
 def model_slug(name: str) -> str:
@@ -90,7 +92,8 @@ def check_meta(out_path: Path, meta: dict, n_done: int) -> None:
                             "generated; move the file away or restore the sidecar")
         return
     old = read_json(mp)
-    diffs = [f"{k}: file has {old.get(k)!r}, this run {meta.get(k)!r}" for k in MUST_MATCH if old.get(k) != meta.get(k)]
+    was = {k: old.get(k, MUST_MATCH_DEFAULTS.get(k)) for k in MUST_MATCH}
+    diffs = [f"{k}: file has {was[k]!r}, this run {meta.get(k)!r}" for k in MUST_MATCH if was[k] != meta.get(k)]
     if diffs:
         raise DataError(out_path, "was generated with different settings; refusing to mix them in one file ("
                         + "; ".join(diffs) + "). Use another --out, or delete the file to start over")
@@ -133,7 +136,7 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 
 
 def _decode_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: int, temperature: float,
-                  top_p: float, precision: str, seed: int) -> list[tuple[str, int, bool]]:
+                  top_p: float, precision: str, seed: int, no_repeat_ngram_size: int = 0) -> list[tuple[str, int, bool]]:
     """Generate for one batch of prompt ids. Returns (text, n_tokens incl. EOS, truncated) per prompt."""
     import torch
     from transformers import GenerationConfig
@@ -150,7 +153,7 @@ def _decode_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_token
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
         top_p=top_p if sample else None, top_k=None, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-        use_cache=True,
+        use_cache=True, no_repeat_ngram_size=no_repeat_ngram_size or None,
     )
     if sample:
         torch.manual_seed(seed)
@@ -172,7 +175,7 @@ def _decode_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_token
 
 def _transformers_backend(model, tokenizer, todo: list[dict], all_prompts: list[dict], write: Callable, *,
                           batch_size: int, system_prompt, max_new_tokens, temperature, top_p, precision, seed,
-                          bar) -> None:
+                          bar, no_repeat_ngram_size: int = 0) -> None:
     from deltalearn.tokenize import prompt_ids
 
     ids = []
@@ -189,7 +192,8 @@ def _transformers_backend(model, tokenizer, todo: list[dict], all_prompts: list[
         if not want:
             continue
         outs = _decode_batch(model, tokenizer, [ids[i] for i in batch], max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_p=top_p, precision=precision, seed=seed * 100003 + b)
+                             temperature=temperature, top_p=top_p, precision=precision, seed=seed * 100003 + b,
+                             no_repeat_ngram_size=no_repeat_ngram_size)
         for i, (text, n, trunc) in zip(batch, outs):
             if i in want:
                 write(all_prompts[i], text, n, trunc)
@@ -322,7 +326,7 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
                        temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
                        system_prompt: str | None = None, precision: str = "auto", seed: int = 0,
                        backend: str = "transformers", base_url: str | None = None,
-                       progress: bool = True, label: str | None = None) -> list[dict]:
+                       progress: bool = True, label: str | None = None, no_repeat_ngram_size: int = 0) -> list[dict]:
     """One response per prompt, returned in input order: {"id", "prompt", "response", "model", "n_tokens",
     "truncated", **extra keys of the prompt row}.
 
@@ -330,6 +334,8 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
     (then `tokenizer` is required). For backend="openai", the server's model name. With `out_path`, rows are
     appended durably as they finish and a rerun resumes (see the module docstring). `label`: the name the
     progress bar shows (default: the model's name; a loaded model's own path is a cache folder nobody typed).
+    `no_repeat_ngram_size` n > 0: no n tokens in a row occur twice in the prompt + response (transformers' rule), a
+    guard against the repetition loops of small models under greedy decoding; transformers backend only.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -337,6 +343,9 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
         raise ConfigError("max_new_tokens and batch_size must be >= 1")
     if temperature < 0 or not 0 < top_p <= 1:
         raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+    if no_repeat_ngram_size < 0 or (no_repeat_ngram_size and backend != "transformers"):
+        raise ConfigError(f"no_repeat_ngram_size must be >= 0, and > 0 only with the transformers backend "
+                          f"(got {no_repeat_ngram_size} with '{backend}')")
     if backend == "openai" and not base_url:
         raise ConfigError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1")
     check_prompt_rows(prompts)
@@ -353,11 +362,12 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
         return _generate(model, name, is_name, prompts, out_path, tokenizer=tokenizer, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, batch_size=batch_size, system_prompt=system_prompt,
                          precision=precision, seed=seed, backend=backend, base_url=base_url, progress=progress,
-                         label=label)
+                         label=label, no_repeat_ngram_size=no_repeat_ngram_size)
 
 
 def _generate(model, name, is_name, prompts, out_path, *, tokenizer, max_new_tokens, temperature, top_p, batch_size,
-              system_prompt, precision, seed, backend, base_url, progress, label) -> list[dict]:
+              system_prompt, precision, seed, backend, base_url, progress, label,
+              no_repeat_ngram_size=0) -> list[dict]:
     loaded_here = False
     t_load = time.time()
     if backend == "transformers" and is_name:
@@ -396,7 +406,7 @@ def _generate(model, name, is_name, prompts, out_path, *, tokenizer, max_new_tok
             # bf16 weights (a model loaded here) round differently from fp32 weights under autocast: never mixed
             "weights": "bf16" if backend == "transformers" and next(model.parameters()).dtype == torch.bfloat16
             else None,
-            "batch_size": batch_size,
+            "batch_size": batch_size, "no_repeat_ngram_size": no_repeat_ngram_size,
             "template_hash": template_hash(tokenizer) if tokenizer is not None else None,
             "model_fingerprint": (model_fingerprint(model, name if is_name else None) if backend == "transformers"
                                   else (f"{base_url}#{name}" if backend == "openai" else _fingerprint_name(name))),
@@ -442,7 +452,7 @@ def _generate(model, name, is_name, prompts, out_path, *, tokenizer, max_new_tok
                               top_p=top_p, seed=seed, bar=bar)
                 if backend == "transformers":
                     _transformers_backend(model, tokenizer, todo, prompts, write, batch_size=batch_size,
-                                          precision=precision, **common)
+                                          precision=precision, no_repeat_ngram_size=no_repeat_ngram_size, **common)
                 elif backend == "openai":
                     _openai_backend(name, todo, write, base_url=base_url, concurrency=min(batch_size, 8), **common)
                 else:

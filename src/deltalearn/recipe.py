@@ -202,6 +202,10 @@ class EvalConfig:
     """Longest greedy response."""
     batch_size: int = 16
     """Prompts per generation batch."""
+    no_repeat_ngram_size: int = 0
+    """n > 0: greedy eval answers never repeat n tokens in a row (transformers' `no_repeat_ngram_size`), a guard
+    against the repetition loops of small models (one header line 20 times), which a count metric scores as
+    structure. The same for every model evaluated; 0 = off. Transformers backend."""
     pairs: Optional[str] = None
     """Held-out pairs for preference accuracy and reward margin."""
     judge: Optional[str] = None
@@ -449,6 +453,8 @@ def validate(recipe: Recipe) -> Recipe:
         merged_train["beta"] = arm.train.get("beta")  # loss-specific default again, unless the arm sets it
         resolve_train(from_dict(TrainConfig, merged_train, f"arms[{i}].train"), f"arms[{i}].train")
         from_dict(PairConfig, {**to_dict(recipe.pair), **arm.pair}, f"arms[{i}].pair")
+    if recipe.eval.no_repeat_ngram_size < 0:
+        raise ConfigError(f"eval.no_repeat_ngram_size must be >= 0 (0 = off), got {recipe.eval.no_repeat_ngram_size}")
     names = [a.name for a in recipe.arms]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

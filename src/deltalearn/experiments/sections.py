@@ -234,6 +234,31 @@ def _body(text: str, truncated: bool) -> str:
     return re.sub(r"\n{3,}", "\n\n", body).strip()
 
 
+def _sentence_units(units: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every unit split at its sentence ends (the separator of a unit's first sentence is kept)."""
+    finer = []
+    for sep, line in units:
+        for j, sent in enumerate(_SENTENCE_END.split(line)):
+            if sent.strip():
+                finer.append((sep if j == 0 else " ", sent.strip() if j else sent))
+    return finer
+
+
+def _word_units(units: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every unit split into its words (the separator of a unit's first word is kept); the words of a bold span
+    stay one unit, so no cut opens a `**` it does not close."""
+    finer = []
+    for sep, line in units:
+        words: list[str] = []
+        for w in line.split():
+            if words and words[-1].count("**") % 2:
+                words[-1] += " " + w
+            else:
+                words.append(w)
+        finer.extend((sep if j == 0 else " ", w) for j, w in enumerate(words))
+    return finer
+
+
 def _units(body: str, k: int) -> list[tuple[str, str]]:
     """The body as (separator-before, text) units: lines; sentences when there are fewer than k lines; and halves of
     the longest unit, split at a word boundary, while there are still fewer than k."""
@@ -246,12 +271,7 @@ def _units(body: str, k: int) -> list[tuple[str, str]]:
         units.append((sep or "\n", line))
         sep = ""
     if len(units) < k:
-        finer = []
-        for sep, line in units:
-            for j, sent in enumerate(_SENTENCE_END.split(line)):
-                if sent.strip():
-                    finer.append((sep if j == 0 else " ", sent.strip() if j else sent))
-        units = finer
+        units = _sentence_units(units)
     while len(units) < k:
         i = max(range(len(units)), key=lambda j: len(units[j][1].split()))
         words = units[i][1].split()
@@ -302,20 +322,8 @@ def _unbold_header_lines(text: str) -> str:
     return "\n".join(ln.replace("**", "").replace("__", "") if _is_header(ln) else ln for ln in text.split("\n"))
 
 
-def with_k_sections(text: str, k: int, *, variant: int = 0, truncated: bool = False) -> Optional[str]:
-    """`text` rewritten with exactly k bold section headers, or None when it has fewer than k words.
-
-    The rule: drop the answer's own header lines; cut a truncated answer back to its last full sentence; split the
-    rest into units (lines; else sentences; else word-halves of the longest unit); group the units into k
-    contiguous chunks of roughly equal word count; put `**Title**` on its own line before each chunk, the title
-    made from the chunk's first words (see `_title`). Bold words inside sentences and bold lead-ins of list items
-    (`1. **Soil**: ...`) are kept: they are not header lines. Invariant: bold_sections(result) == k (asserted).
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    units = _units(_body(text, truncated), k)
-    if len(units) < k:
-        return None
+def _assemble(units: list[tuple[str, str]], k: int, variant: int) -> str:
+    """The units grouped into k chunks (`_boundaries`), each under its own `**Title**` line."""
     cuts = [0] + _boundaries([len(u[1].split()) for u in units], k, variant) + [len(units)]
     sections, seen = [], set()
     for i in range(k):
@@ -327,7 +335,35 @@ def with_k_sections(text: str, k: int, *, variant: int = 0, truncated: bool = Fa
             title = f"{title} ({i + 1})"
         seen.add(title.lower())
         sections.append(f"**{title}**\n{chunk}")
-    out = "\n\n".join(sections)
+    return "\n\n".join(sections)
+
+
+def with_k_sections(text: str, k: int, *, variant: int = 0, truncated: bool = False) -> Optional[str]:
+    """`text` rewritten with exactly k bold section headers, or None when it has fewer than k words.
+
+    The rule: drop the answer's own header lines; cut a truncated answer back to its last full sentence; split the
+    rest into units (lines; else sentences; else word-halves of the longest unit); group the units into k
+    contiguous chunks of roughly equal word count; put `**Title**` on its own line before each chunk, the title
+    made from the chunk's first words (see `_title`). Bold words inside sentences and bold lead-ins of list items
+    (`1. **Soil**: ...`) are kept: they are not header lines. Invariant: bold_sections(result) == k (asserted).
+
+    variant 1 (the tied control's y_k') moves the boundaries back by half a share. When that lands on variant 0's
+    own boundaries (few lines: a short answer), it cuts at sentences, then at words, so y_k' differs from y_k
+    whenever the answer has more than k words: two identical texts would give the tie a zero-gradient pair.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    units = _units(_body(text, truncated), k)
+    if len(units) < k:
+        return None
+    out = _assemble(units, k, variant)
+    if variant:
+        same = _assemble(units, k, 0)
+        for finer in (_sentence_units, _word_units):
+            if out != same:
+                break
+            units = finer(units)
+            out = _assemble(units, k, variant)
     assert bold_sections(out) == k, f"with_k_sections built {bold_sections(out)} headers, wanted {k}"
     return out
 
@@ -528,7 +564,8 @@ def results_table(records: list[dict]) -> dict:
     n = records[0]["n"] if records else 0
     s = records[0]["settings"] if records else {}
     where = "DEV (unused train-split)" if s.get("split") == "dev" else "held-out"
-    note = (f"Mean ± s.e. over {n} {where} prompts, greedy, max {s.get('max_new_tokens')} new tokens, "
+    guard = f" with no repeated {s['no_repeat_ngram_size']}-token run" if s.get("no_repeat_ngram_size") else ""
+    note = (f"Mean ± s.e. over {n} {where} prompts, greedy{guard}, max {s.get('max_new_tokens')} new tokens, "
             f"system prompt: {s.get('system_prompt')!r}. Δ vs base is the paired difference on the same prompts. "
             "Bold sections = standalone bold header lines (deltalearn.utility.bold_sections).")
     return {"title": "Bold sections after training (paper Experiment 1, stylistic delta)", "columns": TABLE_COLUMNS,
@@ -633,7 +670,7 @@ def _check_arm_dir(arm_dir: Path, fingerprint: dict) -> None:
 
 
 def _answers(model_name: str, prompts: list[dict], out_path: Path, *, max_new_tokens: int, batch_size: int,
-             recipe: Recipe, progress: bool) -> list[dict]:
+             recipe: Recipe, progress: bool, no_repeat_ngram_size: int = 0) -> list[dict]:
     """Greedy answers of one model (loaded here and freed after), resumable in `out_path`."""
     from deltalearn.generate import free_model, generate_responses
     from deltalearn.models import load_model
@@ -644,7 +681,8 @@ def _answers(model_name: str, prompts: list[dict], out_path: Path, *, max_new_to
         return generate_responses(model, [{"id": r["id"], "prompt": r["prompt"]} for r in prompts], out_path,
                                   tokenizer=tok, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                   temperature=0.0, system_prompt=recipe.generate.system_prompt,
-                                  precision=recipe.generate.precision, seed=recipe.generate.seed, progress=progress)
+                                  precision=recipe.generate.precision, seed=recipe.generate.seed, progress=progress,
+                                  no_repeat_ngram_size=no_repeat_ngram_size)
     finally:
         free_model(model)
 
@@ -705,13 +743,14 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
     device = "cuda" if torch.cuda.is_available() else "cpu"
     eval_settings = {"split": settings.eval_split, "max_new_tokens": ev.max_new_tokens,
                      "system_prompt": system_prompt, "greedy": True,
+                     "no_repeat_ngram_size": ev.no_repeat_ngram_size,
                      "batch_size": ev.batch_size, "precision": gen.precision, "bf16": use_bf16(gen.precision, device),
                      "eval_ids_sha256": hashlib.sha256(json.dumps([r["id"] for r in eval_prompts]).encode()).hexdigest()}
     gens = run_dir / "generations"
 
-    def answers(model_name, prompts, name, max_new_tokens, batch_size):
+    def answers(model_name, prompts, name, max_new_tokens, batch_size, no_repeat_ngram_size=0):
         return _answers(model_name, prompts, gens / name, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                        recipe=recipe, progress=progress)
+                        recipe=recipe, progress=progress, no_repeat_ngram_size=no_repeat_ngram_size)
 
     # 2. y_k columns: from the prompt set when it already has them (the paper's released data,
     # scottgeng00/delta_learning_num_sections), else from the model's own greedy answers to the train prompts.
@@ -742,7 +781,8 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
     if settings.habit_k is not None:
         k = settings.habit_k
         if settings.eval_original:
-            original_rows = answers(original, eval_prompts, "original-eval.jsonl", ev.max_new_tokens, ev.batch_size)
+            original_rows = answers(original, eval_prompts, "original-eval.jsonl", ev.max_new_tokens, ev.batch_size,
+                                    ev.no_repeat_ngram_size)
         hcfg = habit_config(recipe, settings)
         habit_table = table
         if habit_prompts:  # the habit's own prompts: answers, then y_k, as for the arms
@@ -764,7 +804,8 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
     where = "held-out" if settings.eval_split == "eval" else "DEV"
     _log(f"{next(stage)}/{n_stages} base (the student) on {len(eval_prompts)} {where} prompts "
          f"(max {ev.max_new_tokens} new tokens)")
-    base_eval = answers(student, eval_prompts, "base-eval.jsonl", ev.max_new_tokens, ev.batch_size)
+    base_eval = answers(student, eval_prompts, "base-eval.jsonl", ev.max_new_tokens, ev.batch_size,
+                        ev.no_repeat_ngram_size)
     timed("eval_base", t)
     base_scores = score_rows(base_eval)
     if original_rows is not None:
@@ -802,7 +843,7 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
         timed(f"train_{arm.name}", t)
         t = time.time()
         out = answers(summary["model_dir"], eval_prompts, f"{arm.name}-eval.jsonl", ev.max_new_tokens,
-                      ev.batch_size)
+                      ev.batch_size, ev.no_repeat_ngram_size)
         timed(f"eval_{arm.name}", t)
         rec = eval_record(arm.name, title, out, base_scores, settings=eval_settings, train_summary=summary)
         kc = column_k(pair.chosen)[0]
