@@ -91,6 +91,11 @@ def test_ladder_tie_pairs_equal_rungs_with_random_orientation():
     again, _ = make_pairs({"run1": a, "run2": b}, PairConfig(rule="ladder", sizes={"run1": 1, "run2": 1},
                                                              control="tie"))
     assert again == pairs
+    # each pair's side is its own coin: dropping a prompt, or reordering the rows, reorients no other pair
+    side = {p["prompt_id"]: p["chosen_model"] for p in pairs}
+    fewer, _ = make_pairs({"run1": a[::-1][1:], "run2": b[::-1]},
+                          PairConfig(rule="ladder", sizes={"run1": 1, "run2": 1}, control="tie"))
+    assert len(fewer) == 4 and all(side[p["prompt_id"]] == p["chosen_model"] for p in fewer)
     with pytest.raises(ConfigError, match="tie.*equal size"):
         make_pairs({"run1": a, "run2": b}, PairConfig(rule="ladder", sizes={"run1": 2, "run2": 1}, control="tie"))
 

@@ -26,16 +26,16 @@ delta not above the margin, judge output without a parseable score, no equal-qua
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import sys
 from collections import Counter
 from itertools import combinations
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from deltalearn.io import DataError, read_json, read_table, write_json_atomic
 from deltalearn.recipe import ConfigError, PairConfig
@@ -326,6 +326,13 @@ def _pair_row(pid: str, prompt, c: dict, r: dict, cm: str, rm: str, rule: str, c
     return row
 
 
+def tie_swaps(key: Any, seed: int) -> bool:
+    """The tie control's coin for one pair: swap its sides or not, from a hash of (seed, key) -- the same for a
+    prompt whatever the order or subset of the rows around it (a sequential RNG would reorient every later pair
+    when one row is added or dropped)."""
+    return hashlib.sha256(f"{seed}:{key}".encode()).digest()[0] & 1 == 1
+
+
 def make_pairs(generations: Generations, cfg: PairConfig, *,
                scores: Optional[dict[tuple[str, str], Optional[float]]] = None) -> tuple[list[dict], dict]:
     """Pairs by `cfg.rule` + `cfg.control`, and a summary counting every filtered candidate.
@@ -344,7 +351,6 @@ def make_pairs(generations: Generations, cfg: PairConfig, *,
             if pid not in seen:
                 seen.add(pid)
                 order.append(pid)
-    rng = random.Random(cfg.seed)
     dropped = Counter({k: 0 for k in FILTERS})
     excluded = Counter()
     pairs: list[dict] = []
@@ -367,7 +373,7 @@ def make_pairs(generations: Generations, cfg: PairConfig, *,
                 if why:
                     dropped[why] += 1
                     continue
-                if cfg.control == "tie" and rng.random() < 0.5:
+                if cfg.control == "tie" and tie_swaps(f"{pid}:{cm}>{rm}" if composite else pid, cfg.seed):
                     c, r, cm_, rm_ = r, c, rm, cm
                 else:
                     cm_, rm_ = cm, rm
@@ -425,7 +431,7 @@ def make_pairs(generations: Generations, cfg: PairConfig, *,
                 if match is None:
                     dropped["no_tie"] += 1
                     continue
-                a, b = match if rng.random() < 0.5 else match[::-1]
+                a, b = match[::-1] if tie_swaps(pid, cfg.seed) else match
             else:
                 a = max(valid, key=lambda v: v[2])  # first best / first worst in set order: deterministic
                 b = min(valid, key=lambda v: v[2])

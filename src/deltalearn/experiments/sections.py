@@ -48,6 +48,7 @@ from typing import Any, Optional
 
 from deltalearn.io import DataError, read_json, write_json_atomic, write_jsonl_atomic
 from deltalearn.manifest import input_hash, update_manifest
+from deltalearn.pairs import tie_swaps
 from deltalearn.recipe import ConfigError, Recipe, arm_configs, load_recipe, to_dict
 from deltalearn.stats import fmt_pm, mean_se, paired_diff
 from deltalearn.utility import bold_sections, bold_spans, distinct_headers, response_words
@@ -382,11 +383,6 @@ def build_sections_table(base_rows: list[dict], columns: list[str]) -> tuple[lis
             continue
         table.append(row)
     return table, dropped
-
-
-def tie_swaps(pid: Any, seed: int) -> bool:
-    """The tied control's coin for one pair: stable per (seed, prompt id), whatever the rows' order."""
-    return hashlib.sha256(f"{seed}:{pid}".encode()).digest()[0] & 1 == 1
 
 
 def arm_pairs(table: list[dict], chosen: str, rejected: Optional[str], *, reverse: bool,
