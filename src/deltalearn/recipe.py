@@ -203,9 +203,9 @@ class EvalConfig:
     batch_size: int = 16
     """Prompts per generation batch."""
     no_repeat_ngram_size: int = 0
-    """n > 0: greedy eval answers never repeat n tokens in a row (transformers' `no_repeat_ngram_size`), a guard
-    against the repetition loops of small models (one header line 20 times), which a count metric scores as
-    structure. The same for every model evaluated; 0 = off. Transformers backend."""
+    """n > 0: greedy eval answers never repeat n tokens in a row, the prompt included (transformers'
+    `no_repeat_ngram_size`), a guard against the repetition loops of small models (one header line 20 times),
+    which a count metric scores as structure. The same for every model evaluated; 0 = off. Transformers backend."""
     pairs: Optional[str] = None
     """Held-out pairs for preference accuracy and reward margin."""
     judge: Optional[str] = None
