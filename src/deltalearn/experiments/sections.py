@@ -748,6 +748,9 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
         return _answers(model_name, prompts, gens / name, max_new_tokens=max_new_tokens, batch_size=batch_size,
                         recipe=recipe, progress=progress, no_repeat_ngram_size=no_repeat_ngram_size)
 
+    def eval_answers(model_name, name):  # every eval row under the same eval settings (loop guard included)
+        return answers(model_name, eval_prompts, name, ev.max_new_tokens, ev.batch_size, ev.no_repeat_ngram_size)
+
     # 2. y_k columns: from the prompt set when it already has them (the paper's released data,
     # scottgeng00/delta_learning_num_sections), else from the model's own greedy answers to the train prompts.
     given = all(isinstance(r.get(c), str) and r[c].strip() for r in train_prompts for c in columns)
@@ -777,8 +780,7 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
     if settings.habit_k is not None:
         k = settings.habit_k
         if settings.eval_original:
-            original_rows = answers(original, eval_prompts, "original-eval.jsonl", ev.max_new_tokens, ev.batch_size,
-                                    ev.no_repeat_ngram_size)
+            original_rows = eval_answers(original, "original-eval.jsonl")
         hcfg = habit_config(recipe, settings)
         habit_table = table
         if habit_prompts:  # the habit's own prompts: answers, then y_k, as for the arms
@@ -800,8 +802,7 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
     where = "held-out" if settings.eval_split == "eval" else "DEV"
     _log(f"{next(stage)}/{n_stages} base (the student) on {len(eval_prompts)} {where} prompts "
          f"(max {ev.max_new_tokens} new tokens)")
-    base_eval = answers(student, eval_prompts, "base-eval.jsonl", ev.max_new_tokens, ev.batch_size,
-                        ev.no_repeat_ngram_size)
+    base_eval = eval_answers(student, "base-eval.jsonl")
     timed("eval_base", t)
     base_scores = score_rows(base_eval)
     if original_rows is not None:
@@ -838,8 +839,7 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
                               **({"tie_seed": tie_seed} if tie_seed is not None else {})}, progress)
         timed(f"train_{arm.name}", t)
         t = time.time()
-        out = answers(summary["model_dir"], eval_prompts, f"{arm.name}-eval.jsonl", ev.max_new_tokens,
-                      ev.batch_size, ev.no_repeat_ngram_size)
+        out = eval_answers(summary["model_dir"], f"{arm.name}-eval.jsonl")
         timed(f"eval_{arm.name}", t)
         rec = eval_record(arm.name, title, out, base_scores, settings=eval_settings, train_summary=summary)
         kc = column_k(pair.chosen)[0]
