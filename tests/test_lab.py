@@ -203,6 +203,91 @@ def test_mini_lab_end_to_end(mini_lab, tmp_path, monkeypatch):
     assert (tmp_path / "run" / "eval" / "base.json").exists()
 
 
+def test_choose_dev_pairs_takes_the_best_pair_whose_chosen_side_is_weak_data():
+    """The main pair must have a chosen rung whose SFT alone does not raise the student (the claims' "weak"), even
+    when a pair with a stronger chosen rung gains more; self-over-weaker is the best own > rung."""
+    from deltalearn.lab.experiments import choose_dev_pairs
+
+    def row(arm, loss, chosen, rejected, gain):
+        return {"arm": arm, "loss": loss, "chosen": chosen, "rejected": rejected, "dev_gain": gain}
+
+    rows = [row("sft-r1", "sft", "r1", None, -0.02), row("sft-r2", "sft", "r2", None, -0.01),
+            row("sft-r3", "sft", "r3", None, 0.02),
+            row("pair-r2-over-r1", "dpo_norm", "r2", "r1", 0.01), row("pair-r3-over-r1", "dpo_norm", "r3", "r1", 0.03),
+            row("pair-r3-over-r2", "dpo_norm", "r3", "r2", 0.02),
+            row("self-over-r1", "dpo_norm", "student", "r1", -0.01), row("self-over-r2", "dpo_norm", "student", "r2", 0.0)]
+    got = choose_dev_pairs(rows)
+    assert got["main"]["arm"] == "pair-r2-over-r1" and got["weak_chosen"] == ["r2"]  # r3 gains more but is not weak
+    assert got["self"]["arm"] == "self-over-r2"
+    rows[1]["dev_gain"] = 0.01
+    with pytest.raises(ConfigError, match=r"SFT on every rung below the student raises it on dev \(r1 -2.00, r2 \+1.00"):
+        choose_dev_pairs(rows)
+
+
+def test_pairs_on_dev_chooses_the_main_and_self_pairs_on_dev_prompts_only(mini_lab, tmp_path, monkeypatch):
+    """experiment.pairs_on_dev end to end: every candidate (SFT on each rung below the student, every rung pair,
+    own > each rung) is trained and scored on the dev prompts; the chosen pair and rung become the main and
+    self-over-weaker arms, and self-over-weaker gets its own lr chosen on dev. The mini ladder's student is no
+    better than its rungs, so its record is given a student above them (a copy of the ladder folder; the models
+    are the real ones)."""
+    import shutil
+
+    from deltalearn.lab.experiments import choose_dev_pairs, dev_pair_candidates, run_lab
+    from deltalearn.recipe import load_recipe
+
+    assert [a.name for a in dev_pair_candidates(["r1", "r2", "r3"])] == [
+        "sft-r1", "sft-r2", "sft-r3", "pair-r2-over-r1", "pair-r3-over-r1", "pair-r3-over-r2",
+        "self-over-r1", "self-over-r2", "self-over-r3"]
+    home = tmp_path / "home"
+    shutil.copytree(mini_lab[0], home)
+    monkeypatch.setenv("DELTALEARN_LAB_DIR", str(home))
+    data = {"name": "mini-devpairs", "kind": "lab",
+            "train": {"lr": 3e-6, "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "batch_size": 4, "micro_batch_size": 4,
+                      "max_steps": 1, "max_len": 128, "precision": "fp32"},
+            "experiment": {"pref_prompts": 8, "eval_prompts": 8, "max_new_tokens": 24, "workers": 1,
+                           "drop_truncated": False, "pairs_on_dev": True, "sweep_lr": 1e-4, "dev_prompts": 8,
+                           "lr_grid": [1e-6, 1e-4], "ladder": MINI_LADDER}}
+    with pytest.raises(ConfigError, match="pairs_on_dev: 0 rung.s. below the student's dev accuracy"):
+        run_lab(load_recipe(data=data), tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused" / "eval").exists()  # nothing was evaluated before the refusal
+    ladder_json = home / "mini" / "ladder.json"
+    rec = json.loads(ladder_json.read_text())
+    rec["student"]["dev_acc"] = 1.0
+    ladder_json.write_text(json.dumps(rec))
+    res = run_lab(load_recipe(data=data), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    sel = json.loads((run / "dev" / "pairs.json").read_text())
+    assert [r["arm"] for r in sel["candidates"]] == [a.name for a in dev_pair_candidates(["r1", "r2", "r3"])]
+    key = "utility/exact_answer"
+    base = json.loads((run / "dev" / "eval" / "base.json").read_text())
+    for r in sel["candidates"]:  # each gain is its own dev eval against the dev base, recomputed here
+        arm = json.loads((run / "dev" / "eval" / f"{r['arm']}.json").read_text())
+        assert len(arm["items"]["scores"][key]) == 8 and arm["items"]["ids"][key] == base["items"]["ids"][key]
+        diffs = [a - b for a, b in zip(arm["items"]["scores"][key], base["items"]["scores"][key])]
+        assert r["dev_gain"] == pytest.approx(sum(diffs) / len(diffs))
+        assert json.loads((run / "dev" / "arms" / r["arm"] / "train_config.json").read_text())["lr"] == 1e-4
+    picked = choose_dev_pairs(sel["candidates"])
+    assert sel["main"] == picked["main"] and sel["self"] == picked["self"]
+    main = next(t for t in res["tables"] if t["title"].startswith("Main recipe"))
+    assert main["title"].startswith(f"Main recipe: chosen = {sel['main']['chosen']}, rejected = {sel['main']['rejected']}")
+    pairs = [json.loads(x) for x in (run / "pairs" / "main-dpo_norm.jsonl").read_text().splitlines()]
+    assert {r["chosen_model"] for r in pairs} == {sel["main"]["chosen"]}
+    own = [json.loads(x) for x in (run / "pairs" / "self-dpo_norm.jsonl").read_text().splitlines()]
+    assert {r["rejected_model"] for r in own} == {sel["self"]["rejected"]}
+    self_lr = json.loads((run / "dev" / "selection-self.json").read_text())
+    assert self_lr["arm"] == f"dpo_norm own > {sel['self']['rejected']}" and [g["lr"] for g in self_lr["grid"]] == [1e-6, 1e-4]
+    for arm in ("self-dpo_norm", "self-sft", "self-reversed"):
+        assert json.loads((run / "arms" / arm / "train_config.json").read_text())["lr"] == self_lr["lr"]
+    from deltalearn.lab.experiments import Lab, main_arms, self_arms
+
+    lab = Lab(load_recipe(data=data), run, progress=False)  # the mini grid ties, so both lrs are its smallest:
+    lab.self_selection = {"lr": 5e-6}                        # check the per-arm rule directly too
+    assert lab.arm_lrs(main_arms(lab.s) + self_arms(lab.s)) == [None] * 6 + [5e-6] * 3
+    titles = [t["title"] for t in res["tables"]]
+    assert any(t.startswith("Pairs chosen on the dev split") for t in titles)
+    assert sum(t.startswith("Learning rate chosen on the dev split") for t in titles) == 2
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The items task (many independent items per response, graded by the fraction right)
 # ---------------------------------------------------------------------------------------------------------

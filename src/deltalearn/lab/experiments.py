@@ -73,11 +73,18 @@ class LabSettings:
     """Drop pairs where either side hit max_new_tokens (as PairConfig.drop_truncated)."""
     lr_grid: list[float] = field(default_factory=list)
     """When set, the lr of every arm is chosen on the *dev* split first: the main dpo_norm arm is trained at each
-    lr and the one with the best paired dev gain is used (ties: the smaller lr). Empty: train.lr as given."""
+    lr and the one with the best paired dev gain is used (ties: the smaller lr); with pairs_on_dev, the
+    self-over-weaker arms get their own lr, chosen the same way on their own pair. Empty: train.lr as given."""
     dev_prompts: int = 1000
     """Dev-split prompts on which lr_grid chooses the lr (never the eval prompts)."""
     sweep_lr: Optional[float] = None
     """The sweep's lr (one for all 28 arms, as the paper's sweep); when set, `--sweep` uses it instead of lr_grid."""
+    pairs_on_dev: bool = False
+    """Choose the main pair and self-over-weaker's rejected rung on the dev split instead of taking main_chosen,
+    main_rejected and self_weaker as given: every rung pair whose chosen rung is below the student (ladder dev
+    accuracy) and whose samples, SFT'd alone, do not raise the student (weak data), and the student's own answers
+    over every rung below it, dpo_norm at sweep_lr (else train.lr), each scored by its paired dev gain; the largest
+    wins (`choose_dev_pairs`). lr_grid then chooses each experiment's lr on dev for its winner."""
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "LabSettings":
@@ -93,10 +100,10 @@ class LabSettings:
         task.get_task(s.task)
         ladder.task = s.task
         rungs = [f"r{i + 1}" for i in range(len(ladder.targets))]
-        for key in ("main_chosen", "main_rejected", "self_weaker"):
+        for key in () if s.pairs_on_dev else ("main_chosen", "main_rejected", "self_weaker"):  # else chosen on dev
             if getattr(s, key) not in rungs:
                 raise ConfigError(f"experiment.{key}: {getattr(s, key)!r} is not a rung ({', '.join(rungs)})")
-        if rungs.index(s.main_chosen) <= rungs.index(s.main_rejected):
+        if not s.pairs_on_dev and rungs.index(s.main_chosen) <= rungs.index(s.main_rejected):
             raise ConfigError("experiment.main_chosen must be a higher rung than main_rejected")
         return s
 
@@ -293,6 +300,8 @@ class Lab:
         self.timings: dict[str, float] = {}
         self.ladder: dict = {}
         self.selection: dict | None = None
+        self.pair_selection: dict | None = None
+        self.self_selection: dict | None = None
 
     # -- stages -------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -397,28 +406,76 @@ class Lab:
         self.timings[desc.replace("lab: ", "").replace(" ", "_") + "_s"] = time.time() - t0
         return info
 
-    def select_lr(self) -> dict:
-        """Choose the lr on the dev split (Issue 7, "Honesty"): the main dpo_norm arm at each lr of the grid, its
-        paired dev gain over the base student; the best wins (ties: the smaller lr). Cached in dev/selection.json."""
-        out = self.dir / "dev" / "selection.json"
+    def select_lr(self, chosen: str | None = None, rejected: str | None = None, *,
+                  file: str = "selection.json") -> dict:
+        """Choose the lr on the dev split (Issue 7, "Honesty"): a dpo_norm arm (default the main pair) at each lr
+        of the grid, its paired dev gain over the base student; the best wins (ties: the smaller lr). Cached in
+        dev/<file>."""
+        out = self.dir / "dev" / file
         if out.exists():
             return read_json(out)
+        chosen, rejected = chosen or self.s.main_chosen, rejected or self.s.main_rejected
         grid = sorted(self.s.lr_grid)
-        arms = [ArmSpec(f"lr{lr:g}", "dev", self.s.main_chosen, self.s.main_rejected, "dpo_norm") for lr in grid]
-        base_job = (evaluate, dict(model=self.s.model("student"), eval_path=str(self.dir / "dev_prompts.jsonl"),
-                                   out_json=str(self.dir / "dev" / "eval" / f"{BASE}.json"),
-                                   max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size,
-                                   utility=self.T.UTILITY))
-        self.run_arms(arms, "lab: lr on dev", where=self.dir / "dev", eval_prompts="dev", lrs=grid, extra=[base_job])
+        prefix = "" if chosen == self.s.main_chosen and rejected == self.s.main_rejected else f"{chosen}-over-{rejected}-"
+        arms = [ArmSpec(f"{prefix}lr{lr:g}", "dev", chosen, rejected, "dpo_norm") for lr in grid]
+        self.run_arms(arms, "lab: lr on dev", where=self.dir / "dev", eval_prompts="dev", lrs=grid,
+                      extra=[self.dev_base_job()])
         rows = []
         for arm, lr in zip(arms, grid):
             g, se, fixed, broken = self.gain(arm.name, where=self.dir / "dev")
             rows.append({"lr": lr, "dev_gain": g, "se": se, "fixed": fixed, "broken": broken})
         best = max(rows, key=lambda r: (r["dev_gain"], -r["lr"]))
-        res = {"arm": f"dpo_norm {self.s.main_chosen} > {self.s.main_rejected}", "grid": rows, "lr": best["lr"],
-               "dev_prompts": self.s.dev_prompts}
+        who = "own" if chosen == "student" else chosen
+        res = {"arm": f"dpo_norm {who} > {rejected}", "grid": rows, "lr": best["lr"], "dev_prompts": self.s.dev_prompts}
         write_json_atomic(out, res)
         return res
+
+    def dev_base_job(self) -> tuple:
+        """The base student's eval on the dev prompts (done once; every dev arm is paired against it)."""
+        return (evaluate, dict(model=self.s.model("student"), eval_path=str(self.dir / "dev_prompts.jsonl"),
+                               out_json=str(self.dir / "dev" / "eval" / f"{BASE}.json"),
+                               max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size,
+                               utility=self.T.UTILITY))
+
+    def select_pairs(self) -> dict:
+        """Choose the main pair and the self-over-weaker rung on the dev split (`pairs_on_dev`), never on the eval
+        prompts. Cached in dev/pairs.json; sets main_chosen, main_rejected and self_weaker."""
+        out = self.dir / "dev" / "pairs.json"
+        if out.exists():
+            res = read_json(out)
+        else:
+            res = self._select_pairs()
+            write_json_atomic(out, res)
+        self.s.main_chosen, self.s.main_rejected = res["main"]["chosen"], res["main"]["rejected"]
+        self.s.self_weaker = res["self"]["rejected"]
+        return res
+
+    def _select_pairs(self) -> dict:
+        """Train and score every candidate of `dev_pair_candidates` on dev at one lr (sweep_lr, else train.lr),
+        then apply `choose_dev_pairs`."""
+        s = self.s
+        student_acc = self.ladder["student"]["dev_acc"]
+        below = [r["name"] for r in self.ladder["rungs"] if r["dev_acc"] < student_acc]
+        if len(below) < 2:
+            raise ConfigError(f"experiment.pairs_on_dev: {len(below)} rung(s) below the student's dev accuracy "
+                              f"{student_acc:.1%} ({self.s.ladder.name or 'lab'} ladder); a pair needs two")
+        self.generate([(r, s.teacher_temperature, 0) for r in below] + [("student", 0.0, 0)])
+        arms = dev_pair_candidates(below)
+        lr = s.sweep_lr if s.sweep_lr is not None else self.recipe.train.lr
+        self.run_arms(arms, "lab: pairs on dev", where=self.dir / "dev", eval_prompts="dev", lrs=[lr] * len(arms),
+                      extra=[self.dev_base_job()])
+        rows = []
+        for arm in arms:
+            g, se, fixed, broken = self.gain(arm.name, where=self.dir / "dev")
+            rows.append({"arm": arm.name, "loss": arm.loss, "chosen": arm.chosen, "rejected": arm.rejected,
+                         "dev_gain": g, "se": se, "fixed": fixed, "broken": broken})
+        picked = choose_dev_pairs(rows)
+        return {"lr": lr, "dev_prompts": s.dev_prompts, "student_dev_acc": student_acc, "candidates": rows, **picked}
+
+    def arm_lrs(self, arms: list[ArmSpec]) -> list[float | None]:
+        """Each arm's lr: the self-over-weaker arms' own dev choice when there is one, else the recipe's."""
+        own = self.self_selection["lr"] if self.self_selection else None
+        return [own if a.group == "self" else None for a in arms]
 
     def base_eval_job(self) -> tuple:
         return (evaluate, dict(model=self.s.model("student"), eval_path=str(self.dir / "eval_prompts.jsonl"),
@@ -465,6 +522,30 @@ def self_arms(s: LabSettings) -> list[ArmSpec]:
     ]
 
 
+def dev_pair_candidates(below: list[str]) -> list[ArmSpec]:
+    """`pairs_on_dev`'s dev arms from the rungs below the student (lowest first): SFT on each rung (is it weak
+    data?), every higher-over-lower rung pair, then the student's own answers over each rung (dpo_norm)."""
+    arms = [ArmSpec(f"sft-{c}", "dev", c, None, "sft") for c in below]
+    arms += [ArmSpec(f"pair-{c}-over-{r}", "dev", c, r, "dpo_norm") for ci, c in enumerate(below) for r in below[:ci]]
+    return arms + [ArmSpec(f"self-over-{r}", "dev", "student", r, "dpo_norm") for r in below]
+
+
+def choose_dev_pairs(rows: list[dict]) -> dict:
+    """The claims' conditions, checked on dev scores of `dev_pair_candidates` (rows: arm, loss, chosen, rejected,
+    dev_gain). Main pair: the largest dev gain among rung pairs whose chosen rung is weak data in the paper's sense
+    -- SFT on its samples alone does not raise the student; self-over-weaker: the largest among own > rung. Ties:
+    the first row (the lowest rungs)."""
+    sft_gain = {r["chosen"]: r["dev_gain"] for r in rows if r["loss"] == "sft"}
+    weak = [r for r in rows if r["loss"] != "sft" and r["chosen"] != "student" and sft_gain[r["chosen"]] <= 0]
+    if not weak:
+        raise ConfigError("experiment.pairs_on_dev: SFT on every rung below the student raises it on dev ("
+                          + ", ".join(f"{k} {v * 100:+.2f}" for k, v in sft_gain.items())
+                          + " pts), so no pair has a weak chosen side in the paper's sense")
+    own = [r for r in rows if r["chosen"] == "student"]
+    return {"weak_chosen": sorted({r["chosen"] for r in weak}, key=lambda c: list(sft_gain).index(c)),
+            "main": max(weak, key=lambda r: r["dev_gain"]), "self": max(own, key=lambda r: r["dev_gain"])}
+
+
 def sweep_arms(s: LabSettings) -> list[ArmSpec]:
     rungs = [f"r{i + 1}" for i in range(len(s.ladder.targets))]
     arms = [ArmSpec(f"sweep-{c}-over-{r}", "sweep", c, r, "dpo_norm", note=f"{c} > {r}")
@@ -487,6 +568,8 @@ def run_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False, progres
         arms = sweep_arms(s)
         needs = [(r, s.teacher_temperature, 0) for r in rungs] + [("student", 0.0, 0)]
     else:
+        if s.pairs_on_dev:
+            lab.pair_selection = lab.select_pairs()
         arms = main_arms(s) + self_arms(s)
         needs = sorted({(s.main_chosen, s.teacher_temperature, 0), (s.main_chosen, s.teacher_temperature, 1),
                         (s.main_rejected, s.teacher_temperature, 0), (s.self_weaker, s.teacher_temperature, 0),
@@ -498,7 +581,9 @@ def run_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False, progres
     elif s.lr_grid:
         lab.selection = lab.select_lr()
         lab.recipe.train.lr = lab.selection["lr"]
-    info = lab.run_arms(arms, "lab: arms")
+        if s.pairs_on_dev:  # self-over-weaker is its own experiment: its lr is chosen on dev for its own pair
+            lab.self_selection = lab.select_lr("student", s.self_weaker, file="selection-self.json")
+    info = lab.run_arms(arms, "lab: arms", lrs=lab.arm_lrs(arms))
     lab.timings["total_s"] = time.time() - t0
     results = report.lab_results(lab, arms, info, gens, sweep=sweep)
     results["load_average"] = {"start": [round(x, 2) for x in load_start],
@@ -522,12 +607,16 @@ def render_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False) -> d
     old = read_json(lab.dir / "results.json")
     lab.ladder = build_ladder(lab.s.ladder, progress=False)
     lab.timings = dict(old.get("timings_s", {}))
+    if lab.s.pairs_on_dev and not sweep and (lab.dir / "dev" / "pairs.json").exists():
+        lab.pair_selection = lab.select_pairs()
     sel = lab.dir / "dev" / "selection.json"
     if sel.exists() and not (sweep and lab.s.sweep_lr is not None):
         lab.selection = read_json(sel)
         lab.recipe.train.lr = lab.selection["lr"]
     elif sweep and lab.s.sweep_lr is not None:
         lab.recipe.train.lr = lab.s.sweep_lr
+    if not sweep and (lab.dir / "dev" / "selection-self.json").exists():
+        lab.self_selection = read_json(lab.dir / "dev" / "selection-self.json")
     arms = sweep_arms(lab.s) if sweep else main_arms(lab.s) + self_arms(lab.s)
     info = {a.name: {"spec": asdict(a), "pairs": read_json(lab.dir / "pairs" / f"{a.name}.stats.json")} for a in arms}
     results = report.lab_results(lab, arms, info, {}, sweep=sweep)

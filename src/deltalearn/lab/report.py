@@ -166,13 +166,34 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
     plots.append({"title": "Ladder: dev accuracy of each pretraining run, rungs marked",
                   "path": _plot_ladder(ladder, plots_dir / "ladder.png", d)})
 
-    if lab.selection:
-        sel = lab.selection
+    if lab.pair_selection:
+        ps = lab.pair_selection
+        win = {ps["main"]["arm"], ps["self"]["arm"]}
+
+        def cand(r) -> str:
+            if r.get("loss") == "sft":
+                return f"SFT on {r['chosen']}"
+            return f"{'own' if r['chosen'] == 'student' else r['chosen']} > {r['rejected']}"
+
+        tables.append({"title": f"Pairs chosen on the dev split (lr {ps['lr']:g}, {ps['dev_prompts']} dev prompts; "
+                                f"candidates: rungs below the student's {ps['student_dev_acc'] * PTS:.1f}% dev)",
+                       "columns": ["candidate", "dev gain vs base (pts, paired)", "fixed/broken", "chosen"],
+                       "rows": [[cand(r), _pm(r["dev_gain"], r["se"]), f"{r['fixed']}/{r['broken']}",
+                                 "yes" if r["arm"] in win else ""] for r in ps["candidates"]],
+                       "note": "Main pair: the largest dev gain among dpo_norm pairs whose chosen rung is weak data "
+                               f"(SFT on its samples alone does not raise the student on dev: {', '.join(ps.get('weak_chosen', [])) or '-'}); "
+                               "self-over-weaker: the largest among own > rung. The eval split was not used to "
+                               "choose them."})
+    for sel, who in ((lab.selection, "Every main-recipe arm below"), (lab.self_selection, "Every self-over-weaker arm")):
+        if not sel:
+            continue
+        if lab.self_selection is None:
+            who = "Every arm below"
         tables.append({"title": f"Learning rate chosen on the dev split ({sel['arm']}, {sel['dev_prompts']} dev prompts)",
                        "columns": ["lr", "dev gain vs base (pts, paired)", "fixed/broken", "chosen"],
                        "rows": [[f"{r['lr']:g}", _pm(r["dev_gain"], r["se"]), f"{r['fixed']}/{r['broken']}",
                                  "yes" if r["lr"] == sel["lr"] else ""] for r in sel["grid"]],
-                       "note": "Every arm below uses the chosen lr; the eval split was not used to choose it."})
+                       "note": f"{who} uses the chosen lr; the eval split was not used to choose it."})
 
     def arm_row(a) -> list:
         i = info[a.name]
@@ -186,9 +207,12 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
     cols = ["arm", "loss", "data", "pairs", "chosen acc %", "delta (chosen - rejected acc, pts)", "eval acc %",
             "gain vs base (pts, paired)", "fixed/broken"]
     base_row = ["student (base)", "-", "-", "-", "-", "-", _acc(base["mean"], base["se"]), "0", "-"]
-    settings = (f"lr {lab.recipe.train.lr:g}, batch {lab.recipe.train.batch_size}, "
+    def settings_at(lr: float) -> str:
+        return (f"lr {lr:g}, batch {lab.recipe.train.batch_size}, "
                 f"{lab.recipe.train.max_steps or 'one epoch of'} steps, dpo beta 0.1, dpo_norm beta 5, "
                 f"{base['n']} eval prompts; s.e. of the paired difference.")
+
+    settings = settings_at(lab.recipe.train.lr)
     if not sweep:
         main = [a for a in arms if a.group in ("main", "plateau")]
         tables.append({"title": f"Main recipe: chosen = {s.main_chosen}, rejected = {s.main_rejected}, student above both",
@@ -196,7 +220,8 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
                        "note": "plateau-sft-gold is the student-plateau check (SFT on correct solutions). " + settings})
         selfs = [a for a in arms if a.group == "self"]
         tables.append({"title": f"Self-over-weaker: chosen = the student's own greedy answer, rejected = {s.self_weaker}",
-                       "columns": cols, "rows": [base_row] + [arm_row(a) for a in selfs], "note": settings})
+                       "columns": cols, "rows": [base_row] + [arm_row(a) for a in selfs],
+                       "note": settings_at(lab.self_selection["lr"]) if lab.self_selection else settings})
         plots.append({"title": "Main recipe and self-over-weaker: gain over the base student",
                       "path": _plot_bars(lab, [a for a in arms], plots_dir / "main.png", d)})
     else:
