@@ -222,6 +222,23 @@ def test_sections_table_and_pairs():
     assert "rejected" not in sft[0]
 
 
+def test_other_columns_are_cut_from_the_second_answer():
+    """`K_sections_other` is y_K of the prompt's second (sampled) answer: the tie of two different answers. A prompt
+    without a usable second answer is dropped from every column, so all arms keep one prompt set."""
+    base = [{"id": f"p{i}", "prompt": f"Question {i}?", "response": ANSWERS[i], "truncated": False}
+            for i in range(3)]
+    other = [{"id": "p0", "response": ANSWERS[3], "truncated": False},
+             {"id": "p1", "response": "Yes.", "truncated": False}]  # p1's is too short, p2 has none
+    table, dropped = S.build_sections_table(base, ["3_sections", "3_sections_other"], other)
+    assert dropped == ["p1", "p2"] and [r["id"] for r in table] == ["p0"]
+    assert table[0]["3_sections"] == S.with_k_sections(ANSWERS[0], 3)
+    assert table[0]["3_sections_other"] == S.with_k_sections(ANSWERS[3], 3)
+    assert bold_sections(table[0]["3_sections_other"]) == 3 and table[0]["3_sections_other"] != table[0]["3_sections"]
+    assert S.column_k("3_sections_other") == (3, 0) and S.is_other("3_sections_other")
+    assert S.arm_title("dpo_norm", "3_sections", "3_sections_other", False) == (
+        "dpo_norm 3>3 (tied)", "y_3 > y_3 (2nd answer)")
+
+
 def test_tied_pairs_have_no_systematic_side():
     """The tie's two variants differ in wording and boundaries; a fixed orientation would teach one over the other.
     Each pair's sides are drawn by a coin that depends only on (seed, id): stable under reordering, about half each."""
@@ -275,6 +292,8 @@ def test_paper_settings_recipe():
     ("experiment.eval_original=1", "true or false"),
     ("pair.rejected=3_sections", "identical texts give zero gradient"),
     ("pair.rejected=3_sections_alt", "add control: tie"),
+    ("pair.rejected=3_sections_other", "add control: tie"),
+    ("experiment.other_temperature=0", "other_temperature: expected a number > 0"),
     ("pair.control=tie", "tie has no meaning for SFT"),
     ("pair.rule=ladder", "use rule: columns"),
     ("eval.system_prompt=other", "same one"),
@@ -347,12 +366,13 @@ def test_delta_table_pairs_each_preference_arm_with_the_tie():
     sft, _ = _record("sft-3", "SFT on 3", [3, 3, 3], base_scores, kind="sft")
     fwd, _ = _record("fwd", "dpo_norm 3>2", [4, 6, 8], base_scores, kind="pref", trained_on="y_3 > y_2")
     rev, _ = _record("rev", "dpo_norm 2>3 (reversed)", [1, 2, 0], base_scores, kind="rev")
-    tie, _ = _record("tie", "dpo_norm 3>3 (tied)", [2, 3, 4], base_scores, kind="tie")
+    tie, _ = _record("tie", "dpo_norm 6>6 (tied)", [2, 3, 4], base_scores, kind="tie", trained_on="y_6 > y_6'")
     assert S.delta_table([base, sft, fwd, rev]) is None  # no tied arm: nothing to isolate the delta with
     t = S.delta_table([base, sft, fwd, rev, tie])
     # forward - tie per prompt: 2, 3, 4 -> mean 3, s.e. 0.58; reversed - tie: -1, -1, -4 -> mean -2, s.e. 1.0
     assert [r[0] for r in t["rows"]] == ["dpo_norm 3>2", "dpo_norm 2>3 (reversed)"]
     assert [r[2] for r in t["rows"]] == ["3.00 ± 0.58", "-2.00 ± 1.00"] and t["rows"][0][3] == 3
+    assert "(y_6 > y_6')" in t["note"] and "3-section" not in t["note"]  # the footer names the tie's own texts
 
 
 # ------------------------------------------------------------------------------------------------ slow: miniature run

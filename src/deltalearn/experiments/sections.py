@@ -13,8 +13,9 @@ nothing. Here the same experiment runs end to end on the embedded SmolLM2-135M-I
    (rule in its docstring; bold_sections(y_k) == k is asserted). Columns are named like the paper's released data:
    `3_sections`; `3_sections_alt` is a second 3-section text of the same answer (its sections start half a share
    earlier, so other words become headers; the same title rule) for the tied control (`control: tie`: each pair's
-   sides drawn by a seeded coin), as two identical texts give no gradient at all. A prompt set that
-   already has such columns (the paper's released data) is used as is.
+   sides drawn by a seeded coin), as two identical texts give no gradient at all; `3_sections_other` is y_3 of a
+   second answer to the prompt (the same model sampled at `experiment.other_temperature`), a tie of two different
+   answers. A prompt set that already has such columns (the paper's released data) is used as is.
 3. The student's habit. The paper's k_c = 3 and k_r = 2 are both *below* the student's habit (Llama-3.2-3B: 5.9).
    SmolLM2-135M almost never writes a standalone bold header line (shared/sections-notes.md: 0.09 per answer), and
    a system prompt asking for them does not change that (measured: 0 of 8 answers; with a 5-section example in
@@ -32,7 +33,7 @@ nothing. Here the same experiment runs end to end on the embedded SmolLM2-135M-I
 6. `results.json` (table + bar chart `sections.png`), `manifest.json`, and the Markdown table on stdout.
 
 Experiment-specific keys (the recipe's `experiment:` mapping): `train_prompts`, `eval_prompts`, `habit_k`,
-`habit_train`, `eval_original` -- see `SectionsSettings`.
+`habit_prompts`, `habit_train`, `eval_original`, `eval_split`, `other_temperature` -- see `SectionsSettings`.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from deltalearn.stats import fmt_pm, mean_se, paired_diff
 from deltalearn.utility import bold_sections, bold_spans, distinct_headers, response_words
 
 DEFAULT_PROMPTS = "builtin:sections_prompts"
-COLUMN = re.compile(r"^(?P<k>\d+)_sections(?P<alt>_alt)?$")
+COLUMN = re.compile(r"^(?P<k>\d+)_sections(?P<alt>_alt|_other)?$")
 METRICS = ("bold_sections", "headers_per_100_words", "distinct_headers", "bold_spans", "response_words",
            "response_tokens")
 MAX_K = 50
@@ -85,18 +86,27 @@ class SectionsSettings:
     eval_split: str = "eval"
     """`eval`: the held-out split (report numbers). `dev`: the tail of the train split, never trained on, for
     choosing learning rates and steps without looking at the held-out prompts."""
+    other_temperature: float = 0.7
+    """Sampling temperature of the second answer behind `K_sections_other` columns (the same model, the same
+    prompt, seed generate.seed + 1): a tie of two different answers instead of two cuts of one."""
 
 
 def column_k(name: str, where: str = "pair") -> tuple[int, int]:
-    """`3_sections` -> (3, 0); `3_sections_alt` -> (3, 1) (the variant passed to `with_k_sections`)."""
+    """`3_sections` -> (3, 0); `3_sections_alt` -> (3, 1) (the variant passed to `with_k_sections`);
+    `3_sections_other` -> (3, 0), cut from the second answer (`is_other`)."""
     m = COLUMN.match(str(name))
     if not m:
-        raise ConfigError(f"{where}: '{name}' is not a sections column; use K_sections or K_sections_alt "
-                          f"(e.g. 3_sections), K from 1 to {MAX_K}")
+        raise ConfigError(f"{where}: '{name}' is not a sections column; use K_sections, K_sections_alt or "
+                          f"K_sections_other (e.g. 3_sections), K from 1 to {MAX_K}")
     k = int(m.group("k"))
     if not 1 <= k <= MAX_K:
         raise ConfigError(f"{where}: k={k} in '{name}' must be between 1 and {MAX_K}")
-    return k, 1 if m.group("alt") else 0
+    return k, 1 if m.group("alt") == "_alt" else 0
+
+
+def is_other(name: str) -> bool:
+    """A column cut from the second, sampled answer to the prompt (`K_sections_other`)."""
+    return str(name).endswith("_sections_other")
 
 
 def settings_from(recipe: Recipe) -> SectionsSettings:
@@ -105,7 +115,8 @@ def settings_from(recipe: Recipe) -> SectionsSettings:
         raise ConfigError(f"kind: the sections experiment runs recipes with kind: sections, got {recipe.kind!r}")
     if not recipe.train.model:
         raise ConfigError("train.model: name the student model (e.g. smollm2-135m)")
-    known = {"train_prompts", "eval_prompts", "habit_k", "habit_prompts", "habit_train", "eval_original", "eval_split"}
+    known = {"train_prompts", "eval_prompts", "habit_k", "habit_prompts", "habit_train", "eval_original", "eval_split",
+             "other_temperature"}
     for key, value in recipe.experiment.items():
         if key not in known:
             import difflib
@@ -116,6 +127,10 @@ def settings_from(recipe: Recipe) -> SectionsSettings:
         if key == "habit_train":
             if not isinstance(value, dict):
                 raise ConfigError(f"experiment.habit_train: expected a mapping of train keys, got {value!r}")
+        elif key == "other_temperature":
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"experiment.other_temperature: expected a number > 0 (a sampled answer), got "
+                                  f"{value!r}")
         elif key == "eval_split":
             if value not in ("eval", "dev"):
                 raise ConfigError(f"experiment.eval_split: expected 'eval' (held-out) or 'dev' (unused train "
@@ -201,7 +216,7 @@ def needed_columns(recipe: Recipe, settings: Optional[SectionsSettings] = None) 
         cols.add(pair.chosen)
         if train.loss != "sft":
             cols.add(pair.rejected)
-    return sorted(cols, key=lambda c: column_k(c))
+    return sorted(cols, key=lambda c: (*column_k(c), is_other(c)))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -369,15 +384,20 @@ def with_k_sections(text: str, k: int, *, variant: int = 0, truncated: bool = Fa
     return out
 
 
-def build_sections_table(base_rows: list[dict], columns: list[str]) -> tuple[list[dict], list[str]]:
-    """The "wide" dataset: one row per prompt with the base answer and one y_k per column. Prompts whose answer is
-    too short for the largest k are dropped (their ids are returned) so every arm trains on the same prompts."""
+def build_sections_table(base_rows: list[dict], columns: list[str],
+                         other_rows: Optional[list[dict]] = None) -> tuple[list[dict], list[str]]:
+    """The "wide" dataset: one row per prompt with the base answer and one y_k per column (`K_sections_other`
+    columns from `other_rows`, the second answers, by id). Prompts whose answer is too short for the largest k are
+    dropped (their ids are returned) so every arm trains on the same prompts."""
     table, dropped = [], []
+    others = {r["id"]: r for r in other_rows or []}
     for r in base_rows:
         row = {"id": r["id"], "prompt": r["prompt"], "response": r["response"], "truncated": r.get("truncated")}
         for col in columns:
             k, variant = column_k(col)
-            row[col] = with_k_sections(r["response"], k, variant=variant, truncated=bool(r.get("truncated")))
+            src = others.get(r["id"]) if is_other(col) else r
+            row[col] = (None if src is None else
+                        with_k_sections(src["response"], k, variant=variant, truncated=bool(src.get("truncated"))))
         if any(row[c] is None for c in columns):
             dropped.append(r["id"])
             continue
@@ -533,9 +553,9 @@ def arm_title(loss: str, chosen: Optional[str], rejected: Optional[str], reverse
 
 
 def _short(column: str) -> str:
-    """`3_sections` -> `y_3`, `3_sections_alt` -> `y_3'`."""
+    """`3_sections` -> `y_3`, `3_sections_alt` -> `y_3'`, `3_sections_other` -> `y_3 (2nd answer)`."""
     k, variant = column_k(column)
-    return f"y_{k}" + ("'" if variant else "")
+    return f"y_{k}" + ("'" if variant else "") + (" (2nd answer)" if is_other(column) else "")
 
 
 def results_table(records: list[dict]) -> dict:
@@ -666,8 +686,9 @@ def _check_arm_dir(arm_dir: Path, fingerprint: dict) -> None:
 
 
 def _answers(model_name: str, prompts: list[dict], out_path: Path, *, max_new_tokens: int, batch_size: int,
-             recipe: Recipe, progress: bool, no_repeat_ngram_size: int = 0) -> list[dict]:
-    """Greedy answers of one model (loaded here and freed after), resumable in `out_path`."""
+             recipe: Recipe, progress: bool, no_repeat_ngram_size: int = 0, temperature: float = 0.0,
+             seed_offset: int = 0) -> list[dict]:
+    """Answers of one model (loaded here and freed after; greedy unless `temperature`), resumable in `out_path`."""
     from deltalearn.generate import free_model, generate_responses
     from deltalearn.models import load_model
 
@@ -676,8 +697,9 @@ def _answers(model_name: str, prompts: list[dict], out_path: Path, *, max_new_to
     try:
         return generate_responses(model, [{"id": r["id"], "prompt": r["prompt"]} for r in prompts], out_path,
                                   tokenizer=tok, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                  temperature=0.0, system_prompt=recipe.generate.system_prompt,
-                                  precision=recipe.generate.precision, seed=recipe.generate.seed, progress=progress,
+                                  temperature=temperature, system_prompt=recipe.generate.system_prompt,
+                                  precision=recipe.generate.precision, seed=recipe.generate.seed + seed_offset,
+                                  progress=progress,
                                   no_repeat_ngram_size=no_repeat_ngram_size)
     finally:
         free_model(model)
@@ -763,7 +785,14 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
         _log(f"{next(stage)}/{n_stages} {original}'s greedy answers on {len(train_prompts)} train prompts "
              f"(max {gen.max_new_tokens} new tokens) -> y_k")
         base_train = answers(original, train_prompts, "base-train.jsonl", gen.max_new_tokens, gen.batch_size)
-        table, dropped = build_sections_table(base_train, columns)
+        other_train = None
+        if any(is_other(c) for c in columns):
+            _log(f"second answers for the {', '.join(c for c in columns if is_other(c))} columns: {original} sampled "
+                 f"at temperature {settings.other_temperature:g}, seed {gen.seed + 1}")
+            other_train = _answers(original, train_prompts, gens / "other-train.jsonl",
+                                   max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, recipe=recipe,
+                                   progress=progress, temperature=settings.other_temperature, seed_offset=1)
+        table, dropped = build_sections_table(base_train, columns, other_train)
     timed("generate_train", t)
     write_jsonl_atomic(run_dir / "data" / "sections.jsonl", table)
     if dropped:
