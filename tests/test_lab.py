@@ -286,6 +286,21 @@ def test_pairs_on_dev_chooses_the_main_and_self_pairs_on_dev_prompts_only(mini_l
     titles = [t["title"] for t in res["tables"]]
     assert any(t.startswith("Pairs chosen on the dev split") for t in titles)
     assert sum(t.startswith("Learning rate chosen on the dev split") for t in titles) == 2
+    # the folder's cached choices and pairs are reused only under the settings they were made with
+    assert run_lab(load_recipe(data=data), run, progress=False)["tables"] == res["tables"]
+    other_lr = json.loads(json.dumps(data))
+    other_lr["experiment"]["sweep_lr"] = 1e-3
+    with pytest.raises(ConfigError, match=r"pairs.json was chosen under other settings \(lr: 0.0001 vs 0.001"):
+        run_lab(load_recipe(data=other_lr), run, progress=False)
+    rungs = ["r1", "r2", "r3"]
+    c, r = sel["main"]["chosen"], sel["main"]["rejected"]
+    other = next((a, b) for a in rungs for b in rungs if rungs.index(a) > rungs.index(b) and (a, b) != (c, r))
+    fixed = json.loads(json.dumps(data))
+    fixed["experiment"].update(pairs_on_dev=False, lr_grid=[], main_chosen=other[0], main_rejected=other[1],
+                               self_weaker="r1")
+    with pytest.raises(ConfigError, match=f"main-dpo_norm.jsonl holds pairs {c} > {r}, but arm main-dpo_norm is "
+                                          f"{other[0]} > {other[1]}"):
+        run_lab(load_recipe(data=fixed), run, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------------

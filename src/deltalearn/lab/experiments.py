@@ -343,6 +343,7 @@ class Lab:
         path = self.dir / "pairs" / f"{arm.name}.jsonl"
         stats_path = path.with_suffix(".stats.json")
         if path.exists() and stats_path.exists():
+            _check_cached_pairs(path, arm)
             return path, read_json(stats_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if arm.chosen == "gold":
@@ -412,10 +413,12 @@ class Lab:
         of the grid, its paired dev gain over the base student; the best wins (ties: the smaller lr). Cached in
         dev/<file>."""
         out = self.dir / "dev" / file
-        if out.exists():
-            return read_json(out)
         chosen, rejected = chosen or self.s.main_chosen, rejected or self.s.main_rejected
+        who = "own" if chosen == "student" else chosen
         grid = sorted(self.s.lr_grid)
+        fingerprint = {**self.dev_fingerprint(), "lr_grid": grid}
+        if out.exists():
+            return _cached_choice(out, fingerprint, arm=f"dpo_norm {who} > {rejected}")
         prefix = "" if chosen == self.s.main_chosen and rejected == self.s.main_rejected else f"{chosen}-over-{rejected}-"
         arms = [ArmSpec(f"{prefix}lr{lr:g}", "dev", chosen, rejected, "dpo_norm") for lr in grid]
         self.run_arms(arms, "lab: lr on dev", where=self.dir / "dev", eval_prompts="dev", lrs=grid,
@@ -425,8 +428,8 @@ class Lab:
             g, se, fixed, broken = self.gain(arm.name, where=self.dir / "dev")
             rows.append({"lr": lr, "dev_gain": g, "se": se, "fixed": fixed, "broken": broken})
         best = max(rows, key=lambda r: (r["dev_gain"], -r["lr"]))
-        who = "own" if chosen == "student" else chosen
-        res = {"arm": f"dpo_norm {who} > {rejected}", "grid": rows, "lr": best["lr"], "dev_prompts": self.s.dev_prompts}
+        res = {"arm": f"dpo_norm {who} > {rejected}", "grid": rows, "lr": best["lr"], "dev_prompts": self.s.dev_prompts,
+               "settings": fingerprint}
         write_json_atomic(out, res)
         return res
 
@@ -442,7 +445,7 @@ class Lab:
         prompts. Cached in dev/pairs.json; sets main_chosen, main_rejected and self_weaker."""
         out = self.dir / "dev" / "pairs.json"
         if out.exists():
-            res = read_json(out)
+            res = _cached_choice(out, {**self.dev_fingerprint(), "lr": self.pairs_lr()})
         else:
             res = self._select_pairs()
             write_json_atomic(out, res)
@@ -461,7 +464,7 @@ class Lab:
                               f"{student_acc:.1%} ({self.s.ladder.name or 'lab'} ladder); a pair needs two")
         self.generate([(r, s.teacher_temperature, 0) for r in below] + [("student", 0.0, 0)])
         arms = dev_pair_candidates(below)
-        lr = s.sweep_lr if s.sweep_lr is not None else self.recipe.train.lr
+        lr = self.pairs_lr()
         self.run_arms(arms, "lab: pairs on dev", where=self.dir / "dev", eval_prompts="dev", lrs=[lr] * len(arms),
                       extra=[self.dev_base_job()])
         rows = []
@@ -470,7 +473,18 @@ class Lab:
             rows.append({"arm": arm.name, "loss": arm.loss, "chosen": arm.chosen, "rejected": arm.rejected,
                          "dev_gain": g, "se": se, "fixed": fixed, "broken": broken})
         picked = choose_dev_pairs(rows)
-        return {"lr": lr, "dev_prompts": s.dev_prompts, "student_dev_acc": student_acc, "candidates": rows, **picked}
+        return {"lr": lr, "dev_prompts": s.dev_prompts, "student_dev_acc": student_acc, "candidates": rows, **picked,
+                "settings": {**self.dev_fingerprint(), "lr": lr}}
+
+    def pairs_lr(self) -> float:
+        return self.s.sweep_lr if self.s.sweep_lr is not None else self.recipe.train.lr
+
+    def dev_fingerprint(self) -> dict:
+        """What a dev choice depends on besides its own grid: a cached choice made under other values is refused."""
+        t = self.recipe.train
+        return {"ladder": self.ladder.get("config_hash"), "seed": self.recipe.seed, "pref_prompts": self.s.pref_prompts,
+                "dev_prompts": self.s.dev_prompts, "teacher_temperature": self.s.teacher_temperature,
+                "train": {"loss_beta": t.beta, "batch_size": t.batch_size, "max_steps": t.max_steps, "epochs": t.epochs}}
 
     def arm_lrs(self, arms: list[ArmSpec]) -> list[float | None]:
         """Each arm's lr: the self-over-weaker arms' own dev choice when there is one, else the recipe's."""
@@ -494,6 +508,34 @@ class Lab:
         fixed = sum(1 for x, y in zip(b, n) if y > x)
         broken = sum(1 for x, y in zip(b, n) if y < x)
         return d, se, fixed, broken
+
+
+def _cached_choice(path: Path, fingerprint: dict, arm: str | None = None) -> dict:
+    """A dev choice cached in a run folder, if it was made for this arm under these settings; else an error that
+    names what differs (a silent reuse would report another run's choice). Files from before fingerprints were
+    written are checked by their arm alone."""
+    res = read_json(path)
+    diffs = [] if arm is None or res.get("arm") == arm else [f"arm: {res.get('arm')!r} vs {arm!r}"]
+    saved = res.get("settings")
+    if saved is not None:
+        diffs += [f"{k}: {saved.get(k)!r} vs {v!r}" for k, v in fingerprint.items() if saved.get(k) != v]
+    if diffs:
+        raise ConfigError(f"{path} was chosen under other settings ({'; '.join(diffs)}; folder vs this run); use "
+                          "another --out or delete that file")
+    return res
+
+
+def _check_cached_pairs(path: Path, arm: "ArmSpec") -> None:
+    """A pairs file cached under an arm's name must hold that arm's sides (rerunning a folder with another main
+    pair would otherwise train and report the old pairs under the new title)."""
+    if arm.chosen == "gold":
+        return
+    first = next(iter(read_jsonl(path)), None)
+    want = (arm.rejected, arm.chosen) if arm.reverse else (arm.chosen, arm.rejected)
+    if first is not None and (first.get("chosen_model"), first.get("rejected_model")) != want:
+        raise ConfigError(f"{path} holds pairs {first.get('chosen_model')} > {first.get('rejected_model')}, but arm "
+                          f"{arm.name} is {want[0]} > {want[1]} in this run; use another --out or delete the run "
+                          "folder's pairs/, arms/ and eval/")
 
 
 # ---------------------------------------------------------------------------------------------------------
