@@ -92,11 +92,7 @@ class LabSettings:
         if "ladder" not in d:
             raise ConfigError("experiment.ladder is required for kind: lab")
         ladder = LadderConfig.from_dict(d.pop("ladder"))
-        known = {f for f in cls.__dataclass_fields__ if f != "ladder"}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"experiment: unknown keys {sorted(unknown)}; known: {sorted(known | {'ladder'})}")
-        s = cls(ladder=ladder, **d)
+        s = from_dict(cls, {**d, "ladder": ladder}, "experiment")  # unknown keys and wrong types name the key
         task.get_task(s.task)
         ladder.task = s.task
         rungs = [f"r{i + 1}" for i in range(len(ladder.targets))]
