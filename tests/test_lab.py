@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from pathlib import Path
 
 import pytest
 
 from deltalearn.lab import task
 from deltalearn.lab.tokenizer import build_tokenizer
 from deltalearn.recipe import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_worked_solution_and_answer_are_right():
@@ -222,6 +226,19 @@ def test_choose_dev_pairs_takes_the_best_pair_whose_chosen_side_is_weak_data():
     rows[1]["dev_gain"] = 0.01
     with pytest.raises(ConfigError, match=r"SFT on every rung below the student raises it on dev \(r1 -2.00, r2 \+1.00"):
         choose_dev_pairs(rows)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("experiment.pairs_on_dev=maybe", "experiment.pairs_on_dev: expected true or false, got 'maybe'"),
+    ("experiment.dev_prompts=abc", "experiment.dev_prompts: expected a whole number"),
+    ("experiment.pair_on_dev=true", "did you mean 'pairs_on_dev'"),
+])
+def test_lab_settings_name_the_bad_key(override, message):
+    from deltalearn.lab.experiments import LabSettings
+    from deltalearn.recipe import load_recipe
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        LabSettings.from_recipe(load_recipe(ROOT / "recipes" / "lab-lookups.yaml", [override]))
 
 
 def test_pairs_on_dev_chooses_the_main_and_self_pairs_on_dev_prompts_only(mini_lab, tmp_path, monkeypatch):
