@@ -418,7 +418,7 @@ class Lab:
         prefix = "" if chosen == self.s.main_chosen and rejected == self.s.main_rejected else f"{chosen}-over-{rejected}-"
         arms = [ArmSpec(f"{prefix}lr{lr:g}", "dev", chosen, rejected, "dpo_norm") for lr in grid]
         self.run_arms(arms, "lab: lr on dev", where=self.dir / "dev", eval_prompts="dev", lrs=grid,
-                      extra=[self.dev_base_job()])
+                      extra=[self.base_eval_job("dev")])
         rows = []
         for arm, lr in zip(arms, grid):
             g, se, fixed, broken = self.gain(arm.name, where=self.dir / "dev")
@@ -428,13 +428,6 @@ class Lab:
                "settings": fingerprint}
         write_json_atomic(out, res)
         return res
-
-    def dev_base_job(self) -> tuple:
-        """The base student's eval on the dev prompts (done once; every dev arm is paired against it)."""
-        return (evaluate, dict(model=self.s.model("student"), eval_path=str(self.dir / "dev_prompts.jsonl"),
-                               out_json=str(self.dir / "dev" / "eval" / f"{BASE}.json"),
-                               max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size,
-                               utility=self.T.UTILITY))
 
     def select_pairs(self) -> dict:
         """Choose the main pair and the self-over-weaker rung on the dev split (`pairs_on_dev`), never on the eval
@@ -462,7 +455,7 @@ class Lab:
         arms = dev_pair_candidates(below)
         lr = self.pairs_lr()
         self.run_arms(arms, "lab: pairs on dev", where=self.dir / "dev", eval_prompts="dev", lrs=[lr] * len(arms),
-                      extra=[self.dev_base_job()])
+                      extra=[self.base_eval_job("dev")])
         rows = []
         for arm in arms:
             g, se, fixed, broken = self.gain(arm.name, where=self.dir / "dev")
@@ -487,9 +480,12 @@ class Lab:
         own = self.self_selection["lr"] if self.self_selection else None
         return [own if a.group == "self" else None for a in arms]
 
-    def base_eval_job(self) -> tuple:
-        return (evaluate, dict(model=self.s.model("student"), eval_path=str(self.dir / "eval_prompts.jsonl"),
-                               out_json=str(self.dir / "eval" / f"{BASE}.json"),
+    def base_eval_job(self, split: str = "eval") -> tuple:
+        """The base student's eval on the `eval` (report) or `dev` (selection) prompts; every arm of that split is
+        paired against it, and a finished one is not redone."""
+        where = self.dir if split == "eval" else self.dir / "dev"
+        return (evaluate, dict(model=self.s.model("student"), eval_path=str(self.dir / f"{split}_prompts.jsonl"),
+                               out_json=str(where / "eval" / f"{BASE}.json"),
                                max_new_tokens=self.s.max_new_tokens, batch_size=self.s.gen_batch_size,
                                utility=self.T.UTILITY))
 

@@ -184,11 +184,10 @@ def lab_results(lab, arms, info: dict, gens: dict, *, sweep: bool) -> dict:
                                f"(SFT on its samples alone does not raise the student on dev: {', '.join(ps.get('weak_chosen', [])) or '-'}); "
                                "self-over-weaker: the largest among own > rung. The eval split was not used to "
                                "choose them."})
-    for sel, who in ((lab.selection, "Every main-recipe arm below"), (lab.self_selection, "Every self-over-weaker arm")):
+    for sel, who in ((lab.selection, "Every main-recipe arm below" if lab.self_selection else "Every arm below"),
+                     (lab.self_selection, "Every self-over-weaker arm")):
         if not sel:
             continue
-        if lab.self_selection is None:
-            who = "Every arm below"
         tables.append({"title": f"Learning rate chosen on the dev split ({sel['arm']}, {sel['dev_prompts']} dev prompts)",
                        "columns": ["lr", "dev gain vs base (pts, paired)", "fixed/broken", "chosen"],
                        "rows": [[f"{r['lr']:g}", _pm(r["dev_gain"], r["se"]), f"{r['fixed']}/{r['broken']}",
