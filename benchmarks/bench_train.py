@@ -15,9 +15,16 @@ Configurations, each in its own subprocess (peak RSS is that child's `ru_maxrss`
 - dl-gc      dl-fp32 with gradient checkpointing, TRL's default memory setting (recompute for memory).
 - dl-auto    deltalearn, precision=auto (bf16 autocast on native-bf16 hardware, else fp32), cold cache.
 - dl-bf16    deltalearn, precision=bf16 forced. On CPUs without AMX / AVX512-BF16 bf16 is emulated and very slow,
-             so it runs on the first --bf16-pairs pairs only (the table says how many).
+             so it (and every bf16 configuration) runs on the first --bf16-pairs pairs only (the table says how many).
+- dl-bf16-eager / dl-bf16-compiled   bf16 with `compile: false` / `compile: true` (the lever alone).
+- dl-bf16-gc bf16 with gradient checkpointing (the memory configuration).
 - trl        TRL DPOTrainer defaults: a live reference model scored on every micro-batch.
 - trl-pre    TRL DPOTrainer with precompute_ref_log_probs=True (its reference pass is timed inside end-to-end).
+- trl-bf16   TRL DPOTrainer with bf16=True.
+
+These VMs' matmul rate moves by up to 2x over minutes (the bf16 one on the Intel AMX machines jumps between ~700
+and ~1,300-1,700 GFLOP/s), so a short matmul probe runs right before each configuration and the table shows it, with
+each configuration's MFU against its own probe beside the MFU against the run's first one.
 
 End-to-end tokens/s = (prompt+response tokens of both sides of every pair, counted once with deltalearn's
 tokenization, identical for every configuration) / (reference pass + training loop seconds); model loading and
@@ -42,8 +49,11 @@ import time
 from pathlib import Path
 
 THREADS = 2
-CONFIGS = ("dl-fp32", "dl-gc", "dl-auto", "dl-bf16", "dl-bf16-eager", "trl", "trl-bf16", "trl-pre")
+CONFIGS = ("dl-fp32", "dl-gc", "dl-auto", "dl-bf16", "dl-bf16-eager", "dl-bf16-compiled", "dl-bf16-gc", "trl",
+           "trl-bf16", "trl-pre")
+BF16_CONFIGS = ("dl-bf16", "dl-bf16-eager", "dl-bf16-compiled", "dl-bf16-gc", "trl-bf16")
 MODEL = os.environ.get("BENCH_MODEL", "smollm2-135m")  # a folder here gives a quick check of the script itself
+MATMUL_SECONDS = float(os.environ.get("BENCH_MATMUL_SECONDS", 2.0))
 JOB = dict(beta=0.1, lr=1e-5, batch=4, accum=2, max_len=512, seed=0)
 
 
@@ -102,7 +112,7 @@ def matmul_rates() -> dict:
     """GFLOP/s of square matmuls on THREADS threads: fp32 (2048) and bf16 autocast (1024, it can be very slow)."""
     import torch
 
-    def rate(n: int, dtype, min_s: float = 2.0) -> float:
+    def rate(n: int, dtype, min_s: float = MATMUL_SECONDS) -> float:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b  # warm-up (oneDNN primitive creation)
         reps, t0 = 0, time.perf_counter()
@@ -211,10 +221,10 @@ def child(args) -> None:
     elif args.child == "params":
         result = {"params": matmul_params()}
     elif args.child.startswith("dl-"):
-        precision = {"dl-fp32": "fp32", "dl-gc": "fp32", "dl-auto": "auto", "dl-bf16": "bf16",
-                     "dl-bf16-eager": "bf16"}[args.child]
-        result = run_deltalearn(precision, path, args.pairs, checkpointing=args.child == "dl-gc",
-                                compile=False if args.child == "dl-bf16-eager" else "auto")
+        precision = "fp32" if args.child in ("dl-fp32", "dl-gc") else "auto" if args.child == "dl-auto" else "bf16"
+        compile = {"dl-bf16-eager": False, "dl-bf16-compiled": True}.get(args.child, "auto")
+        result = run_deltalearn(precision, path, args.pairs, checkpointing=args.child in ("dl-gc", "dl-bf16-gc"),
+                                compile=compile)
     else:
         result = run_trl(args.child == "trl-pre", path, args.pairs, bf16=args.child == "trl-bf16")
     Path(args.result).write_text(json.dumps(result))
@@ -248,6 +258,48 @@ def spawn(name: str, data: Path, n_pairs: int) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def report(results: dict, mm: dict) -> None:
+    """The results table, the ratios to TRL and the per-step losses (also from a saved run: --from-json)."""
+    print("   x TRL: against TRL at the same precision (trl-bf16 for bf16 runs, trl for fp32); x TRL RSS: against "
+          "TRL's default (trl); MFU: of the matmul rate of the run's precision, from the first probe / from the "
+          "probe just before the configuration")
+    head = (f"| {'configuration':<16} | precision | pairs | ref s | train s | tokens/s | x TRL | later steps tokens/s "
+            f"| peak RSS GB | x TRL RSS | probe GFLOP/s | MFU | MFU (own probe) | load after |")
+    print(head)
+    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    rss_base = results.get("trl")
+    for name, r in results.items():
+        key = f"{r['precision']}_gflops"
+        achieved = r["flops"] / r["e2e_s"] / 1e9
+        base = results.get("trl-bf16" if r["precision"] == "bf16" else "trl")
+        x_tps = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
+        x_rss = f"{r['peak_rss_gb'] / rss_base['peak_rss_gb']:.2f}" if rss_base else "-"
+        later = f"{r['later_steps_tokens_per_s']:.1f}" if "later_steps_tokens_per_s" in r else "-"
+        print(f"| {name:<16} | {r['precision']:<9} | {r['pairs']:>5} | {r['ref_s']:>5.1f} | {r['train_s']:>7.1f} | "
+              f"{r['tokens_per_s']:>8.1f} | {x_tps:>5} | {later:>20} | {r['peak_rss_gb']:>11.2f} | {x_rss:>9} | "
+              f"{r['probe'][key]:>13.0f} | {achieved / mm[key]:>3.0%} | {achieved / r['probe'][key]:>15.0%} | "
+              f"{r['load_after']:>10} |")
+    if "trl-pre" in results:
+        pre = results["trl-pre"]
+        for name in ("dl-fp32", "dl-gc"):
+            if name in results:
+                print(f"   {name} vs TRL precomputed: {results[name]['tokens_per_s'] / pre['tokens_per_s']:.2f}x "
+                      f"tokens/s, {results[name]['peak_rss_gb'] / pre['peak_rss_gb']:.2f}x peak RSS")
+
+    # Numerics: the same data in the same order, so step k's loss is comparable across configurations.
+    ref_name = "dl-fp32" if "dl-fp32" in results else None
+    if ref_name:
+        ref = results[ref_name]["losses"]
+        print(f"\n== Per-step losses (step 1 is log 2 = 0.6931 for all: policy == reference)")
+        for name, r in results.items():
+            if name == ref_name:
+                continue
+            k = min(len(ref), len(r["losses"]))
+            rel = [abs(a - b) / abs(b) for a, b in zip(r["losses"][:k], ref[:k])]
+            print(f"   {name:<8} vs {ref_name}: max relative difference over {k} steps {max(rel):.2%}; "
+                  f"per step {[round(x, 4) for x in r['losses'][:k]]} vs {[round(x, 4) for x in ref[:k]]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=64)
@@ -255,12 +307,16 @@ def main() -> None:
                     help="pairs for dl-bf16 (default: all on native-bf16 hardware, else 16 = 2 optimizer steps, "
                     "since emulated bf16 is several times slower)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    ap.add_argument("--from-json", help="print the tables of a run saved with BENCH_OUT=... instead of running")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        return report(saved["results"], saved["matmul"])
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, also through a pipe
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in CONFIGS]
@@ -290,10 +346,13 @@ def main() -> None:
 
     results = {}
     for name in configs:
-        n = bf16_pairs if name in ("dl-bf16", "dl-bf16-eager", "trl-bf16") else args.pairs
+        n = bf16_pairs if name in BF16_CONFIGS else args.pairs
         wl = w if n == args.pairs else workload(data, n)
-        print(f"-- {name} ({n} pairs) ... load {_load()}", flush=True)
+        probe = spawn("matmul", data, 0)
+        print(f"-- {name} ({n} pairs) ... load {_load()}; matmul probe fp32 {probe['fp32_gflops']:.0f}, bf16 "
+              f"{probe['bf16_gflops']:.0f} GFLOP/s", flush=True)
         r = spawn(name, data, n)
+        r["probe"] = probe
         r["pairs"], r["tokens"] = n, wl["tokens"]
         r["e2e_s"] = r["ref_s"] + r["train_s"]
         r["tokens_per_s"] = wl["tokens"] / r["e2e_s"]
@@ -305,39 +364,9 @@ def main() -> None:
               f"{r['train_s']:.1f} s{later}), peak RSS {r['peak_rss_gb']:.2f} GB, compiled "
               f"{r.get('compiled', False)}, losses {[round(x, 4) for x in r['losses']]}", flush=True)
 
-    base = results.get("trl")
     print(f"\n== Results: {MODEL} DPO, batch {JOB['batch']} x {JOB['accum']}, max_len {JOB['max_len']}, "
           f"{THREADS} threads; load average at end {_load()}")
-    head = (f"| {'configuration':<10} | precision | pairs | ref s | train s | tokens/s | x TRL | peak RSS GB | "
-            f"x TRL RSS | MFU fp32 | MFU bf16 | load after |")
-    print(head)
-    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
-    for name, r in results.items():
-        achieved = r["flops"] / r["e2e_s"] / 1e9
-        x_tps = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
-        x_rss = f"{r['peak_rss_gb'] / base['peak_rss_gb']:.2f}" if base else "-"
-        print(f"| {name:<10} | {r['precision']:<9} | {r['pairs']:>5} | {r['ref_s']:>5.1f} | {r['train_s']:>7.1f} | "
-              f"{r['tokens_per_s']:>8.1f} | {x_tps:>5} | {r['peak_rss_gb']:>11.2f} | {x_rss:>9} | "
-              f"{achieved / mm['fp32_gflops']:>8.0%} | {achieved / mm['bf16_gflops']:>8.0%} | {r['load_after']:>10} |")
-    if "trl-pre" in results:
-        pre = results["trl-pre"]
-        for name in ("dl-fp32", "dl-gc", "dl-auto"):
-            if name in results:
-                print(f"   {name} vs TRL precomputed: {results[name]['tokens_per_s'] / pre['tokens_per_s']:.2f}x "
-                      f"tokens/s, {results[name]['peak_rss_gb'] / pre['peak_rss_gb']:.2f}x peak RSS")
-
-    # Numerics: the same data in the same order, so step k's loss is comparable across configurations.
-    ref_name = "dl-fp32" if "dl-fp32" in results else None
-    if ref_name:
-        ref = results[ref_name]["losses"]
-        print(f"\n== Per-step losses (step 1 is log 2 = 0.6931 for all: policy == reference)")
-        for name, r in results.items():
-            if name == ref_name:
-                continue
-            k = min(len(ref), len(r["losses"]))
-            rel = [abs(a - b) / abs(b) for a, b in zip(r["losses"][:k], ref[:k])]
-            print(f"   {name:<8} vs {ref_name}: max relative difference over {k} steps {max(rel):.2%}; "
-                  f"per step {[round(x, 4) for x in r['losses'][:k]]} vs {[round(x, 4) for x in ref[:k]]}")
+    report(results, mm)
     print(f"\n== bench_train done in {time.time() - t_all:.0f} s; load average at end {_load()}")
     out = Path(os.environ.get("BENCH_OUT", "")) if os.environ.get("BENCH_OUT") else None
     if out:

@@ -8,9 +8,10 @@
 - `compile_layers`: `torch.compile` (inductor; on CPU its C++ backend, built with the machine's gcc) of each decoder
   layer, shapes dynamic so one compilation serves every micro-batch length. Under bf16 autocast the eager step is
   bound by what sits between the matmuls (casts, RMSNorm, rotary, SiLU, the attention kernel's backward), which
-  inductor fuses: a bf16 micro-batch took about half the time in isolation, and training steps ran 1.3x faster in
-  the benchmark's run. In fp32 the step is matmul-bound and it gained ~5%, so "auto" compiles only under bf16, and
-  only runs long enough to pay back the compilation (COMPILE_MIN_TOKENS).
+  inductor fuses: a bf16 micro-batch took about half the time in isolation, and training steps ran 1.3-1.5x faster in
+  the benchmark's runs. In fp32 the step is matmul-bound and it gained ~5%, so "auto" compiles only under bf16, and
+  only runs long enough to pay back a cold compilation (COMPILE_MIN_TOKENS) — never on whether inductor's cache is
+  warm, which would make a job's path (and its bf16 rounding) depend on the machine's history.
 - `attention_for`: on CPU, inductor fuses the plain ("eager") attention's softmax between its two matmuls and beats
   the flash kernel's backward (its slowest op, 18% of a bf16 step), while the eager form keeps a [B, H, L, L] score
   tensor per layer: used only up to `EAGER_ATTENTION_MAX_LEN` tokens.
