@@ -1,9 +1,11 @@
 """The training loop's speed levers (speedups.py): compiled layers train the same model as eager ones, the
 reference pass uses the policy's compiled kernels (step 1 is ln 2 exactly in bf16), "auto" compiles only where it
-was measured to pay, the allocator setting stops the page-fault storm, and the GPU benchmark's CPU dry run works."""
+was measured to pay, the allocator setting stops the page-fault storm; and the benchmarks' own code paths run (the
+GPU one's CPU dry run, the TRL comparison on a tiny model)."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +131,27 @@ def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
     assert res["first_loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at step 1
     assert len(res["losses"]) == 2 and res["tokens"] > 0 and res["matmul_params"] > 0
     assert 0 < res["mfu_end_to_end"] < 1 and res["tokens_per_s"] > 0
+
+
+def test_train_benchmark_runs_both_libraries_on_a_tiny_model(tmp_path, tiny_model_dir):
+    """benchmarks/bench_train.py end to end on the tiny Llama (BENCH_MODEL): deltalearn and TRL each in their own
+    process on the same 8 pairs, a matmul probe before each, one saved run that --from-json prints again; both start
+    at ln 2 (policy == reference). The losses' agreement with TRL is tests/test_trl_equivalence.py's."""
+    out = tmp_path / "run.json"
+    env = {**os.environ, "BENCH_MODEL": tiny_model_dir, "BENCH_OUT": str(out),
+           "BENCH_MATMUL_SECONDS": "0.05"}
+    script = str(ROOT / "benchmarks" / "bench_train.py")
+    r = subprocess.run([sys.executable, script, "--pairs", "8", "--configs", "dl-fp32,trl"], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    saved = json.loads(out.read_text())
+    res = saved["results"]
+    assert set(res) == {"dl-fp32", "trl"}
+    for name, x in res.items():
+        assert x["losses"][0] == pytest.approx(math.log(2), abs=1e-4), name
+        assert x["tokens_per_s"] > 0 and x["peak_rss_gb"] > 0.1 and x["probe"]["fp32_gflops"] > 0
+    again = subprocess.run([sys.executable, script, "--from-json", str(out)], capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = [ln for ln in again.stdout.splitlines() if ln.startswith("| dl-fp32") or ln.startswith("| trl ")]
+    assert len(rows) == 2 and " 1.00 " in rows[1]  # TRL against itself
