@@ -1,6 +1,6 @@
-"""Training speed and memory, side by side with TRL: one DPO job, eight ways by default, in one process tree and one sitting.
+"""Training speed and memory, side by side with TRL: one DPO job, eight ways by default, in one sitting.
 
-    python benchmarks/bench_train.py                 # the full benchmark (64 pairs, 8 configurations; ~32 min on 2 AMX cores)
+    python benchmarks/bench_train.py                 # the full benchmark: 64 pairs, 8 configurations, ~32 min
     python benchmarks/bench_train.py --pairs 16 --bf16-pairs 8 --configs dl-fp32,trl   # a quick check
 
 The job (issue 2's "Speed and memory" and issue 8): SmolLM2-135M-Instruct, 64 preference pairs of ~200-token
@@ -331,7 +331,8 @@ def main() -> None:
     import trl
 
     print(f"== bench_train ({MODEL}): load average at start {_load()} (1/5/15 min), cores visible {os.cpu_count()}, "
-          f"threads {THREADS}, torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
+          f"threads {THREADS}, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"trl {trl.__version__}")
     if os.getloadavg()[0] > 1.5:
         print("   WARNING: the machine is busy (1-min load > 1.5); timings below are not idle-machine numbers")
     t_all = time.time()
@@ -346,7 +347,8 @@ def main() -> None:
           f"{w['response_tokens_mean']:.0f} tokens on average, {w['tokens']} tokens per epoch "
           f"({w['truncated_pairs']} pairs truncated at {JOB['max_len']})")
     print(f"   matmul rate on {THREADS} threads: fp32 {mm['fp32_gflops']:.0f} GFLOP/s, bf16 autocast "
-          f"{mm['bf16_gflops']:.1f} GFLOP/s (native bf16: {mm['native_bf16']}); matmul parameters {n_params / 1e6:.1f}M")
+          f"{mm['bf16_gflops']:.1f} GFLOP/s (native bf16: {mm['native_bf16']}); matmul parameters "
+          f"{n_params / 1e6:.1f}M")
 
     results = {}
     for name in configs:
