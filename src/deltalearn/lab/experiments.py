@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from deltalearn.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from deltalearn.io import iter_jsonl, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 from deltalearn.lab import task
 from deltalearn.lab.ladder import LadderConfig, build_ladder
 from deltalearn.lab.report import eval_metric, load_gen
@@ -522,7 +522,7 @@ def _check_cached_pairs(path: Path, arm: "ArmSpec") -> None:
     pair would otherwise train and report the old pairs under the new title)."""
     if arm.chosen == "gold":
         return
-    first = next(iter(read_jsonl(path)), None)
+    first = next(iter_jsonl(path), (0, None))[1]  # the first row only: the file may hold thousands
     want = (arm.rejected, arm.chosen) if arm.reverse else (arm.chosen, arm.rejected)
     if first is not None and (first.get("chosen_model"), first.get("rejected_model")) != want:
         raise ConfigError(f"{path} holds pairs {first.get('chosen_model')} > {first.get('rejected_model')}, but arm "
