@@ -225,9 +225,9 @@ def child(args) -> None:
         result = {"params": matmul_params()}
     elif args.child.startswith("dl-"):
         precision = "fp32" if args.child in ("dl-fp32", "dl-gc") else "auto" if args.child == "dl-auto" else "bf16"
-        compile = {"dl-bf16-eager": False, "dl-bf16-compiled": True}.get(args.child, "auto")
+        compile_setting = {"dl-bf16-eager": False, "dl-bf16-compiled": True}.get(args.child, "auto")
         result = run_deltalearn(precision, path, args.pairs, checkpointing=args.child in ("dl-gc", "dl-bf16-gc"),
-                                compile=compile)
+                                compile=compile_setting)
     else:
         result = run_trl(args.child == "trl-pre", path, args.pairs, bf16=args.child == "trl-bf16")
     Path(args.result).write_text(json.dumps(result))
@@ -259,6 +259,30 @@ def spawn(name: str, data: Path, n_pairs: int) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------------------
+
+
+RESULT_FIELDS = ("precision", "pairs", "ref_s", "train_s", "e2e_s", "tokens_per_s", "flops", "peak_rss_gb", "probe",
+                 "load_after", "losses")
+
+
+def load_saved(path: Path) -> tuple[dict, dict]:
+    """(results, matmul) of a run saved with BENCH_OUT; an unreadable or incomplete file is refused naming the
+    file, the configuration and the field."""
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"--from-json {path}: no such file")
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--from-json {path}: not JSON (line {e.lineno}, column {e.colno}: {e.msg})")
+    for key in ("results", "matmul"):
+        if not isinstance(saved, dict) or not isinstance(saved.get(key), dict):
+            raise SystemExit(f"--from-json {path}: no '{key}' mapping (not a file that BENCH_OUT wrote)")
+    for name, r in saved["results"].items():
+        missing = [f for f in RESULT_FIELDS if f not in r]
+        if missing:
+            raise SystemExit(f"--from-json {path}: results.{name} has no {', '.join(missing)} (saved by an older "
+                             "bench_train.py?)")
+    return saved["results"], saved["matmul"]
 
 
 def report(results: dict, mm: dict) -> None:
@@ -319,8 +343,7 @@ def main() -> None:
     if args.child:
         return child(args)
     if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text())
-        return report(saved["results"], saved["matmul"])
+        return report(*load_saved(Path(args.from_json)))
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, also through a pipe
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in CONFIGS]

@@ -155,3 +155,18 @@ def test_train_benchmark_runs_both_libraries_on_a_tiny_model(tmp_path, tiny_mode
     assert again.returncode == 0, again.stderr[-2000:]
     rows = [ln for ln in again.stdout.splitlines() if ln.startswith("| dl-fp32") or ln.startswith("| trl ")]
     assert len(rows) == 2 and " 1.00 " in rows[1]  # TRL against itself
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ('{"results": ', "not JSON (line 1"),
+    ('{"results": {}}', "no 'matmul' mapping"),
+    ('{"matmul": {}, "results": {"trl": {"precision": "fp32"}}}', "results.trl has no pairs, ref_s"),
+])
+def test_train_benchmark_refuses_a_bad_saved_run_naming_file_and_field(tmp_path, content, message):
+    path = tmp_path / "run.json"
+    if content is not None:
+        path.write_text(content)
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--from-json", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and f"--from-json {path}: " in r.stderr and message in r.stderr, r.stderr[-2000:]
