@@ -76,10 +76,13 @@ def test_gpu_hours_scale_with_utilization():
 
 
 def test_sweep_expands_into_21_arms():
+    """21 pair arms (each with the authors' own lr/beta) + 7 per-rung SFT baselines."""
     p = plan(load_recipe(ROOT / "recipes" / "qwen2.5-ladder-sweep.yaml"))
-    assert len(p["arms"]) == 21
+    pairs = [a for a in p["arms"] if "-over-" in a["arm"]]
+    assert len(pairs) == 21 and len(p["arms"]) == 28
     assert p["arms"][0]["arm"] == "Qwen_Qwen2.5-72B-Instruct-over-Qwen_Qwen2.5-32B-Instruct"
-    assert len({a["arm"] for a in p["arms"]}) == 21
+    assert len({a["arm"] for a in p["arms"]}) == 28
+    assert {a["lr"] for a in pairs} == {5e-8, 7e-8, 1e-7}
 
 
 def test_controls_become_arms():

@@ -66,21 +66,30 @@ def _from_long(rows: list[dict], source: str) -> Generations:
 
 def _from_wide(rows: list[dict], source: str, *, models: Optional[list[str]], prompt_column: str,
                id_column: Optional[str]) -> Generations:
-    """The reference code's released format: one row per prompt, one column per model's response."""
+    """The reference code's format: one row per prompt, one column per model's response -- a string (with a prompt
+    column), or, as the authors released their datasets, a conversation whose messages before the last are the
+    prompt (deltalearn.conversations)."""
+    from deltalearn.conversations import is_conversation, split_conversation
     from deltalearn.prompts import check_prompt, content_id, missing_column_error
 
     cols = list(rows[0])
-    if prompt_column not in cols:
+    conversations = [c for c in cols if c not in (prompt_column, id_column) and is_conversation(rows[0][c])]
+    if prompt_column not in cols and not conversations:
         raise missing_column_error(source, prompt_column, cols, row=1)
     if models is None:
         models = [c for c in cols if c not in _NOT_MODEL_COLUMNS | {prompt_column, id_column}
-                  and isinstance(rows[0][c], str)]
+                  and (isinstance(rows[0][c], str) or c in conversations)]
         if len(models) < 2:
             raise DataError(source, f"a wide table needs at least two response columns; found {models or 'none'} "
                             f"(columns: {', '.join(cols)})")
     out: Generations = {m: [] for m in models}
     for i, r in enumerate(rows, start=1):
-        prompt = check_prompt(r.get(prompt_column), source=source, row=i, field=prompt_column)
+        split = {m: split_conversation(r[m], source=source, row=i, field=m) for m in models
+                 if m in r and r[m] is not None and not isinstance(r[m], str)}
+        if prompt_column in r or not split:
+            prompt = check_prompt(r.get(prompt_column), source=source, row=i, field=prompt_column)
+        else:
+            prompt = next(iter(split.values()))[0]
         pid = str(r[id_column]) if id_column else content_id(prompt)
         for m in models:
             if m not in r:
@@ -88,10 +97,10 @@ def _from_wide(rows: list[dict], source: str, *, models: Optional[list[str]], pr
             v = r[m]
             if v is None:  # no response from this model for this prompt: counted as 'missing' when pairing
                 continue
-            if not isinstance(v, str):
-                raise DataError(source, f"response must be a string, got {type(v).__name__}", row=i, field=m)
+            # a conversation carries its own prompt (the messages before the answer), as OpenRLHF reads it
+            p, v = split[m] if m in split else (prompt, v)
             extra = {"reference": r["reference"]} if "reference" in r else {}
-            out[m].append({"id": pid, "prompt": prompt, "response": v, "model": m, "truncated": False, **extra})
+            out[m].append({"id": pid, "prompt": p, "response": v, "model": m, "truncated": False, **extra})
     return out
 
 

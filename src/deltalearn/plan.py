@@ -164,6 +164,11 @@ def _pairs_per_prompt(pair_cfg, models: list[str]) -> int:
 def _arm_list(recipe: Recipe):
     """(name, pair config, train config, pairs per prompt) for each training run the recipe implies."""
     g = recipe.generate
+    if (recipe.kind == "sweep" and recipe.pair.rule == "ladder" and not recipe.pair.adjacent
+            and all(m in recipe.pair.sizes for m in g.models)):
+        from deltalearn.sweep import expand_sweep  # the arms `deltalearn sweep` trains, per-pair overrides included
+
+        return [(a.name, *arm_configs(recipe, a), 1) for a in expand_sweep(recipe).arms]
     if recipe.kind == "sweep" and not recipe.arms and recipe.pair.rule == "ladder" and not recipe.pair.adjacent:
         # A sweep trains one arm per chosen>rejected pair of the ladder, each on its own preference set.
         sizes = {m: recipe.pair.sizes.get(m) or model_params(m)[0] or 0 for m in g.models}
@@ -369,6 +374,9 @@ def plan(recipe: Recipe, *, hardware: Hardware = Hardware(), prompt_tokens: Opti
             and recipe.prompts.dataset and "tulu-3" in recipe.prompts.dataset.lower()):
         out["tulu3_comparison"] = tulu3_comparison([(m, models[m]["params"]) for m in g.models], n_prompts,
                                                    prompt_tokens + response_tokens)
+    from deltalearn.reference import format_comparison  # a paper recipe against the authors' runs
+
+    out["reference"] = format_comparison(recipe)
     return out
 
 
@@ -509,6 +517,8 @@ def format_plan(p: dict[str, Any]) -> str:
                   + ", ".join(f"{k}={_setting(v)}" for k, v in p["experiment"].items())]
     if p.get("eval"):
         lines += ["", "Eval: " + ", ".join(f"{k}={_setting(v)}" for k, v in p["eval"].items())]
+    if p.get("reference"):
+        lines += ["", *p["reference"]]
     cmp_ = p.get("tulu3_comparison")
     if cmp_:
         lines += ["", "Weak generation vs Tulu 3's strong generation (same prompts, same response lengths):",

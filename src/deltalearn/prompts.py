@@ -140,6 +140,9 @@ def load_prompts(path: str | os.PathLike | None = None, *, column: str = "prompt
         if column not in row:
             raise missing_column_error(source, column, list(row), row=n)
         prompt = check_prompt(row[column], source=source, row=n, field=column)
+        whole = isinstance(prompt, list) and len(prompt) > 1 and prompt[-1]["role"] == "assistant"
+        if whole:  # a whole conversation (the authors' released columns): the prompt is its messages before the answer
+            prompt = prompt[:-1]
         if id_column is not None:
             if id_column not in row:
                 raise missing_column_error(source, id_column, list(row), row=n)
@@ -165,6 +168,8 @@ def load_prompts(path: str | os.PathLike | None = None, *, column: str = "prompt
             if c not in row:
                 raise missing_column_error(source, c, list(row), row=n)
             extra[c] = row[c]
+        if whole and column != "prompt" and keep is None:  # the column is also a response (e.g. `3_sections`)
+            extra[column] = row[column]
         out.append({"id": pid, "prompt": prompt, **extra})
         if limit is not None and len(out) >= limit:
             break

@@ -190,6 +190,16 @@ class TrainConfig:
     """Allow a hub model's own modelling code (transformers' trust_remote_code)."""
     shuffle: bool = True
     """Shuffle the pairs each epoch (seeded); False keeps file order."""
+    truncation: Literal["cut", "eos_at_cut"] = "cut"
+    """A sequence over max_len, and a response cut at generation time: `cut` keeps the start of the response and
+    trains no EOS after a cut (EOS after a cut-off answer teaches stopping mid-sentence); `eos_at_cut` is the reference
+    (OpenRLHF): every response ends with EOS, one over max_len is cut at max_len with its last token made EOS, and a
+    prompt must leave 3 tokens. The paper recipes use eos_at_cut."""
+    chosen_key: Optional[str] = None
+    """Pairs files in the released wide layout (one conversation column per model): the chosen column, e.g.
+    `qwen-2.5-3b-instruct`; its messages before the last are the prompt. Unset: a `chosen` column."""
+    rejected_key: Optional[str] = None
+    """The rejected column of a wide pairs file (with chosen_key), e.g. `qwen-2.5-1.5b-instruct`."""
 
 
 @dataclass

@@ -41,11 +41,19 @@ def arm_name(chosen: str, rejected: str) -> str:
 
 
 def expand_sweep(recipe: Recipe) -> Recipe:
-    """The recipe with one arm per (bigger, smaller) pair, each pairing by the `columns` rule."""
+    """The recipe with one arm per (bigger, smaller) pair, each pairing by the `columns` rule. A recipe arm named
+    like a pair's arm adds its overrides to it (the paper tuned lr and beta per pair); other recipe arms (e.g. SFT
+    baselines per rung) follow the pairs unchanged."""
     ladder = ladder_order(recipe)
     out = copy.deepcopy(recipe)
-    out.arms = [Arm(name=arm_name(c, r), pair={"rule": "columns", "chosen": c, "rejected": r})
-                for i, c in enumerate(ladder) for r in ladder[i + 1:]]
+    given = {a.name: a for a in recipe.arms}
+    arms = []
+    for i, c in enumerate(ladder):
+        for r in ladder[i + 1:]:
+            extra = given.pop(arm_name(c, r), None) or Arm()
+            arms.append(Arm(name=arm_name(c, r), pair={**extra.pair, "rule": "columns", "chosen": c, "rejected": r},
+                            train=dict(extra.train)))
+    out.arms = arms + [copy.deepcopy(a) for a in given.values()]
     return out
 
 
@@ -61,7 +69,8 @@ def sweep_table(run_dir: Path, recipe: Recipe, metric: str | None) -> dict:
     rows = []
     for arm in recipe.arms:
         pairs_dir = run_dir / f"pairs-{arm.name}"
-        stats = delta_stats(read_table(pairs_dir), utility=utility) if utility else {}
+        sft = arm.train.get("loss") == "sft"  # an SFT baseline: its pair set has no delta to plot
+        stats = delta_stats(read_table(pairs_dir), utility=utility) if utility and not sft else {}
         after_path = run_dir / "eval" / f"{arm.name}.json"
         g = gain(base, read_json(after_path), metric) if (base and metric and after_path.exists()) else None
         rows.append([arm.name, arm.pair["chosen"], arm.pair["rejected"],

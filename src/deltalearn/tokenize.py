@@ -11,6 +11,9 @@ Rules (each is a silent bug elsewhere; here each is checked):
   row) ends without EOS: training EOS after a cut-off answer would teach the model to stop mid-sentence.
 - Truncation keeps the start of each response and is applied to chosen and rejected by the same rule; a pair
   whose prompt alone leaves no room for a response is dropped and counted.
+- `eos_at_cut=True` is the authors' reference rule instead (OpenRLHF's reward_dataset.py / sft_dataset.py): every
+  response ends with EOS, a response cut at generation included; a sequence over max_len is cut at max_len and its
+  last token replaced by EOS; a prompt must leave at least 3 tokens (OpenRLHF drops prompts of >= max_len - 2).
 """
 
 from __future__ import annotations
@@ -133,24 +136,37 @@ class EncodeStats:
                 "truncated_fraction": self.truncated_pairs / max(1, self.pairs)}
 
 
+def _cut_with_eos(ids: list[int], room: int, eos: int | None) -> list[int]:
+    """The reference's cut: at most `room` tokens, the last one EOS when the response was longer."""
+    if len(ids) <= room or eos is None:
+        return ids[:room]
+    return ids[:room - 1] + [eos]
+
+
 def encode_pair(tokenizer, prompt, chosen, rejected, *, max_len: int, system_prompt: str | None = None,
-                min_response_tokens: int = 1, chosen_cut: bool = False, rejected_cut: bool = False
-                ) -> EncodedPair | None:
+                min_response_tokens: int = 1, chosen_cut: bool = False, rejected_cut: bool = False,
+                eos_at_cut: bool = False) -> EncodedPair | None:
     """Tokenize one pair; None when the prompt leaves fewer than `min_response_tokens` tokens for a response.
-    `*_cut`: that response was cut off when generated (it hit max_new_tokens), so it gets no EOS."""
+    `*_cut`: that response was cut off when generated (it hit max_new_tokens), so it gets no EOS -- unless
+    `eos_at_cut` (the reference rule, see the module docstring)."""
     p = prompt_ids(tokenizer, prompt, system_prompt=system_prompt)
     room = max_len - len(p)
-    if room < min_response_tokens:
+    if room < (max(min_response_tokens, 3) if eos_at_cut else min_response_tokens):
         return None
     c = response_ids(tokenizer, prompt, as_response_text(chosen, where="chosen"), system_prompt=system_prompt, p_ids=p,
-                     ended=not chosen_cut)
+                     ended=eos_at_cut or not chosen_cut)
     r = response_ids(tokenizer, prompt, as_response_text(rejected, where="rejected"), system_prompt=system_prompt,
-                     p_ids=p, ended=not rejected_cut)
+                     p_ids=p, ended=eos_at_cut or not rejected_cut)
+    if eos_at_cut:
+        eos = tokenizer.eos_token_id
+        return EncodedPair(p, _cut_with_eos(c, room, eos), _cut_with_eos(r, room, eos),
+                           chosen_cut or len(c) > room, rejected_cut or len(r) > room)
     return EncodedPair(p, c[:room], r[:room], chosen_cut or len(c) > room, rejected_cut or len(r) > room)
 
 
 def encode_pairs(tokenizer, rows: list[dict], *, max_len: int, system_prompt: str | None = None,
-                 source: str | None = None) -> tuple[list[EncodedPair], list[int], EncodeStats]:
+                 source: str | None = None, eos_at_cut: bool = False
+                 ) -> tuple[list[EncodedPair], list[int], EncodeStats]:
     """Encode rows with prompt/chosen/rejected. Returns (pairs, kept row indices, stats). Bad rows are DataErrors
     naming the source, row and field."""
     stats = EncodeStats()
@@ -162,7 +178,7 @@ def encode_pairs(tokenizer, rows: list[dict], *, max_len: int, system_prompt: st
         try:
             enc = encode_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"], max_len=max_len,
                               system_prompt=system_prompt, chosen_cut=bool(row.get("chosen_truncated")),
-                              rejected_cut=bool(row.get("rejected_truncated")))
+                              rejected_cut=bool(row.get("rejected_truncated")), eos_at_cut=eos_at_cut)
         except DataError as e:
             field_ = next((k for k in ("chosen", "rejected", "prompt") if str(e).startswith(k)), "prompt")
             raise DataError(source, str(e), row=i + 1, field=field_) from None

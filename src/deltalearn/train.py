@@ -47,8 +47,10 @@ from deltalearn.tokenize import encode_pairs
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_pair_rows(pairs, loss: LossType) -> tuple[list[dict], str | None]:
-    """Rows from a list or a file/folder; SFT needs only prompt + chosen."""
+def load_pair_rows(pairs, loss: LossType, *, chosen_key: str | None = None,
+                   rejected_key: str | None = None) -> tuple[list[dict], str | None]:
+    """Rows from a list or a file/folder; SFT needs only prompt + chosen. With `chosen_key` (and `rejected_key`),
+    rows in the authors' released layout: one conversation column per model (deltalearn.conversations)."""
     source = None
     if isinstance(pairs, (str, os.PathLike)):
         source = str(pairs)
@@ -57,6 +59,12 @@ def load_pair_rows(pairs, loss: LossType) -> tuple[list[dict], str | None]:
         rows = list(pairs)
     if not rows:
         raise DataError(source, "no pairs to train on")
+    if chosen_key:
+        from deltalearn.conversations import pairs_from_columns
+
+        if loss.uses_rejected and not rejected_key:
+            raise ConfigError(f"train.chosen_key is set; loss {loss.value} also needs train.rejected_key")
+        rows = pairs_from_columns(rows, chosen_key, rejected_key if loss.uses_rejected else None, source)
     if not loss.uses_rejected:
         rows = [r if "rejected" in r else {**r, "rejected": r.get("chosen", "")} for r in rows]
     return rows, source
@@ -441,7 +449,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     if not cfg.model:
         raise ConfigError("train.model is required")
     out = Path(out_dir)
-    rows, source = load_pair_rows(pairs, LossType(cfg.loss))
+    rows, source = load_pair_rows(pairs, LossType(cfg.loss), chosen_key=cfg.chosen_key, rejected_key=cfg.rejected_key)
     if cfg.max_pairs:
         rows = rows[: cfg.max_pairs]
     data_hash = pairs_hash(rows)
@@ -479,7 +487,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
 
     # 1. tokenize
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    encoded, kept, enc_stats = encode_pairs(tokenizer, rows, max_len=cfg.max_len, source=source)
+    encoded, kept, enc_stats = encode_pairs(tokenizer, rows, max_len=cfg.max_len, source=source,
+                                            eos_at_cut=cfg.truncation == "eos_at_cut")
     n = len(encoded)
     if n < cfg.batch_size:
         raise DataError(source, f"{n} usable pairs is fewer than one global batch (batch_size={cfg.batch_size}); "
@@ -771,6 +780,10 @@ def add_cli_args(p) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
                    help="overrides train.precision (auto: bf16 autocast where the device has fast bf16)")
     p.add_argument("--seed", type=int, default=None, help="overrides train.seed (data order and init of LoRA)")
+    p.add_argument("--chosen-key", default=None, help="a pairs file in the authors' released layout (one "
+                   "conversation column per model): the chosen column, e.g. qwen-2.5-3b-instruct (train.chosen_key)")
+    p.add_argument("--rejected-key", default=None, help="its rejected column, e.g. qwen-2.5-1.5b-instruct "
+                   "(train.rejected_key)")
     p.add_argument("--fallback-checkpoint", action="store_true",
                    help="if the latest checkpoint is corrupt, set it aside and resume from the previous good one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -805,6 +818,9 @@ def run_cli(args) -> int:
         overrides.append(f"train.precision={args.precision}")
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
+    for key in ("chosen_key", "rejected_key"):  # column names are strings, whatever YAML would read them as
+        if getattr(args, key):
+            overrides.append(f"train.{key}={json.dumps(getattr(args, key))}")
     recipe = load_recipe(args.recipe, overrides)
     summary = train(recipe.train, args.pairs, args.out, progress=not args.no_progress, resume=args.resume,
                     fallback=args.fallback_checkpoint)

@@ -478,8 +478,16 @@ def load_split_prompts(recipe: Recipe, settings: SectionsSettings) -> tuple[list
         held = sorted((r for r in rows if split_of(r) == "eval"), key=order)[: settings.eval_prompts]
     if not train or not held:
         raise DataError(path, f"need prompts in both splits; got {len(train)} train and {len(held)} eval")
+    from deltalearn.conversations import is_conversation, split_conversation
+
+    def text(k, v, r):  # the released data hold each y_k as a conversation: its last message is the answer
+        if not is_conversation(v):
+            return v
+        return split_conversation(v, source=str(path or pc.dataset), row=None, field=f"{k} (prompt id {r['id']})")[1]
+
     def slim(r):  # id, prompt, category, and any ready-made K_sections columns (e.g. the paper's released data)
-        return {k: v for k, v in r.items() if k in ("id", "prompt", "category") or COLUMN.match(str(k))}
+        return {k: (text(k, v, r) if COLUMN.match(str(k)) else v) for k, v in r.items()
+                if k in ("id", "prompt", "category") or COLUMN.match(str(k))}
 
     return [slim(r) for r in train], [slim(r) for r in habit], [slim(r) for r in held]
 
@@ -775,12 +783,24 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
 
     # 2. y_k columns: from the prompt set when it already has them (the paper's released data,
     # scottgeng00/delta_learning_num_sections), else from the model's own greedy answers to the train prompts.
-    given = all(isinstance(r.get(c), str) and r[c].strip() for r in train_prompts for c in columns)
+    have = {c for c in columns if all(isinstance(r.get(c), str) and r[c].strip() for r in train_prompts)}
+    # a K_sections_alt column the set lacks is a second cut of its own K_sections text (the released data has none)
+    derived = {c for c in columns if c not in have and c.endswith("_sections_alt") and c[:-len("_alt")] in have}
+    given = bool(have) and have | derived == set(columns)
     t = time.time()
     if given:
-        _log(f"{next(stage)}/{n_stages} the prompt set already has {', '.join(columns)}: using them as y_k")
-        table, dropped, base_train = [{"id": r["id"], "prompt": r["prompt"], **{c: r[c] for c in columns}}
-                                      for r in train_prompts], [], []
+        _log(f"{next(stage)}/{n_stages} the prompt set already has {', '.join(sorted(have))}: using them as y_k"
+             + (f"; {', '.join(sorted(derived))} cut from them" if derived else ""))
+        table, dropped, base_train = [], [], []
+        for r in train_prompts:
+            row = {"id": r["id"], "prompt": r["prompt"], **{c: r[c] for c in have}}
+            for c in derived:
+                k, variant = column_k(c)
+                row[c] = with_k_sections(r[c[:-len("_alt")]], k, variant=variant)
+            if any(row[c] is None for c in derived):
+                dropped.append(r["id"])
+            else:
+                table.append(row)
     else:
         _log(f"{next(stage)}/{n_stages} {original}'s greedy answers on {len(train_prompts)} train prompts "
              f"(max {gen.max_new_tokens} new tokens) -> y_k")

@@ -78,7 +78,8 @@ class LabSettings:
     dev_prompts: int = 1000
     """Dev-split prompts on which lr_grid chooses the lr (never the eval prompts)."""
     sweep_lr: Optional[float] = None
-    """The sweep's lr (one for all 28 arms, as the paper's sweep); when set, `--sweep` uses it instead of lr_grid."""
+    """One lr for all 28 arms of the lab's sweep (a simplification: the paper's authors tuned lr in {5e-8, 7e-8, 1e-7}
+    and beta in {5, 10} per pair, see docs/reference-settings.md); when set, `--sweep` uses it instead of lr_grid."""
     pairs_on_dev: bool = False
     """Choose the main pair and self-over-weaker's rejected rung on the dev split instead of taking main_chosen,
     main_rejected and self_weaker as given: every rung pair whose chosen rung is below the student (ladder dev
