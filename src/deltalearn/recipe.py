@@ -190,6 +190,12 @@ class TrainConfig:
     """Allow a hub model's own modelling code (transformers' trust_remote_code)."""
     shuffle: bool = True
     """Shuffle the pairs each epoch (seeded); False keeps file order."""
+    padding_free: bool = False
+    """Concatenate each micro-batch's sequences into one row, attention confined to each sequence: no pad tokens are
+    computed. Same log-probs as the padded batch (fp32: to 1e-5); reference pass too."""
+    share_prompt: bool = False
+    """Run each pair as prompt + chosen + rejected in one sequence (rejected attends to the prompt, not to chosen):
+    the prompt is computed once instead of twice. Same log-probs; combines with padding_free."""
 
 
 @dataclass
