@@ -259,3 +259,21 @@ def test_reference_cache_key_names_the_packing():
             for pf in (False, True) for sp in (False, True)}
     assert len(keys) == 4
     assert packing.mode(False, False) is None  # the padded layout keeps the keys of earlier caches
+
+
+def test_dry_run_counts_the_flops_of_the_layout_it_will_run():
+    """A shared prompt runs the prompt once per pair: the plan's tokens drop by exactly that, and it says so."""
+    from deltalearn.plan import DEFAULT_PROMPT_TOKENS, format_plan, plan
+    from deltalearn.recipe import load_recipe
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "tulu3-8b-qwen2.5-3b-over-1.5b.yaml"
+    runs = {(pf, sp): plan(load_recipe(path, [f"train.padding_free={str(pf).lower()}",
+                                              f"train.share_prompt={str(sp).lower()}"]))
+            for pf in (False, True) for sp in (False, True)}
+    padded = runs[(False, False)]["arms"][0]
+    shared = runs[(True, True)]["arms"][0]
+    assert runs[(True, False)]["arms"][0]["tokens"] == padded["tokens"]  # padding is not in the plan's count
+    assert padded["tokens"] - shared["tokens"] == padded["steps"] * padded["batch_size"] * DEFAULT_PROMPT_TOKENS
+    assert shared["total_flops"] < padded["total_flops"]
+    assert "(padding-free, shared prompt)" in format_plan(runs[(True, True)])
+    assert "(padded)" in format_plan(runs[(False, False)])
