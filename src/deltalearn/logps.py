@@ -31,6 +31,10 @@ class SeqBatch:
     def to(self, device) -> "SeqBatch":
         return SeqBatch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device))
 
+    def as_kwargs(self) -> dict:
+        """The ResponseLogProbs arguments (a packing.PackedBatch gives its own)."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "loss_mask": self.loss_mask}
+
 
 def collate(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> SeqBatch:
     """(prompt_ids, response_ids) pairs -> a right-padded batch. Right padding keeps every real token's position
@@ -161,7 +165,9 @@ class ResponseLogProbs(nn.Module):
         self.chunk = chunk
         self.checked = not check
 
-    def forward(self, input_ids, attention_mask, loss_mask):
+    def forward(self, input_ids=None, attention_mask=None, loss_mask=None, packed=None):
+        if packed is not None:  # a packing.PackedBatch (padding-free / shared prompt): slots in the padded order
+            return self._packed(packed), packed.counts()
         mask = loss_mask[:, 1:]
         counts = mask.sum(-1)
         if self.lean and not self.checked:
@@ -209,6 +215,50 @@ class ResponseLogProbs(nn.Module):
             warnings.warn(f"lean LM head disagrees with {type(_unwrap(self.model)).__name__}'s logits "
                           f"({float(lean):.3f} vs {float(full):.3f}); using full logits", stacklevel=3)
             self.lean = False
+
+    def _packed(self, batch):
+        from deltalearn import packing
+
+        if not self.checked:
+            self._check_packed(batch)
+        lm = _unwrap(self.model)
+        if self.lean:
+            with packing.attending(lm, batch) as kw:
+                hidden = lm.get_decoder()(**kw, use_cache=False)[0]
+            h = hidden[batch.pred_rows, batch.pred_cols]
+            token_lp = _LinearLogProb.apply(h, lm.get_output_embeddings().weight, batch.targets, self.chunk,
+                                            _autocast_dtype(h.device.type, h.dtype))
+        else:
+            with packing.attending(lm, batch) as kw:
+                logits = self.model(**kw, use_cache=False).logits[batch.pred_rows, batch.pred_cols]
+            token_lp = torch.log_softmax(logits.float(), -1).gather(-1, batch.targets[:, None]).squeeze(-1)
+        sums = torch.zeros(batch.n_slots, dtype=torch.float32, device=h.device if self.lean else logits.device)
+        return sums.index_add(0, batch.slots, token_lp.float())
+
+    @torch.no_grad()
+    def _check_packed(self, batch) -> None:
+        """Once: the first two units packed must score what they score padded. A model whose attention layers do
+        not go through transformers' attention functions would let packed sequences see each other: refuse it."""
+        from deltalearn import packing
+
+        units = packing.renumbered(list(batch.units[:2]))
+        device = batch.input_ids.device
+        padded = collate(packing.sequences(units), 0).to(device)
+        if self.lean:
+            self._check_lean(padded.input_ids[:1], padded.attention_mask[:1], padded.loss_mask[:1])
+            if not self.checked:
+                return  # no response token to check on yet: try again on the next batch
+        self.checked = True
+        small = packing.pack(units, pad_id=0, one_row=batch.one_row).to(device)
+        with torch.autocast(device.type, enabled=False), torch.compiler.set_stance("force_eager"):
+            want, n = self.forward(**padded.as_kwargs())
+            got = self._packed(small)
+        fp32 = _unwrap(self.model).get_output_embeddings().weight.dtype == torch.float32
+        per_token = (got.float() - want.float()).abs() / n.clamp(min=1)
+        if bool((per_token > (1e-3 if fp32 else 0.05)).any()):
+            raise RuntimeError(f"padding-free / shared-prompt packing changes {type(_unwrap(self.model)).__name__}'s "
+                               f"log-probs ({got.tolist()} packed vs {want.tolist()} padded): its attention does not "
+                               "follow the packed layout; set train.padding_free and train.share_prompt to false")
 
     def _lean(self, input_ids, attention_mask, mask):
         lm = _unwrap(self.model)

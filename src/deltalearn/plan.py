@@ -239,12 +239,25 @@ def _check_pipeline(recipe: Recipe) -> list[str]:
     return errs
 
 
+def pair_forward_tokens(seq_tokens: int, prompt_tokens: int, cfg) -> tuple[int, str]:
+    """Tokens one pair runs through the model, and the layout's name: both sides (SFT: chosen only), the prompt
+    once when `share_prompt` puts prompt + chosen + rejected in one sequence. Padding is not counted: a padded
+    micro-batch adds the spread of its lengths (data-dependent; `padding_free` removes it), so without
+    padding_free this is a lower bound."""
+    sides = 1 if cfg.loss == "sft" else 2  # SFT trains on the chosen side only
+    shared = getattr(cfg, "share_prompt", False) and sides == 2
+    tokens = sides * seq_tokens - (min(prompt_tokens, seq_tokens) if shared else 0)
+    layout = ("padding-free" if getattr(cfg, "padding_free", False) else "padded") + (", shared prompt" if shared
+                                                                                       else "")
+    return tokens, layout
+
+
 def _train_flops(n_params: Optional[int], n_pairs: Optional[int], trained_pairs: Optional[int], seq_tokens: int,
-                 cfg) -> dict[str, Any]:
+                 cfg, prompt_tokens: int = 0) -> dict[str, Any]:
     """n_pairs: distinct pairs; trained_pairs: pairs seen by the optimizer (steps x batch_size)."""
     if n_params is None or n_pairs is None or trained_pairs is None:
         return {"policy_flops": None, "reference_flops": None, "total_flops": None}
-    per_pair = (1 if cfg.loss == "sft" else 2) * seq_tokens  # SFT trains on the chosen side only
+    per_pair, _ = pair_forward_tokens(seq_tokens, prompt_tokens, cfg)
     tokens = trained_pairs * per_pair
     policy = 6 * n_params * tokens
     # Reference-free losses (SimPO, SFT) skip the reference pass; the others cache it once, over every pair.
@@ -347,12 +360,13 @@ def plan(recipe: Recipe, *, hardware: Hardware = Hardware(), prompt_tokens: Opti
         if train_cfg.model and train_cfg.model not in models:
             params, src = model_params(train_cfg.model)
             models[train_cfg.model] = {"params": params, "params_source": src, "roles": ["train"]}
-        flops = _train_flops(params, n_pairs, trained_pairs, seq_tokens, train_cfg)
+        flops = _train_flops(params, n_pairs, trained_pairs, seq_tokens, train_cfg, prompt_tokens)
         arms_out.append({
             "arm": arm_name, "rule": pair_cfg.rule, "control": pair_cfg.control, "loss": train_cfg.loss,
             "beta": train_cfg.beta, "lr": train_cfg.lr, "batch_size": train_cfg.batch_size,
             "epochs": train_cfg.epochs, "max_len": train_cfg.max_len, "model": train_cfg.model,
             "pairs_per_prompt": ppp, "pairs": n_pairs, "steps": steps, "lora": train_cfg.lora is not None,
+            "layout": pair_forward_tokens(seq_tokens, prompt_tokens, train_cfg)[1],
             **flops, "gpu_hours": gpu_hours(flops["total_flops"], hardware.train_mfu, hardware),
         })
 
@@ -502,7 +516,7 @@ def format_plan(p: dict[str, Any]) -> str:
         model = arm["model"] or "(model chosen by the experiment)"
         lines.append(f"  {arm['arm']}: {model} {arm['loss']} beta={arm['beta']} lr={arm['lr']:g} "
                      f"batch={arm['batch_size']} epochs={arm['epochs']} max_len={arm['max_len']}"
-                     f"{' LoRA' if arm['lora'] else ''}")
+                     f"{' LoRA' if arm['lora'] else ''} ({arm['layout']})")
         lines.append(f"      pairs {pairs} (rule={arm['rule']}, {arm['pairs_per_prompt']} per prompt"
                      f"{', control=' + arm['control'] if arm['control'] != 'none' else ''}), steps {steps}, "
                      f"{_si(arm['total_flops'], 'FLOP')} ({_si(arm['policy_flops'], 'FLOP')} policy + "

@@ -200,6 +200,12 @@ class TrainConfig:
     `qwen-2.5-3b-instruct`; its messages before the last are the prompt. Unset: a `chosen` column."""
     rejected_key: Optional[str] = None
     """The rejected column of a wide pairs file (with chosen_key), e.g. `qwen-2.5-1.5b-instruct`."""
+    padding_free: bool = False
+    """Concatenate each micro-batch's sequences into one row, attention confined to each sequence: no pad tokens are
+    computed. Same log-probs as the padded batch (fp32: to 1e-5); reference pass too."""
+    share_prompt: bool = False
+    """Run each pair as prompt + chosen + rejected in one sequence (rejected attends to the prompt, not to chosen):
+    the prompt is computed once instead of twice. Same log-probs; combines with padding_free."""
 
 
 @dataclass

@@ -34,9 +34,12 @@ def default_cache_dir() -> Path:
     return cache_home() / "ref_logps"
 
 
-def cache_key(encoded: list[EncodedPair], *, model_fingerprint: str, precision: str, layout=None) -> str:
+def cache_key(encoded: list[EncodedPair], *, model_fingerprint: str, precision: str, layout=None,
+              packing: dict | None = None) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "model": model_fingerprint, "precision": precision}).encode())
+    if packing is not None:  # packed / shared-prompt forwards round differently (bf16: by far more than fp32)
+        h.update(json.dumps(packing, sort_keys=True).encode())
     if layout is not None:  # bf16 values depend on the batch-mates each pair was scored with
         h.update(json.dumps(layout).encode())
     for e in encoded:
@@ -107,6 +110,21 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
             os.unlink(tmp)
 
 
+def _score_packed(model, encoded: list[EncodedPair], groups, out: dict, *, pad_id: int, precision: str,
+                  progress: bool, packing: dict) -> None:
+    """Score pairs in `groups` [(micro-batch, pairs to keep)] packed as the training packs them (packing.py)."""
+    from deltalearn.packing import score_pair_groups
+
+    scored = score_pair_groups(model, encoded, [mb for mb, _ in groups], pad_id=pad_id, precision=precision,
+                               progress=progress, desc="reference log-probs", **packing)
+    for (mb, keep), (_, sums, counts) in zip(groups, scored):
+        k, wanted = len(mb), set(keep)
+        for j, i in enumerate(mb):
+            if i in wanted:
+                out["chosen_sum"][i], out["chosen_n"][i] = sums[j], counts[j].float()
+                out["rejected_sum"][i], out["rejected_n"][i] = sums[k + j], counts[k + j].float()
+
+
 def _score_layout(model, encoded: list[EncodedPair], layout, out: dict, *, pad_id: int, precision: str,
                   progress: bool) -> None:
     """Score pairs in given micro-batches, exactly as the training loop batches them: the chosen sides of the
@@ -129,7 +147,8 @@ def _score_layout(model, encoded: list[EncodedPair], layout, out: dict, *, pad_i
 
 
 def compute(model, encoded: list[EncodedPair], *, pad_id: int, precision: str, batch_size: int,
-            accelerator=None, progress: bool = True, layout=None) -> dict[str, torch.Tensor]:
+            accelerator=None, progress: bool = True, layout=None, packing: dict | None = None
+            ) -> dict[str, torch.Tensor]:
     """Score every pair's chosen and rejected response under `model` (no grad): in length-sorted batches, or, with
     `layout` (this rank's [(micro-batch, pairs to keep)], see train.reference_layout), in the training's batches."""
     from deltalearn.logps import batched_logps
@@ -137,7 +156,13 @@ def compute(model, encoded: list[EncodedPair], *, pad_id: int, precision: str, b
     n = len(encoded)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     out = {k: torch.full((n,), float("-inf")) for k in ("chosen_sum", "chosen_n", "rejected_sum", "rejected_n")}
-    if layout is not None:
+    if packing is not None:  # in the training's micro-batches, or length-sorted groups of batch_size sequences
+        mine = sorted(range(rank, n, world), key=lambda i: len(encoded[i].chosen) + len(encoded[i].rejected))
+        per = max(1, batch_size // 2)
+        groups = layout if layout is not None else [(mine[s:s + per],) * 2 for s in range(0, len(mine), per)]
+        _score_packed(model, encoded, groups, out, pad_id=pad_id, precision=precision,
+                      progress=progress and rank == 0, packing=packing)
+    elif layout is not None:
         _score_layout(model, encoded, layout, out, pad_id=pad_id, precision=precision, progress=progress and rank == 0)
     else:
         mine = list(range(rank, n, world))
@@ -163,11 +188,14 @@ def compute(model, encoded: list[EncodedPair], *, pad_id: int, precision: str, b
 
 def reference_logps(model_loader, encoded: list[EncodedPair], *, model_fingerprint: str, precision: str,
                     pad_id: int, batch_size: int = 16, cache_dir: str | Path | None = None, accelerator=None,
-                    progress: bool = True, layout=None) -> tuple[dict[str, torch.Tensor], Path, bool]:
+                    progress: bool = True, layout=None, packing: dict | None = None
+                    ) -> tuple[dict[str, torch.Tensor], Path, bool]:
     """Cached reference log-probs. `model_loader()` is called only on a cache miss, and the model it returns is
     dropped before this returns. `layout`: every rank's micro-batches (train.reference_layout; bf16), or None.
-    Returns (tensors, cache path, hit)."""
-    key = cache_key(encoded, model_fingerprint=model_fingerprint, precision=precision, layout=layout)
+    `packing`: the training's packing switches (packing.mode), scored the same way. Returns (tensors, cache path,
+    hit)."""
+    key = cache_key(encoded, model_fingerprint=model_fingerprint, precision=precision, layout=layout,
+                    packing=packing)
     path = Path(cache_dir or default_cache_dir()) / f"{key}.safetensors"
     hit = load(path, len(encoded))
     if hit is not None:
@@ -176,7 +204,8 @@ def reference_logps(model_loader, encoded: list[EncodedPair], *, model_fingerpri
         model = model_loader()
         rank = accelerator.process_index if accelerator is not None else 0
         tensors = compute(model, encoded, pad_id=pad_id, precision=precision, batch_size=batch_size,
-                          accelerator=accelerator, progress=progress, layout=layout[rank] if layout else None)
+                          accelerator=accelerator, progress=progress, layout=layout[rank] if layout else None,
+                          packing=packing)
         del model
         if accelerator is None or accelerator.is_main_process:
             save(path, tensors, {"model": model_fingerprint, "precision": precision, "rows": len(encoded),

@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deltalearn import models, refcache, speedups
+from deltalearn import models, packing, refcache, speedups
 from deltalearn.io import (DataError, JsonlAppender, as_oserror, ordinary_permissions, read_json, read_table,
                            sha256_file, write_failed, write_json_atomic)
 from deltalearn.locks import artifact_lock
-from deltalearn.logps import ResponseLogProbs, collate, reduce_logps
+from deltalearn.logps import ResponseLogProbs, reduce_logps
 from deltalearn.losses import LossType, preference_loss, sft_loss
 from deltalearn.precision import autocast_context, use_bf16
 from deltalearn.recipe import ConfigError, TrainConfig, resolve_train
@@ -531,7 +531,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         ref, path, hit = refcache.reference_logps(loader, encoded, model_fingerprint=fp, precision=precision,
                                                   pad_id=pad_id, batch_size=max(cfg.micro_batch_size * 2, 8),
                                                   cache_dir=cfg.ref_cache_dir, accelerator=acc if world > 1 else None,
-                                                  progress=progress, layout=layout)
+                                                  progress=progress, layout=layout,
+                                                  packing=packing.mode(cfg.padding_free, cfg.share_prompt))
         ref_info = {"ref_cache": str(path), "ref_cache_hit": hit}
     ref_seconds = time.time() - t_ref
 
@@ -602,10 +603,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         sft_tokens = sum(len(encoded[i].chosen) for i in gidx)  # trained tokens in the whole global batch
         agg = torch.zeros(7, dtype=torch.float64)  # loss, r_c, r_r, acc, lp_c, lp_r, tokens
         for j, mb in enumerate(micro):
-            seqs = [(encoded[i].prompt, encoded[i].chosen) for i in mb]
-            if loss_type.uses_rejected:
-                seqs += [(encoded[i].prompt, encoded[i].rejected) for i in mb]
-            batch = collate(seqs, pad_id).to(device)
+            batch = packing.micro_batch(encoded, mb, pad_id=pad_id, with_rejected=loss_type.uses_rejected,
+                                        padding_free=cfg.padding_free, share_prompt=cfg.share_prompt).to(device)
             k = len(mb)
             last = j == len(micro) - 1
             # DeepSpeed steps its optimizer on every backward flagged sync_gradients (accelerate's default: True);
@@ -614,7 +613,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
             sync = contextlib.nullcontext() if last else acc.no_sync(scorer)
             with sync:
                 with autocast_context(precision, device):
-                    sums, counts = scorer(batch.input_ids, batch.attention_mask, batch.loss_mask)
+                    sums, counts = scorer(**batch.as_kwargs())
                 sums, counts = sums.float(), counts.float()
                 if loss_type.uses_rejected:
                     pc, pr = reduce_logps(sums[:k], counts[:k], reduction), reduce_logps(sums[k:], counts[k:], reduction)
@@ -752,9 +751,9 @@ def _reference_for(mb, ref, live_ref, scorer, acc, batch, k, reduction, precisio
         if live_ref == "adapter-disabled":
             # through the prepared module itself, so FSDP unshards its root parameters as in the policy forward
             with acc.unwrap_model(scorer).model.disable_adapter():
-                s, c = scorer(batch.input_ids, batch.attention_mask, batch.loss_mask)
+                s, c = scorer(**batch.as_kwargs())
         else:
-            s, c = ResponseLogProbs(live_ref)(batch.input_ids, batch.attention_mask, batch.loss_mask)
+            s, c = ResponseLogProbs(live_ref)(**batch.as_kwargs())
     s, c = s.float(), c.float()
     return reduce_logps(s[:k], c[:k], reduction), reduce_logps(s[k:], c[k:], reduction)
 
