@@ -802,11 +802,11 @@ def add_cli_args(p) -> None:
                    help="overrides train.seed (data order and init of LoRA; default: the recipe's, else 0)")
     p.add_argument("--push-to-hub", metavar="REPO",
                    help="upload model/ (with its model card) to this Hub repository when training ends; checked "
-                        "before training starts (logged in, Hub reachable)")
+                        "before training starts (logged in, Hub reachable); default: no upload")
     p.add_argument("--fallback-checkpoint", action="store_true",
                    help="if the latest checkpoint is corrupt, set it aside and resume from the previous good one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.beta=5 (repeatable)")
+                   help="override a recipe value, e.g. --set train.beta=5 (repeatable; default: none)")
     from deltalearn.cliargs import add_no_progress
 
     add_no_progress(p)
