@@ -1,4 +1,4 @@
-"""A thin bridge to lm-evaluation-harness (optional extra: `pip install 'deltalearn[eval]'`).
+"""A thin bridge to lm-evaluation-harness (optional extra: `pip install -e '.[eval]'` in a clone).
 
 Standard benchmarks on any checkpoint deltalearn can load (hub ids, run folders, `smollm2-135m`, `lab:` rungs),
 with every setting that changes a score recorded next to the score: lm-eval's version, task versions, shots, limit,
@@ -120,7 +120,7 @@ def run_lm_eval(model: str, tasks: list[str], *, limit: Optional[int] = None, ba
         import lm_eval
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise ConfigError("lm-eval tasks need the [eval] extra: pip install 'deltalearn[eval]'") from None
+        raise ConfigError("lm-eval tasks need the [eval] extra: pip install -e '.[eval]' in a clone") from None
     import torch
 
     from deltalearn.models import local_folder

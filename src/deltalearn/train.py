@@ -422,7 +422,7 @@ def _apply_lora(model, cfg: TrainConfig):
     try:
         import peft
     except ImportError:
-        raise ConfigError("train.lora needs the peft extra: pip install 'deltalearn[peft]'") from None
+        raise ConfigError("train.lora needs the peft extra: pip install -e '.[peft]' in a clone") from None
     lcfg = peft.LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                            target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
     return peft.get_peft_model(model, lcfg)
