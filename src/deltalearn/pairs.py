@@ -499,6 +499,9 @@ def _save_pairs(pairs: list[dict], out: Path, *, summary: Optional[dict], export
         ds.save_to_disk(str(tmp))
         if summary is not None:
             write_json_atomic(tmp / "pair_summary.json", summary)
+        from deltalearn.cards import write_dataset_card
+
+        write_dataset_card(tmp, pairs, summary)
         # Exports go inside the folder (pairs.jsonl / pairs.parquet), so the folder is the whole artifact.
         for fmt in export:
             if fmt == "jsonl":
@@ -680,7 +683,10 @@ def add_cli_args(p) -> None:
     p.add_argument("--out", help="output folder (HF dataset); omit to only print the summary/stats")
     p.add_argument("--export", nargs="*", default=[], choices=["jsonl", "parquet"],
                    help="also write OUT/pairs.jsonl and/or OUT/pairs.parquet inside the output folder")
-    p.add_argument("--stats", action="store_true", help="print delta statistics")
+    p.add_argument("--stats", action="store_true", help="print delta statistics (and add them to the dataset card)")
+    p.add_argument("--push-to-hub", metavar="REPO",
+                   help="upload the --out folder (with its dataset card) to this Hub dataset repository; checked "
+                        "before any work (logged in, Hub reachable)")
     p.add_argument("--stats-utility", help="utility for --stats (default: the rule's utility)")
     p.add_argument("--stats-judge", help="judge model for --stats (default: the rule's judge)")
     from deltalearn.cliargs import add_no_progress
@@ -703,6 +709,13 @@ def run_cli(args) -> int:
 
 def _run_cli(args) -> int:
     from deltalearn.generate import model_slug
+
+    if args.push_to_hub:
+        from deltalearn import hub
+
+        if not args.out:
+            raise ConfigError("--push-to-hub needs --out (the folder that is uploaded)")
+        hub.check_push(args.push_to_hub)
 
     cfg = PairConfig(rule=args.rule, chosen=args.chosen, rejected=args.rejected, sizes=_parse_sizes(args.sizes),
                      adjacent=not args.all_pairs, student=args.student, weaker=args.weaker, utility=args.utility,
@@ -736,5 +749,13 @@ def _run_cli(args) -> int:
         stats = delta_stats(pairs, utility=util, scores=None if util else scores, sizes=sizes)
         print(format_stats(stats))
         if args.out:
+            from deltalearn.cards import write_dataset_card
+
             write_json_atomic(Path(args.out) / "delta_stats.json", stats)
+            write_dataset_card(args.out, pairs, summary, stats)
+    if args.push_to_hub:
+        from deltalearn import hub
+
+        url = hub.push_folder(args.out, args.push_to_hub, repo_type="dataset")
+        print(f"pushed {args.out} to {url}", file=sys.stderr)
     return 0

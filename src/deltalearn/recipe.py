@@ -206,6 +206,14 @@ class TrainConfig:
     share_prompt: bool = False
     """Run each pair as prompt + chosen + rejected in one sequence (rejected attends to the prompt, not to chosen):
     the prompt is computed once instead of twice. Same log-probs; combines with padding_free."""
+    tracker_project: Optional[str] = None
+    """The trackers' project (W&B project, TensorBoard folder); default: the recipe's run name (for `deltalearn
+    train`, the --out folder's name). W&B's entity comes from WANDB_ENTITY."""
+    tracker_run_name: Optional[str] = None
+    """The run's name in the trackers; default: the arm's name (for `deltalearn train`, the --out folder's)."""
+    save_dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """dtype of the final model/ weights. auto: bf16 when trained under bf16 (the form the model is used in, half
+    the size), fp32 when trained in fp32. Recorded in train_summary.json and the model card."""
 
 
 @dataclass
@@ -364,9 +372,39 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
+            hint = hf_name_hint(str(key)) or hint
             raise ConfigError(f"unknown key '{path}'{hint}")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
+
+
+# TRL / transformers TrainingArguments names -> this recipe's key, for the did-you-mean of a TRL user's habits.
+HF_NAMES: dict[str, str] = {
+    "learning_rate": "train.lr", "num_train_epochs": "train.epochs", "per_device_train_batch_size":
+    "train.micro_batch_size", "gradient_accumulation_steps": "train.batch_size (the global batch; accumulation "
+    "is batch_size / (micro_batch_size x processes))", "max_length": "train.max_len", "max_prompt_length":
+    "train.max_len (prompt + response)", "max_completion_length": "train.max_len (prompt + response)",
+    "max_grad_norm": "train.grad_clip", "loss_type": "train.loss", "report_to": "train.log_with",
+    "model_name_or_path": "train.model", "ref_model": "train.reference", "rpo_alpha": "train.nll_coef",
+    "logging_steps": "train.log_every", "save_steps": "train.save_every", "adam_beta1": "train.adam_betas",
+    "adam_beta2": "train.adam_betas", "bf16": "train.precision", "fp16": "train.precision (bf16 or fp32)",
+    "warmup_steps": "train.warmup_ratio (a fraction of the steps)", "lr_scheduler_type":
+    "train.min_lr_ratio (the schedule is warmup + cosine)", "run_name": "train.tracker_run_name",
+    "project": "train.tracker_project", "use_peft": "train.lora", "lora_r": "train.lora.r",
+    "lora_alpha": "train.lora.alpha", "lora_dropout": "train.lora.dropout", "lora_target_modules":
+    "train.lora.target_modules", "dataset_name": "--pairs ORG/DATASET", "output_dir": "--out or output_dir",
+    "simpo_gamma": "train.gamma_beta_ratio", "cpo_alpha": "train.nll_coef", "beta": "train.beta",
+    "warmup_ratio": "train.warmup_ratio", "max_steps": "train.max_steps", "weight_decay": "train.weight_decay",
+    "label_smoothing": "train.label_smoothing", "seed": "train.seed or seed", "gradient_checkpointing":
+    "train.gradient_checkpointing",
+}
+
+
+def hf_name_hint(key: str) -> str:
+    """The did-you-mean for a TRL / transformers argument name, or '' when `key` is not one."""
+    leaf = key.split(".")[-1]
+    target = HF_NAMES.get(leaf)
+    return f"; did you mean {target}? ('{leaf}' is the TRL/transformers name)" if target else ""
 
 
 def to_dict(obj: Any) -> Any:

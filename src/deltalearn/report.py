@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from deltalearn.glance import human_rows, label, value
 from deltalearn.io import DataError, iter_jsonl, read_json, write_text_atomic
 from deltalearn.stats import fmt_mean_se, paired_diff
 from deltalearn.render import _fmt, _md_table, _plt, _png
@@ -447,6 +448,9 @@ th{background:#f0f4f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .notes{color:#616e7c;font-size:.85em}.note{color:#616e7c;font-size:.82em;margin-top:-8px}
 img{max-width:100%;border:1px solid #e4e7eb;margin:6px 0}
 code{background:#f0f4f8;padding:1px 4px;border-radius:3px}
+.glance{background:#f0f4f8;border-left:4px solid #3e4c59;padding:6px 12px;margin:8px 0}
+.warn{background:#fffbea;border-left:4px solid #d69e2e;padding:6px 12px;margin:8px 0;font-size:.9em}
+td.answer{white-space:pre-wrap;max-width:900px}
 """
 
 # Lets a headless browser (and the report test) confirm that every embedded image decoded.
@@ -533,6 +537,36 @@ def _summary_row(run: Run) -> list:
     return [run.name, run.status, prov.get("pair rule", "–"), prov.get("student", "–"), len(run.arms), headline]
 
 
+def _glance(run: Run) -> tuple[str, list[str]]:
+    """The run's verdict, next step and warnings (audits' warning signs, evals whose every answer was cut), first."""
+    from deltalearn.glance import audit_glance, eval_warnings, verdict_for_run
+
+    audits = [audit_glance(a) for a in run.audits.values()]
+    verdict, step, warnings = verdict_for_run(audits, eval_warnings(run.evals), run.problems, bool(run.evals),
+                                              bool(run.arms))
+    warnings = [w for w in warnings if w not in run.problems]  # the problems have their own box above
+    h = (f"<div class='glance'><b>Verdict: {html.escape(verdict)}.</b><br>Next step: {html.escape(step)}.</div>"
+         + "".join(f"<div class='warn'>&#9888; Warning: {html.escape(w)}</div>" for w in warnings))
+    md = [f"**Verdict: {verdict}.** Next step: {step}.", ""] + [f"- WARNING: {w}" for w in warnings]
+    return h, md + ([""] if warnings else [])
+
+
+def sample_table(run: Run, k: int = 3) -> Optional[dict]:
+    """A few eval prompts with each model's answer (base first): what the numbers are numbers of."""
+    from deltalearn.glance import sample_responses
+
+    labels = sorted(run.evals, key=lambda x: (x != BASE_LABEL, x))
+    samples = sample_responses(run.path / "eval", labels, k=k)
+    if not samples:
+        return None
+    rows = []
+    for i, s in enumerate(samples, 1):
+        rows.append([f"prompt {i}", s["prompt"]])
+        rows += [[f"  {lab}", text] for lab, text in s["answers"].items()]
+    return {"title": "Sample answers (the first eval prompts)", "columns": ["", "text"], "rows": rows,
+            "note": "answers cut to 400 characters; the full ones are in eval/<label>.responses.jsonl"}
+
+
 def render(runs: list[Run]) -> tuple[str, str]:
     """(html, markdown) for a list of loaded runs."""
     summary = {"title": "Runs", "columns": ["run", "status", "rule", "student", "arms", "headline gain vs base"],
@@ -552,13 +586,16 @@ def render(runs: list[Run]) -> tuple[str, str]:
             md += ["Problems:", *[f"- {p}" for p in run.problems], ""]
         if run.notes:
             h.append("<p class='notes'>" + "<br>".join(html.escape(n) for n in run.notes) + "</p>")
+        gh, gm = _glance(run)
+        h.append(gh)
+        md += gm
         prov = provenance(run)
         if prov:
             t = {"title": "Provenance", "columns": ["field", "value"], "rows": [list(x) for x in prov]}
             h.append(_html_table(t))
             md += [_md_table(t), ""]
         if run.delta_stats:
-            flat = [[k, _cell(v)] for k, v in _flatten(run.delta_stats).items()]
+            flat = [[k, _cell(v)] for k, v in human_rows(_flatten(run.delta_stats))]
             t = {"title": "Delta statistics (pairs)", "columns": ["statistic", "value"], "rows": flat}
             h.append(_html_table(t))
             md += [_md_table(t), ""]
@@ -566,7 +603,7 @@ def render(runs: list[Run]) -> tuple[str, str]:
             sets = list(run.pair_summary)
             flats = {name: _flatten(d) for name, d in run.pair_summary.items()}
             keys = list(dict.fromkeys(k for d in flats.values() for k in d))
-            flat = [[k] + [_cell(flats[s].get(k)) for s in sets] for k in keys]
+            flat = [[label(k)] + [_cell(value(k, flats[s].get(k))) for s in sets] for k in keys]
             t = {"title": "Pairing (filters and counts)", "columns": ["field", *sets], "rows": flat}
             h.append(_html_table(t))
             md += [_md_table(t), ""]
@@ -601,6 +638,10 @@ def render(runs: list[Run]) -> tuple[str, str]:
                              f"evaluator {html.escape(str(ver.get('name', '')))} "
                              f"v{html.escape(str(ver.get('version')))}"
                              f"{', lm-eval ' + html.escape(str(ver['lm_eval'])) if ver.get('lm_eval') else ''}</p>")
+        samples = sample_table(run)
+        if samples:
+            h.append(_html_table(samples).replace("<td>", "<td class='answer'>"))
+            md += [_md_table({**samples, "rows": [[a, b.replace("\n", " / ")] for a, b in samples["rows"]]}), ""]
         png = bars_png(run)
         if png:
             h.append("<h3>Base and arms side by side</h3>" + _img(png, f"{run.name} eval bars"))

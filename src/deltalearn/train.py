@@ -32,14 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deltalearn import models, packing, refcache, speedups
+from deltalearn import cards, models, packing, refcache, speedups, trackers
 from deltalearn.io import (DataError, JsonlAppender, as_oserror, ordinary_permissions, read_json, read_table,
                            sha256_file, write_failed, write_json_atomic)
 from deltalearn.locks import artifact_lock
 from deltalearn.logps import ResponseLogProbs, reduce_logps
 from deltalearn.losses import LossType, preference_loss, sft_loss
 from deltalearn.precision import autocast_context, use_bf16
-from deltalearn.recipe import ConfigError, TrainConfig, resolve_train
+from deltalearn.recipe import ConfigError, TrainConfig, hf_name_hint, resolve_train
 from deltalearn.tokenize import encode_pairs
 
 # ---------------------------------------------------------------------------------------------------------
@@ -47,16 +47,24 @@ from deltalearn.tokenize import encode_pairs
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_pair_rows(pairs, loss: LossType, *, chosen_key: str | None = None,
+def load_pair_rows(pairs, loss: LossType, split: str = "train", *, chosen_key: str | None = None,
                    rejected_key: str | None = None) -> tuple[list[dict], str | None]:
-    """Rows from a list or a file/folder; SFT needs only prompt + chosen. With `chosen_key` (and `rejected_key`),
-    rows in the authors' released layout: one conversation column per model (deltalearn.conversations)."""
+    """Rows from a list, a file/folder or a Hub dataset id (its `split`); SFT needs only prompt + chosen. TRL's
+    implicit-prompt rows (whole conversations in chosen/rejected) get their shared prompt split off. With
+    `chosen_key` (and `rejected_key`), rows in the authors' released layout: one conversation column per model
+    (deltalearn.conversations)."""
+    from deltalearn import hub
+
     source = None
-    if isinstance(pairs, (str, os.PathLike)):
+    if hub.is_hub_dataset_id(pairs):
+        source = str(pairs)
+        rows = hub.load_hub_pairs(source, split)
+    elif isinstance(pairs, (str, os.PathLike)):
         source = str(pairs)
         rows = read_table(pairs)
     else:
         rows = list(pairs)
+    rows = hub.split_implicit_prompt(rows, source)
     if not rows:
         raise DataError(source, "no pairs to train on")
     if chosen_key:
@@ -283,7 +291,8 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> in
 # Settings that do not change what is trained (only how it is logged, cached or split into micro-batches): a
 # rerun may change them. Every other train_config key must match the folder's, or the runs would mix.
 RERUN_MAY_CHANGE = frozenset({"log_every", "log_with", "save_every", "ref_cache", "ref_cache_dir",
-                              "micro_batch_size", "gradient_checkpointing", "trust_remote_code", "compile"})
+                              "micro_batch_size", "gradient_checkpointing", "trust_remote_code", "compile",
+                              "tracker_project", "tracker_run_name"})
 
 
 def pairs_hash(rows: list[dict]) -> str:
@@ -422,7 +431,7 @@ def _apply_lora(model, cfg: TrainConfig):
     try:
         import peft
     except ImportError:
-        raise ConfigError("train.lora needs the peft extra: pip install 'deltalearn[peft]'") from None
+        raise ConfigError("train.lora needs the peft extra: pip install -e '.[peft]' in a clone") from None
     lcfg = peft.LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                            target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
     return peft.get_peft_model(model, lcfg)
@@ -443,13 +452,16 @@ def _one_writer(fn):
 
 @_one_writer
 def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: str | Path | None = None,
-          accelerator=None, fallback: bool = False) -> dict:
+          accelerator=None, fallback: bool = False, pairs_split: str = "train") -> dict:
     """Preference-tune (or SFT) `cfg.model` on `pairs`; see the module docstring. Returns the run summary."""
     cfg = resolve_train(copy.deepcopy(cfg))
     if not cfg.model:
         raise ConfigError("train.model is required")
     out = Path(out_dir)
-    rows, source = load_pair_rows(pairs, LossType(cfg.loss), chosen_key=cfg.chosen_key, rejected_key=cfg.rejected_key)
+    if cfg.log_with:
+        trackers.check_trackers(cfg.log_with)  # accelerate would only warn, then log nowhere
+    rows, source = load_pair_rows(pairs, LossType(cfg.loss), pairs_split, chosen_key=cfg.chosen_key,
+                                  rejected_key=cfg.rejected_key)
     if cfg.max_pairs:
         rows = rows[: cfg.max_pairs]
     data_hash = pairs_hash(rows)
@@ -586,7 +598,9 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
 
     log = JsonlAppender(metrics_path, fsync=False) if acc.is_main_process else None
     if cfg.log_with:
-        acc.init_trackers(out.name, config={k: v for k, v in _asdict(cfg).items() if not isinstance(v, (dict, list))})
+        project, run_name = trackers.tracker_names(out, cfg.tracker_project, cfg.tracker_run_name)
+        acc.init_trackers(project, config={k: v for k, v in _asdict(cfg).items() if not isinstance(v, (dict, list))},
+                          init_kwargs=trackers.init_kwargs(cfg.log_with, run_name))
     bar = None
     if progress and acc.is_main_process:
         from tqdm.auto import tqdm
@@ -681,7 +695,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                "final_loss": loss_value, "precision": precision, "compiled": compiled, "processes": world,
                "wall_s": time.time() - t_start, "ref_s": ref_seconds, "train_s": train_seconds,
                "tokens_per_s": tokens_seen / max(train_seconds, 1e-9), "encode_stats": enc_stats.as_dict(),
-               "model_dir": str(out / "model"), "metrics_path": str(metrics_path), **ref_info}
+               "model_dir": str(out / "model"), "metrics_path": str(metrics_path), **ref_info,
+               "saved_dtype": saved_dtype(cfg.save_dtype, precision)}
     # Under ZeRO-3/FSDP each rank holds only shards: gather the full weights (a collective, so every rank calls it)
     state = acc.get_state_dict(scorer) if _uses_engine_state(acc) else None
     if acc.is_main_process:
@@ -703,8 +718,13 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         # Into a temporary folder, then renamed: a kill or a full disk never leaves a half-written model/.
         tmp_model = out / ".model.tmp"
         shutil.rmtree(tmp_model, ignore_errors=True)
+        if summary["saved_dtype"] == "bf16":  # the form a bf16-trained model is used in, at half the size
+            final = final.to(torch.bfloat16)
+            state = {k: v.to(torch.bfloat16) for k, v in state.items()} if state else state
         final.save_pretrained(tmp_model, safe_serialization=True, **({"state_dict": state} if state else {}))
         tokenizer.save_pretrained(tmp_model)
+        cards.write_model_card(tmp_model, _asdict(cfg), summary, pairs_source=source, pairs_sha256=data_hash,
+                               name=out.resolve().name)
         ordinary_permissions(tmp_model)
         shutil.rmtree(out / "model", ignore_errors=True)
         os.replace(tmp_model, out / "model")
@@ -712,6 +732,11 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         (out / "COMPLETED").write_text("ok\n")
     acc.wait_for_everyone()
     return summary
+
+
+def saved_dtype(setting: str, precision: str) -> str:
+    """train.save_dtype resolved: auto saves the training precision's natural form (bf16 after bf16 training)."""
+    return precision if setting == "auto" else setting
 
 
 def tied_aliases(model) -> set[str]:
@@ -771,14 +796,23 @@ def _asdict(cfg: TrainConfig) -> dict:
 
 def add_cli_args(p) -> None:
     p.add_argument("recipe", nargs="?", help="recipe YAML whose train section to use (optional)")
-    p.add_argument("--pairs", required=True, help="pairs file or folder (prompt/chosen/rejected)")
+    p.add_argument("--pairs", required=True,
+                   help="pairs: a file or folder (prompt/chosen/rejected), or a Hub dataset id ORG/NAME; TRL's "
+                        "implicit-prompt rows (whole conversations in chosen/rejected) are read too")
+    p.add_argument("--pairs-split", default="train", help="the split of a Hub dataset --pairs")
     p.add_argument("--out", required=True, help="output folder (metrics.jsonl, model/, checkpoints/)")
-    p.add_argument("--model", help="model to tune (overrides train.model)")
-    p.add_argument("--loss", choices=[t.value for t in LossType], help="overrides train.loss")
+    p.add_argument("--model", help="model to tune (overrides train.model; default: the recipe's)")
+    p.add_argument("--loss", choices=[t.value for t in LossType],
+                   help="overrides train.loss (default: the recipe's, else dpo_norm)")
     p.add_argument("--resume", help="resume from this checkpoint folder (default: the latest in --out)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
-                   help="overrides train.precision (auto: bf16 autocast where the device has fast bf16)")
-    p.add_argument("--seed", type=int, default=None, help="overrides train.seed (data order and init of LoRA)")
+                   help="overrides train.precision (default: the recipe's, else auto: bf16 autocast where the "
+                        "device has fast bf16)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="overrides train.seed (data order and init of LoRA; default: the recipe's, else 0)")
+    p.add_argument("--push-to-hub", metavar="REPO",
+                   help="upload model/ (with its model card) to this Hub repository when training ends; checked "
+                        "before training starts (logged in, Hub reachable); default: no upload")
     p.add_argument("--chosen-key", default=None, help="a pairs file in the authors' released layout (one "
                    "conversation column per model): the chosen column, e.g. qwen-2.5-3b-instruct (train.chosen_key)")
     p.add_argument("--rejected-key", default=None, help="its rejected column, e.g. qwen-2.5-1.5b-instruct "
@@ -786,7 +820,7 @@ def add_cli_args(p) -> None:
     p.add_argument("--fallback-checkpoint", action="store_true",
                    help="if the latest checkpoint is corrupt, set it aside and resume from the previous good one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.beta=5 (repeatable)")
+                   help="override a recipe value, e.g. --set train.beta=5 (repeatable; default: none)")
     from deltalearn.cliargs import add_no_progress
 
     add_no_progress(p)
@@ -800,6 +834,7 @@ def train_overrides_only(overrides: list[str]) -> None:
         if "=" in text and not key.startswith("train."):
             leaf = key.split(".")[-1]
             hint = f"; did you mean train.{leaf}?" if leaf in TrainConfig.__dataclass_fields__ else ""
+            hint = hint or hf_name_hint(key)
             raise ConfigError(f"--set {text}: `deltalearn train` reads only train.* keys (the other sections are "
                               f"for `deltalearn run`){hint}")
 
@@ -821,12 +856,21 @@ def run_cli(args) -> int:
         if getattr(args, key):
             overrides.append(f"train.{key}={json.dumps(getattr(args, key))}")
     recipe = load_recipe(args.recipe, overrides)
+    if args.push_to_hub:
+        from deltalearn import hub
+
+        hub.check_push(args.push_to_hub)
     summary = train(recipe.train, args.pairs, args.out, progress=not args.no_progress, resume=args.resume,
-                    fallback=args.fallback_checkpoint)
+                    fallback=args.fallback_checkpoint, pairs_split=args.pairs_split)
     if summary.pop("skipped", False):
         print(f"deltalearn train: {args.out} already holds this finished run (same settings and data); skipped "
               "training and printed its summary (delete the folder to train again)", file=sys.stderr)
     # 4 significant digits on screen (train_summary.json keeps full precision)
     print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in summary.items()
                       if k != "encode_stats"}, indent=2))
+    if args.push_to_hub:
+        from deltalearn import hub
+
+        url = hub.push_folder(Path(args.out) / "model", args.push_to_hub)
+        print(f"deltalearn train: pushed {Path(args.out) / 'model'} to {url}", file=sys.stderr)
     return 0
