@@ -175,13 +175,15 @@ def drop_sentence(text: str, strength: float, rng: random.Random, context: dict)
     if k == 0 or len(real) <= k:
         return text, {"sentences_dropped": 0, "sentences": len(real)}
     drop = set(rng.sample(real, k))
-    keep_p, keep_s = [], []
+    keep_p, keep_s, between = [], [], []
     for i, p in enumerate(pieces):
+        between += seps[i - 1:i]
         if i in drop:
             continue
-        if keep_p:
-            keep_s.append(seps[i - 1])
+        if keep_p:  # of the separators around a dropped sentence, keep the line break (a heading stays a line)
+            keep_s.append(max(between, key=lambda x: x.count("\n")))
         keep_p.append(p)
+        between = []
     out = _join(keep_p, keep_s).strip() if keep_p else ""
     return out, {"sentences_dropped": k, "sentences": len(real)}
 
@@ -203,9 +205,12 @@ def shuffle_sentences(text: str, strength: float, rng: random.Random, context: d
         rng.shuffle(perm)
         if all(p != i for i, p in enumerate(perm)):
             break
-    out = list(pieces)
+    out, seps = list(pieces), list(seps)
     for slot, j in zip(slots, perm):
         out[slot] = texts[j]
+    for i, sep in enumerate(seps):  # a heading moved before a space would run into the next sentence
+        if "\n" not in sep and not re.search(r"[.!?]$", out[i]):
+            seps[i] = "\n"
     return _join(out, seps), {"sentences_moved": k, "sentences": len(real)}
 
 
