@@ -441,6 +441,9 @@ def audit_pairs(path, *, student: Optional[str] = None, utility: Optional[str] =
     has_quality = stats.get("scored", 0) > 0
     deltas = [None if q is None else q[0] - q[1] for q in quals]
 
+    from deltalearn.corrupt_pairs import corruption_finding
+
+    a["corruption"] = corruption_finding(pairs)  # rule corrupt: its own delta, from the provenance
     a["health"] = health(pairs, deltas if not judge and has_quality else None)
     skipped += a["health"]["skipped"]
     if has_quality:
@@ -553,6 +556,10 @@ def audit_tables(a: dict) -> list[dict]:
         out.append({"title": f"Audit 2. The delta ({s['quality']})", "columns": ["quantity", "value"], "rows": rows})
         out.append({"title": "Audit 2. Per-pair delta histogram", "columns": ["delta", "pairs", "share"],
                     "rows": _hist_rows(d["histogram"], s["scored"])})
+    if a.get("corruption"):
+        from deltalearn.corrupt_pairs import corruption_table
+
+        out.append(corruption_table(a["corruption"]))
     w = a.get("weakness")
     if w and w.get("n"):
         def pm(x):

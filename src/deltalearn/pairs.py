@@ -9,6 +9,7 @@ Rules (PairConfig.rule):
   the lowest rejected, kept when the difference is > `min_margin` (Section 3, Experiment 1).
 - `judge`: an LLM judge scores every response 1-5 with `JUDGE_RUBRIC`; then as `utility` with the score.
 - `columns`: the user names the chosen and rejected generation sets (the reference code's chosen_key/rejected_key).
+- `corrupt`: rejected = a corrupted copy of the chosen response (`deltalearn.corrupt_pairs`, issue 32).
 
 Controls (PairConfig.control), the paper's checks that the *direction* of the delta is what teaches:
 - `reverse`: every kept pair with chosen and rejected swapped.
@@ -349,6 +350,10 @@ def make_pairs(generations: Generations, cfg: PairConfig, *,
     scores: for rule 'judge', precomputed {(label, id): 1-5 or None} (from `judge_scores`); computed here with
     `cfg.judge` when omitted.
     """
+    if cfg.rule == "corrupt":  # one generation set is enough: its own module (deltalearn.corrupt_pairs)
+        from deltalearn.corrupt_pairs import corrupt_pairs
+
+        return corrupt_pairs(generations, cfg)
     labels = list(generations)
     if len(labels) < 2:
         raise ConfigError(f"pairing needs at least two generation sets, got {labels}")
@@ -657,13 +662,21 @@ def _parse_sizes(items: list[str]) -> dict[str, float]:
     return out
 
 
+def _parse_kv(items: list[str], flag: str) -> dict[str, str]:
+    bad = [it for it in items or [] if "=" not in it]
+    if bad:
+        raise ConfigError(f"{flag} takes KEY=VALUE items (e.g. wrong_values=wrong.json), got '{bad[0]}'")
+    return dict(it.split("=", 1) for it in items or [])
+
+
 def add_cli_args(p) -> None:
     p.add_argument("--generations", nargs="+", required=True,
                    help="generation folders/files from `deltalearn generate`, or a wide table/dataset")
     p.add_argument("--models", nargs="*", default=None, help="use only these generation sets / wide columns")
     p.add_argument("--prompt-column", default="prompt", help="wide tables: the prompt column")
     p.add_argument("--id-column", default=None, help="wide tables: a stable id column (default: content hash)")
-    p.add_argument("--rule", choices=["ladder", "self_vs_weaker", "utility", "judge", "columns"], default="ladder",
+    p.add_argument("--rule", choices=["ladder", "self_vs_weaker", "utility", "judge", "columns", "corrupt"],
+                   default="ladder",
                    help="how chosen and rejected are picked (see the README's pairing rules)")
     p.add_argument("--sizes", nargs="*", default=[], metavar="NAME=SIZE", help="ladder: state model sizes")
     p.add_argument("--all-pairs", action="store_true", help="ladder: every bigger>smaller, not just adjacent rungs")
@@ -679,7 +692,13 @@ def add_cli_args(p) -> None:
     p.add_argument("--control", choices=["none", "reverse", "tie"], default="none",
                    help="paper controls: reverse swaps chosen and rejected; tie pairs two equally good responses")
     p.add_argument("--keep-truncated", action="store_true", help="keep pairs where a response hit max_new_tokens")
-    p.add_argument("--seed", type=int, default=0, help="seed of the tie control's orientation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tie control's orientation; corrupt: hashed "
+                   "with each prompt id")
+    p.add_argument("--corruption", help="corrupt rule: wrong_items, student_wrong_items, drop_sentence, "
+                   "shuffle_sentences, truncate, or module:function")
+    p.add_argument("--strength", type=float, default=1.0, help="corrupt rule: how much to break (0: identity)")
+    p.add_argument("--corruption-arg", dest="corruption_args", action="append", default=[], metavar="KEY=VALUE",
+                   help="corrupt rule: an input of the corruption, e.g. wrong_values=FILE.json (repeatable)")
     p.add_argument("--out", help="output folder (HF dataset); omit to only print the summary/stats")
     p.add_argument("--export", nargs="*", default=[], choices=["jsonl", "parquet"],
                    help="also write OUT/pairs.jsonl and/or OUT/pairs.parquet inside the output folder")
@@ -720,7 +739,9 @@ def _run_cli(args) -> int:
     cfg = PairConfig(rule=args.rule, chosen=args.chosen, rejected=args.rejected, sizes=_parse_sizes(args.sizes),
                      adjacent=not args.all_pairs, student=args.student, weaker=args.weaker, utility=args.utility,
                      min_margin=args.min_margin, judge=args.judge, judge_base_url=args.judge_base_url,
-                     control=args.control, drop_truncated=not args.keep_truncated, seed=args.seed)
+                     control=args.control, drop_truncated=not args.keep_truncated, seed=args.seed,
+                     corruption=args.corruption, strength=args.strength,
+                     corruption_args=_parse_kv(args.corruption_args, "--corruption-arg"))
     gens = load_generations(args.generations, models=args.models, prompt_column=args.prompt_column,
                             id_column=args.id_column)
     scores = None

@@ -227,6 +227,13 @@ def _check_pipeline(recipe: Recipe) -> list[str]:
                 get_utility(pair.utility)
             except ConfigError as e:
                 errs.append(f"pair.utility: {e}")
+    if pair.rule == "corrupt":
+        from deltalearn.corruptions import check_strength, get_corruption
+
+        try:
+            check_strength(pair.corruption, get_corruption(pair.corruption), pair.strength)
+        except ConfigError as e:
+            errs.append(str(e))
     if pair.rule == "judge" and not pair.judge:
         errs.append("pair.judge: rule=judge needs a judge model")
     for u in recipe.eval.utilities:

@@ -81,13 +81,15 @@ class GenerateConfig:
 
 @dataclass
 class PairConfig:
-    rule: Literal["ladder", "self_vs_weaker", "utility", "judge", "columns"] = "ladder"
+    rule: Literal["ladder", "self_vs_weaker", "utility", "judge", "columns", "corrupt"] = "ladder"
     """How chosen and rejected are picked: bigger model (ladder), the student over a weaker model, a utility's
-    or a judge's score, or two named columns."""
+    or a judge's score, two named columns, or a response over its corrupted copy (corrupt)."""
     chosen: Optional[str] = None
-    """rule=columns: the chosen column (a model name in the generations or a wide-dataset column)."""
+    """rule=columns: the chosen column (a model name in the generations or a wide-dataset column); rule=corrupt:
+    the chosen set (default: the only one)."""
     rejected: Optional[str] = None
-    """rule=columns: the rejected column."""
+    """rule=columns: the rejected column; rule=corrupt: the set whose corrupted copy is rejected (default:
+    chosen)."""
     sizes: dict[str, float] = field(default_factory=dict)
     """rule=ladder: model -> size (parameters or any monotone proxy); read from the model when empty."""
     adjacent: bool = True
@@ -109,7 +111,16 @@ class PairConfig:
     drop_truncated: bool = True
     """Drop pairs where either response hit max_new_tokens (cutting one side changes the delta)."""
     seed: int = 0
-    """Seed of the tie control's orientation."""
+    """Seed of the tie control's orientation; rule=corrupt: hashed with each prompt id to seed its corruption."""
+    corruption: Optional[str] = None
+    """rule=corrupt: wrong_items, student_wrong_items, drop_sentence, shuffle_sentences, truncate, or a
+    module:function of your own (deltalearn.corruptions)."""
+    strength: float = 1.0
+    """rule=corrupt: how much the corruption breaks (items / sentences for the counting ones, the fraction of
+    words cut for truncate); 0 is the identity, the zero-delta control."""
+    corruption_args: dict[str, str] = field(default_factory=dict)
+    """rule=corrupt: extra inputs of the corruption, e.g. wrong_values: a JSON file key -> the student's most
+    likely wrong value (student_wrong_items)."""
 
 
 @dataclass

@@ -3,6 +3,7 @@
     deltalearn lab                      # ladder + main recipe with controls + self-over-weaker -> runs/lab
     deltalearn lab --sweep              # every chosen > rejected rung pair + chosen-quality curves -> runs/lab-sweep
     deltalearn lab --ladder-only        # just train / show the ladder (lab:r1 ... lab:student)
+    deltalearn lab --recipe recipes/lab-lookups.yaml --corrupt   # rung / own answers over corrupted copies
     deltalearn lab --set experiment.eval_prompts=1000 --out runs/lab-small
     deltalearn lab --recipe recipes/lab-items.yaml   # the items task (experiment.task: items) -> runs/lab-items
 """
@@ -23,6 +24,8 @@ def add_cli_args(p) -> None:
     p.add_argument("--sweep", action="store_true", help="run the all-pairs sweep and chosen-quality curves "
                    "instead of the main recipe")
     p.add_argument("--ladder-only", action="store_true", help="only build (or show) the ladder")
+    p.add_argument("--corrupt", action="store_true", help="items tasks: a rung's and the student's answers over "
+                   "their corrupted copies (m wrong items), with controls -> runs/NAME-corrupt (issue 32)")
     p.add_argument("--out", default=None, help="run folder (default: runs/NAME, runs/NAME-sweep with --sweep)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set experiment.workers=1 (repeatable)")
@@ -73,7 +76,15 @@ def run_cli(args) -> int:
         how = "cached" if rec.get("cached") else f"trained in {rec['wall_s']:.0f} s"
         print(f"ladder: {how} (load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end)")
         return 0
-    out = Path(args.out or f"runs/{recipe.name}{'-sweep' if args.sweep else ''}")
+    out = Path(args.out or f"runs/{recipe.name}{'-sweep' if args.sweep else '-corrupt' if args.corrupt else ''}")
+    if args.corrupt:
+        from deltalearn.lab.corrupt import run_corrupt_lab
+
+        results = run_corrupt_lab(recipe, out, progress=progress)
+        _print_tables(results)
+        print(f"\n{out}/results.json written; wall {time.time() - t0:.0f} s (load average {load0:.1f} at start, "
+              f"{os.getloadavg()[0]:.1f} at end); timings {results['timings_s']}", file=sys.stderr)
+        return 0
     if args.render:
         _print_tables(render_lab(recipe, out, sweep=args.sweep))
         return 0

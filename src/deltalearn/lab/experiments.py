@@ -86,6 +86,8 @@ class LabSettings:
     accuracy) and whose samples, SFT'd alone, do not raise the student (weak data), and the student's own answers
     over every rung below it, dpo_norm at sweep_lr (else train.lr), each scored by its paired dev gain; the largest
     wins (`choose_dev_pairs`). lr_grid then chooses each experiment's lr on dev for its winner."""
+    corrupt: dict = field(default_factory=dict)
+    """`deltalearn lab --corrupt` settings (m, lr_grid, natural, student_samples: `lab.corrupt.CorruptSettings`)."""
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "LabSettings":
