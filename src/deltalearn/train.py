@@ -441,6 +441,9 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     if not cfg.model:
         raise ConfigError("train.model is required")
     out = Path(out_dir)
+    from deltalearn.outputs import claim
+
+    claim(out, "train")  # a user's folder or another artifact is refused before anything is written
     rows, source = load_pair_rows(pairs, LossType(cfg.loss))
     if cfg.max_pairs:
         rows = rows[: cfg.max_pairs]
