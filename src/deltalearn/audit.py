@@ -720,11 +720,17 @@ def run_cli(args) -> int:
 
         get_utility(args.utility)  # an unknown name fails before any model loads
     curve = curve_from_results(args.curve) if args.curve else None
+    from deltalearn.outputs import claim_file, is_audit_json, is_audit_md
+
+    out = Path(args.out) if args.out else default_out(args.pairs)
+    if out.suffix == ".md":
+        raise ConfigError(f"--out {out}: name the audit's JSON file (its Markdown goes beside it as .md)")
+    claim_file(out, "audit", is_audit_json)  # before the (possibly long) audit, not after it
+    claim_file(out.with_suffix(".md"), "audit", is_audit_md)
     a = audit_pairs(args.pairs, student=args.student, utility=args.utility, judge=args.judge, sample=args.sample,
                     seed=args.seed, curve=curve, max_new_tokens=args.max_new_tokens, max_len=args.max_len,
                     batch_size=args.batch_size, progress=not args.no_progress)
     md = render_markdown(a)
-    out = Path(args.out) if args.out else default_out(args.pairs)
     write_json_atomic(out, a)
     write_text_atomic(out.with_suffix(".md"), md)
     print(md)

@@ -51,6 +51,37 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "model"
 
 
+def default_label(model: str) -> str:
+    """The result's name when no --label is given: the model's slug, where a trained model folder is named after
+    its arm or run folder (runs/x/arms/dpo/model -> dpo), as `deltalearn generate` names its file."""
+    p = Path(model)
+    if not p.exists():
+        return _slug(model)
+    p = p.absolute()
+    return _slug(p.parent.name if p.name == "model" and p.parent.name else p.name)
+
+
+def same_label_other_model(result: Path, model: str) -> None:
+    """Refuse to replace OUT/eval/LABEL.json when it holds another model's result: two models, one label."""
+    if not result.exists():
+        return
+    try:
+        prev = read_json(result).get("model")
+    except (DataError, AttributeError):
+        return
+    if prev is None or _same_model(prev, model):
+        return
+    raise DataError(result, f"holds the result of another model ({prev}); refusing to replace it with {model}'s. "
+                    "Give --label NAME to keep both, or another --out")
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------------------
@@ -256,10 +287,14 @@ def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: O
     from deltalearn.locks import artifact_lock
 
     check_utilities(cfg.utilities)
-    label = label or _slug(Path(model).name if Path(model).exists() else model)
+    label = label or default_label(model)
+    from deltalearn.outputs import claim
+
+    claim(out_dir, "eval", also=("run",))  # eval/ goes into an eval folder or a run folder, nothing else
     eval_dir = Path(out_dir) / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     with artifact_lock(eval_dir / f"{label}.json", what="eval result"):
+        same_label_other_model(eval_dir / f"{label}.json", model)
         return _evaluate_model(model, cfg, eval_dir, label, reference=reference, beta=beta, reduction=reduction,
                                baseline_responses=baseline_responses, judge_backend=judge_backend,
                                judge_base_url=judge_base_url, limit=limit, max_len=max_len, precision=precision,
@@ -420,6 +455,9 @@ def evaluate_run(run_dir: str | Path, cfg: Optional[EvalConfig] = None, *, base:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(run_dir, "run folder not found")
+    from deltalearn.outputs import claim
+
+    claim(run_dir, "run", flag="--run")  # results go to RUN/eval: a run folder only
     rec = _manifest_recipe(run_dir)
     if cfg is None:
         cfg = from_dict(EvalConfig, rec.get("eval") or {}, "manifest.json: recipe.eval")
@@ -562,6 +600,9 @@ def run_cli(args) -> int:
         return 0
     cfg = _cfg_from_args(args)
     out = Path(args.out or "runs/eval")
+    from deltalearn.outputs import claim
+
+    claim(out, "eval", also=("run",))
     baseline = None
     if cfg.judge:
         check_utilities(cfg.utilities)  # before the base model's answers, not after them

@@ -45,8 +45,10 @@ def model_slug(name: str) -> str:
     """A file-system-safe name for a model's output file: `lab:s` -> `lab_s`, `/a/b/model.gguf` -> `model`."""
     base = name
     if "/" in name and (name.startswith((".", "/", "~")) or Path(name).expanduser().exists()):
-        p = Path(name)
+        p = Path(name.rstrip("/"))
         base = p.stem if p.suffix == ".gguf" else p.name
+        if base == "model" and p.parent.name:  # runs/x/arms/dpo/model -> dpo: every trained model is "model"
+            base = p.parent.name
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._")
     return slug or "model"
 
@@ -96,7 +98,8 @@ def check_meta(out_path: Path, meta: dict, n_done: int) -> None:
     diffs = [f"{k}: file has {was[k]!r}, this run {meta.get(k)!r}" for k in MUST_MATCH if was[k] != meta.get(k)]
     if diffs:
         raise DataError(out_path, "was generated with different settings; refusing to mix them in one file ("
-                        + "; ".join(diffs) + "). Use another --out, or delete the file to start over")
+                        + "; ".join(diffs) + "). Use another --out, or --label NAME to give this run a file of its own, or delete the file to "
+                        "start over")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -609,8 +612,8 @@ def run_cli(args) -> int:
     for m in args.models:
         s = model_slug(args.label or m)
         if s in slugs:
-            raise ConfigError(f"models '{slugs[s]}' and '{m}' would both write {s}.jsonl; rename one (e.g. copy "
-                              "the folder) or generate them into different --out folders")
+            raise ConfigError(f"models '{slugs[s]}' and '{m}' would both write {s}.jsonl; generate them one at a "
+                              "time with --label NAME each, or into different --out folders")
         slugs[s] = m
     if args.backend == "transformers" and args.merge is None:
         from deltalearn.models import check_available
@@ -620,6 +623,9 @@ def run_cli(args) -> int:
     prompts = load_prompts(args.prompts, column=args.prompt_column, id_column=args.id_column, dataset=args.dataset,
                            split=args.split, default_split="train", limit=args.limit, keep=args.keep, dedupe=args.dedupe)
     out = Path(args.out)
+    from deltalearn.outputs import claim
+
+    claim(out, "generations")
     if args.merge is not None:
         for slug, m in slugs.items():
             print(f"{m}: {merge_shards(out, slug, args.merge, prompts)} ({args.merge} shards merged)")

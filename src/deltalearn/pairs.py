@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from deltalearn.io import DataError, read_json, read_table, write_json_atomic
+from deltalearn.outputs import MARKER, claim, keep_user_entries, mark
 from deltalearn.recipe import ConfigError, PairConfig
 
 Generations = dict[str, list[dict]]
@@ -487,7 +488,28 @@ def save_pairs(pairs: list[dict], out_dir, *, summary: Optional[dict] = None, ex
     from deltalearn.locks import artifact_lock
 
     with artifact_lock(out_dir, what="pairs folder"):
+        _recover_aside(Path(out_dir))
+        claim(out_dir, "pairs")  # a user's folder, a run folder, another artifact: refused, nothing touched
         return _save_pairs(pairs, Path(out_dir), summary=summary, export=export)
+
+
+def _pairs_own(name: str) -> bool:
+    """Files a pairs folder's writer puts there; anything else in it is the user's and is carried over."""
+    return name in ("state.json", "dataset_info.json", "pair_summary.json", "pairs.jsonl", "pairs.parquet",
+                    "delta_stats.json", MARKER) or (name.startswith("data-") and name.endswith(".arrow"))
+
+
+def _recover_aside(out: Path) -> None:
+    """A save killed between setting the old dataset aside and finishing leaves `.NAME.old`: put it back (or its
+    user files into the new one) instead of deleting it."""
+    old = out.with_name(f".{out.name}.old")
+    if not old.is_dir():
+        return
+    if not out.exists():
+        os.replace(old, out)
+        return
+    keep_user_entries(old, out, _pairs_own)
+    shutil.rmtree(old)
 
 
 def _save_pairs(pairs: list[dict], out: Path, *, summary: Optional[dict], export: tuple[str, ...]) -> Path:
@@ -524,12 +546,12 @@ def _save_pairs(pairs: list[dict], out: Path, *, summary: Optional[dict], export
 
             raise write_failed(out, e) from None
         raise
+    mark(tmp, "pairs")
     old = out.with_name(f".{out.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
+    keep_user_entries(old, out, _pairs_own)  # the user's files in the old folder move into the new one
     if old.exists():
         shutil.rmtree(old)
     return out
@@ -721,6 +743,8 @@ def run_cli(args) -> int:
     # One writer per pairs folder: refused before the (possibly long) judge pass, not after it.
     try:
         with artifact_lock(args.out, what="pairs folder") if args.out else contextlib.nullcontext():
+            if args.out:
+                claim(args.out, "pairs")
             return _run_cli(args)
     except ConfigError as e:  # the user typed flags, not recipe keys: pair.rejected -> --rejected
         raise ConfigError(re.sub(r"\bpair\.([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
@@ -749,6 +773,8 @@ def _run_cli(args) -> int:
     if judge:
         out_judge = (Path(args.out).with_name(Path(args.out).name + "-judge") / f"{model_slug(judge)}.jsonl"
                      if args.out else None)
+        if out_judge is not None:
+            claim(out_judge.parent, "generations")
         scores = judge_scores(gens, judge, out_path=out_judge, backend="openai" if args.judge_base_url else
                               "transformers", base_url=args.judge_base_url, progress=not args.no_progress)
     pairs, summary = make_pairs(gens, cfg, scores=scores if args.rule == "judge" else None)

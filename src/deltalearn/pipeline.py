@@ -38,8 +38,9 @@ def _stage(run_dir: Path, name: str):
 def run_pipeline(recipe: Recipe, *, progress: bool = True, fallback_checkpoint: bool = False) -> Path:
     from deltalearn.locks import artifact_lock
 
-    run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from deltalearn.outputs import claim
+
+    run_dir = claim(recipe.run_dir, "run", flag="run.dir")
     # One `deltalearn run` per run folder; each stage below also locks its own artifact (re-entrant here).
     with artifact_lock(run_dir, what="run folder"):
         return _run_pipeline(recipe, run_dir, progress=progress, fallback_checkpoint=fallback_checkpoint)

@@ -684,9 +684,20 @@ def build_report(run_dirs: list[str | Path], out: Optional[str | Path] = None) -
     runs = [load_run(d) for d in run_dirs]
     page, md = render(runs)
     out = Path(out) if out else (Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1 else Path("report.html"))
+    claim_report(out)
     write_text_atomic(out, page)
     write_text_atomic(out.with_suffix(".md"), md)
     return out
+
+
+def claim_report(out: Path) -> None:
+    """The HTML and the .md beside it are new files or reports written before; anything else is refused."""
+    from deltalearn.outputs import claim_file, is_report_html, is_report_md
+
+    if out.suffix == ".md":
+        raise DataError(out, "--out names the HTML report (its Markdown goes beside it as .md); give NAME.html")
+    claim_file(out, "report", is_report_html)
+    claim_file(out.with_suffix(".md"), "report", is_report_md)
 
 
 def add_cli_args(p) -> None:
@@ -697,10 +708,11 @@ def add_cli_args(p) -> None:
 
 
 def run_cli(args) -> int:
-    runs = [load_run(d) for d in args.runs]
-    page, md = render(runs)
     out = Path(args.out) if args.out else (Path(args.runs[0]) / "report.html" if len(args.runs) == 1
                                            else Path("report.html"))
+    claim_report(out)
+    runs = [load_run(d) for d in args.runs]
+    page, md = render(runs)
     write_text_atomic(out, page)
     write_text_atomic(out.with_suffix(".md"), md)
     print(md)

@@ -458,6 +458,9 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     if not cfg.model:
         raise ConfigError("train.model is required")
     out = Path(out_dir)
+    from deltalearn.outputs import claim
+
+    claim(out, "train")  # a user's folder or another artifact is refused before anything is written
     if cfg.log_with:
         trackers.check_trackers(cfg.log_with)  # accelerate would only warn, then log nowhere
     rows, source = load_pair_rows(pairs, LossType(cfg.loss), pairs_split, chosen_key=cfg.chosen_key,

@@ -732,8 +732,9 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
 
     settings = settings_from(recipe)
     columns = needed_columns(recipe, settings)
-    run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from deltalearn.outputs import claim
+
+    run_dir = claim(recipe.run_dir, "run", flag="run.dir")
     gen, ev = recipe.generate, recipe.eval
     system_prompt = gen.system_prompt
     original = recipe.train.model

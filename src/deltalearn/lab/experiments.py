@@ -596,8 +596,10 @@ def run_lab(recipe: Recipe, run_dir: str | Path, *, sweep: bool = False, progres
     21-pair sweep and the chosen-quality curves instead. Writes results.json + plots; returns the results."""
     from deltalearn.lab import report
 
+    from deltalearn.outputs import claim
+
     t0 = time.time()
-    lab = Lab(recipe, run_dir, progress=progress)
+    lab = Lab(recipe, claim(run_dir, "run"), progress=progress)
     lab.prepare()
     s = lab.s
     rungs = [f"r{i + 1}" for i in range(len(s.ladder.targets))]
