@@ -13,7 +13,8 @@ import torch
 from deltalearn import distributed, models, speedups
 from deltalearn.logps import ResponseLogProbs
 from deltalearn.recipe import TrainConfig
-from deltalearn.train import CorruptCheckpoint, checkpoints, train, verify_checkpoint, write_hashes
+from deltalearn.train import (CorruptCheckpoint, checkpoints, deepspeed_settings, train, verify_checkpoint,
+                              write_hashes)
 
 
 def cfg(model, tmp_path, **kw):
@@ -128,3 +129,33 @@ def test_models_loaded_whole_under_a_live_zero3_config(tiny_model_dir):
         assert n == sum(p.numel() for p in m.parameters()) > 0
     finally:
         unset_hf_deepspeed_config()
+
+
+def test_deepspeed_clips_at_the_recipes_grad_clip():
+    """The shipped DeepSpeed configs fix gradient_clipping: 1.0, which the engine applies: the recipe's value wins."""
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+    for name in ("deepspeed_zero1.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"):
+        shipped = dict(yaml.safe_load((root / name).read_text())["deepspeed_config"])
+        for clip in (0.0, 0.5):
+            got = deepspeed_settings(shipped, TrainConfig(model="m", grad_clip=clip, batch_size=8,
+                                                          micro_batch_size=2), n_micro=4)
+            assert got["gradient_clipping"] == clip and got["train_micro_batch_size_per_gpu"] == 2
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_prints_its_table(tmp_path):
+    """benchmarks/gpu_check.py on CPU with the tiny config: the three rows run and step 1 is ln 2 in each."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "check.json"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
+                       capture_output=True, text=True, timeout=480)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| check | step-1 loss |" in r.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [row.get("ref_cache_hit") for row in rows[:2]] == [False, True]
+    assert all(row["step1"] == pytest.approx(math.log(2), abs=1e-6) for row in rows), rows

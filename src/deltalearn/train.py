@@ -456,6 +456,16 @@ def _fsdp_on_cpu(acc) -> None:
         state.fsdp_plugin.set_mixed_precision(state.mixed_precision)
 
 
+def deepspeed_settings(dsc: dict, cfg: TrainConfig, n_micro: int) -> dict:
+    """The DeepSpeed config entries the recipe decides, written into accelerate's `dsc`: the micro-batch split, and
+    the clip always from train.grad_clip (the engine clips: accelerate's clip_grad_norm_ leaves it to DeepSpeed, so a
+    value fixed in the launch config, e.g. the shipped `gradient_clipping: 1.0`, would silently override the recipe)."""
+    dsc["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+    dsc["gradient_accumulation_steps"] = n_micro
+    dsc["gradient_clipping"] = cfg.grad_clip
+    return dsc
+
+
 def _apply_lora(model, cfg: TrainConfig):
     try:
         import peft
@@ -511,12 +521,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         # DeepSpeed owns accumulation: it steps only at the accumulation boundary and divides each micro-batch's
         # loss by its accumulation count, so tell it our split and undo that division below (untested here:
         # no GPUs on the development machines; the loop's semantics are the same as on CPU).
-        dsc = ds_plugin.deepspeed_config
-        dsc["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
-        dsc["gradient_accumulation_steps"] = n_micro
-        # the recipe's clip, always: the engine clips (accelerate's clip_grad_norm_ leaves it to DeepSpeed), and
-        # a value fixed in the launch config would silently override train.grad_clip
-        dsc["gradient_clipping"] = cfg.grad_clip
+        deepspeed_settings(ds_plugin.deepspeed_config, cfg, n_micro)
         acc.gradient_accumulation_steps = n_micro
     loss_scale = n_micro if ds_plugin is not None else 1
     t_start = time.time()
