@@ -8,7 +8,9 @@ both reductions (dpo's sum and dpo_norm's mean) and the loss can never read the 
 File: `<cache_dir>/<key>.safetensors` with tensors chosen_sum, chosen_n, rejected_sum, rejected_n, written
 atomically (temp file + rename). Rows are filled with -inf first; any -inf left after the pass is an error, never
 a silent zero. In multi-process runs each rank scores a strided shard, shards are merged with a MAX all-reduce
-(not SUM, which double-counts padded duplicates), and only the main process writes.
+(not SUM, which double-counts padded duplicates), and only the main process writes; the main process alone decides
+hit or miss and broadcasts it (ranks may have their own cache folders). Under an engine that computes in bf16 weights
+(FSDP/DeepSpeed bf16) train.py scores a miss through the prepared module (`compute_prepared`).
 """
 
 from __future__ import annotations

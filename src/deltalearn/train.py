@@ -609,8 +609,9 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         if cfg.lora and cfg.reference is None:
             live_ref = "adapter-disabled"
         else:
-            with distributed.outside_zero3():
+            with distributed.outside_zero3():  # in the dtype the engine computes in, like the policy
                 live_ref, _ = models.load_model(ref_name, device=device, with_tokenizer=False,
+                                                dtype=param_dtype if engine_cast else None,
                                                 trust_remote_code=cfg.trust_remote_code)
             # wrapped once: the wrapper checks its lean head on its first forward, not on every micro-batch's
             live_ref = ResponseLogProbs(live_ref.eval().requires_grad_(False))
