@@ -36,7 +36,7 @@ def finished_run(tmp_path_factory, tiny_model_dir):
 
     d = tmp_path_factory.mktemp("corruption")
     cfg = TrainConfig(model=tiny_model_dir, loss="dpo", batch_size=4, micro_batch_size=2, max_len=64, max_steps=4,
-                      save_every=1, precision="fp32", ref_cache_dir=str(d / "ref"))
+                      save_every=1, keep_checkpoints=0, precision="fp32", ref_cache_dir=str(d / "ref"))
     train(cfg, toy_pair_rows(), d / "full", progress=False)
     return cfg, d / "full"
 

@@ -56,7 +56,20 @@ class ModelSource:
                 f for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".json", ".gguf"))
             parts = [f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files]
             return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        if self.kind == "hub":  # the id alone would keep a cache scored with weights the hub has since replaced
+            return f"{self.path}@{hub_revision(self.path) or 'unresolved'}"
         return self.path
+
+
+def hub_revision(repo_id: str) -> str | None:
+    """The commit of a hub model in the local hub cache (the snapshot `main` points to), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - an odd id: no revision known
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
 
 
 def embedded_gguf_path(name: str) -> Path:

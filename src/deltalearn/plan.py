@@ -273,6 +273,24 @@ def _train_flops(n_params: Optional[int], n_pairs: Optional[int], trained_pairs:
     return {"tokens": tokens, "policy_flops": policy, "reference_flops": ref, "total_flops": policy + ref}
 
 
+def checkpoint_disk_and_host_ram(params: Optional[int], train_cfg, steps: Optional[int]) -> dict[str, Any]:
+    """Disk the run's checkpoints take and host RAM per rank, from how train.py saves and loads (estimates; bytes).
+
+    A checkpoint holds the trainable weights in fp32 and Adam's two fp32 moments: 12 B per trainable parameter
+    (DeepSpeed bf16 keeps bf16 weights besides its fp32 masters: ~14 B). `keep_checkpoints` of them stay on disk, plus
+    the final model (4 B/param in fp32). Host RAM: every rank loads the fp32 policy (4 B/param) before the engine
+    moves or shards it; at the final save the main process also holds the gathered full state dict (another 4 B/param).
+    """
+    if params is None or steps is None:
+        return {"checkpoint_bytes": None, "checkpoints_kept": None, "host_ram_per_rank_bytes": None,
+                "host_ram_rank0_save_bytes": None}
+    trainable = params // 100 if train_cfg.lora is not None else params  # LoRA adapters: well under 1% of the model
+    saves = (steps - 1) // train_cfg.save_every if train_cfg.save_every else 0
+    kept = min(saves, train_cfg.keep_checkpoints) if train_cfg.keep_checkpoints else saves
+    return {"checkpoint_bytes": 12 * trainable, "checkpoints_kept": kept, "final_model_bytes": 4 * params,
+            "host_ram_per_rank_bytes": 4 * params, "host_ram_rank0_save_bytes": 8 * params}
+
+
 def gpu_hours(flops: Optional[float], mfu: float, hw: Hardware) -> Optional[float]:
     if flops is None:
         return None
@@ -375,6 +393,7 @@ def plan(recipe: Recipe, *, hardware: Hardware = Hardware(), prompt_tokens: Opti
             "pairs_per_prompt": ppp, "pairs": n_pairs, "steps": steps, "lora": train_cfg.lora is not None,
             "layout": pair_forward_tokens(seq_tokens, prompt_tokens, train_cfg)[1],
             **flops, "gpu_hours": gpu_hours(flops["total_flops"], hardware.train_mfu, hardware),
+            **checkpoint_disk_and_host_ram(params, train_cfg, steps),
         })
 
     stages = _stages(recipe, arms_out)
@@ -528,6 +547,11 @@ def format_plan(p: dict[str, Any]) -> str:
                      f"{', control=' + arm['control'] if arm['control'] != 'none' else ''}), steps {steps}, "
                      f"{_si(arm['total_flops'], 'FLOP')} ({_si(arm['policy_flops'], 'FLOP')} policy + "
                      f"{_si(arm['reference_flops'], 'FLOP')} reference), {_hours(arm['gpu_hours'])}")
+        if arm.get("checkpoint_bytes") is not None:
+            lines.append(f"      disk: {arm['checkpoints_kept']} checkpoint(s) kept x "
+                         f"{_si(arm['checkpoint_bytes'], 'B')} + final model {_si(arm['final_model_bytes'], 'B')}; host RAM per rank "
+                         f"~{_si(arm['host_ram_per_rank_bytes'], 'B')} (main process at the final save "
+                         f"~{_si(arm['host_ram_rank0_save_bytes'], 'B')})")
     if len(shown) < len(p["arms"]):
         rest = ", ".join(a["arm"] for a in p["arms"][len(shown):])
         lines.append(f"  ... and {len(p['arms']) - len(shown)} more arms ({rest})")

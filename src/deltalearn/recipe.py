@@ -191,6 +191,9 @@ class TrainConfig:
     tokens, in one process without checkpointing or LoRA (where it was measured to pay back its compilation)."""
     save_every: int = 0
     """Save a resumable checkpoint every N optimizer steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Keep only the newest N complete checkpoints (0: all). 2 by default: at 8B a checkpoint with Adam state is
+    ~100 GB, and the one before the newest is what --fallback-checkpoint resumes from if the newest is corrupt."""
     log_every: int = 1
     """Write a metrics.jsonl row every N steps."""
     log_with: list[str] = field(default_factory=list)
@@ -500,6 +503,7 @@ def resolve_train(cfg: TrainConfig, where: str = "train") -> TrainConfig:
         (cfg.loss == "sft" or cfg.beta > 0, f"beta must be > 0 for loss={cfg.loss}"),
         (cfg.nll_coef >= 0, "nll_coef must be >= 0"),
         (cfg.grad_clip >= 0, "grad_clip must be >= 0 (0 turns clipping off)"),
+        (cfg.keep_checkpoints >= 0, "keep_checkpoints must be >= 0 (0 keeps every checkpoint)"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -8,7 +8,9 @@ both reductions (dpo's sum and dpo_norm's mean) and the loss can never read the 
 File: `<cache_dir>/<key>.safetensors` with tensors chosen_sum, chosen_n, rejected_sum, rejected_n, written
 atomically (temp file + rename). Rows are filled with -inf first; any -inf left after the pass is an error, never
 a silent zero. In multi-process runs each rank scores a strided shard, shards are merged with a MAX all-reduce
-(not SUM, which double-counts padded duplicates), and only the main process writes.
+(not SUM, which double-counts padded duplicates), and only the main process writes; the main process alone decides
+hit or miss and broadcasts it (ranks may have their own cache folders). Under an engine that computes in bf16 weights
+(FSDP/DeepSpeed bf16) train.py scores a miss through the prepared module (`compute_prepared`).
 """
 
 from __future__ import annotations
@@ -174,10 +176,45 @@ def compute(model, encoded: list[EncodedPair], *, pad_id: int, precision: str, b
         k = len(mine)
         out["chosen_sum"][idx], out["rejected_sum"][idx] = sums[:k], sums[k:]
         out["chosen_n"][idx], out["rejected_n"][idx] = counts[:k].float(), counts[k:].float()
-    if world > 1:
-        device = accelerator.device
+    return _merge_ranks(out, accelerator if world > 1 else None)
+
+
+def compute_prepared(score_batch, encoded: list[EncodedPair], layout, *, pad_id: int, device,
+                     accelerator=None, packing: dict | None = None) -> dict[str, torch.Tensor]:
+    """Score every pair through the *prepared* training module (`score_batch(SeqBatch) -> (sums, counts)`, no grad):
+    the weights, dtype and sharding the policy trains with (FSDP's bf16 MixedPrecisionPolicy, DeepSpeed's bf16
+    engine), in the training's micro-batches (`layout`: every rank's). Each forward of a sharded module is a
+    collective, so every rank runs as many as the rank with the most (the extra ones repeat a batch, unkept)."""
+    from deltalearn import packing as packing_mod
+
+    switches = packing or {}
+    n = len(encoded)
+    rank = accelerator.process_index if accelerator is not None else 0
+    mine = layout[rank]
+    rounds = max(len(per_rank) for per_rank in layout)
+    out = {k: torch.full((n,), float("-inf")) for k in ("chosen_sum", "chosen_n", "rejected_sum", "rejected_n")}
+    for j in range(rounds):
+        if j < len(mine):
+            mb, keep = mine[j]
+        else:  # this rank is done: a forward the other ranks' collectives need, its values not kept
+            mb, keep = (mine[-1] if mine else layout[0][0])[0], []
+        batch = packing_mod.micro_batch(encoded, mb, pad_id=pad_id,
+                                        padding_free=bool(switches.get("padding_free")),
+                                        share_prompt=bool(switches.get("share_prompt")))
+        with torch.no_grad():
+            sums, counts = score_batch(batch.to(device))
+        sums, counts, k, wanted = sums.float().cpu(), counts.float().cpu(), len(mb), set(keep)
+        for pos, i in enumerate(mb):
+            if i in wanted:
+                out["chosen_sum"][i], out["chosen_n"][i] = sums[pos], counts[pos]
+                out["rejected_sum"][i], out["rejected_n"][i] = sums[k + pos], counts[k + pos]
+    return _merge_ranks(out, accelerator)
+
+
+def _merge_ranks(out: dict[str, torch.Tensor], accelerator) -> dict[str, torch.Tensor]:
+    if accelerator is not None and accelerator.num_processes > 1:
         for key in out:
-            t = out[key].to(device)
+            t = out[key].to(accelerator.device)
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
             out[key] = t.cpu()
     missing = torch.isinf(out["chosen_sum"]) | torch.isinf(out["rejected_sum"])
@@ -188,25 +225,34 @@ def compute(model, encoded: list[EncodedPair], *, pad_id: int, precision: str, b
 
 def reference_logps(model_loader, encoded: list[EncodedPair], *, model_fingerprint: str, precision: str,
                     pad_id: int, batch_size: int = 16, cache_dir: str | Path | None = None, accelerator=None,
-                    progress: bool = True, layout=None, packing: dict | None = None
-                    ) -> tuple[dict[str, torch.Tensor], Path, bool]:
+                    progress: bool = True, layout=None, packing: dict | None = None,
+                    score_prepared=None) -> tuple[dict[str, torch.Tensor], Path, bool]:
     """Cached reference log-probs. `model_loader()` is called only on a cache miss, and the model it returns is
-    dropped before this returns. `layout`: every rank's micro-batches (train.reference_layout; bf16), or None.
+    dropped before this returns; or, with `score_prepared` (see compute_prepared), the miss is scored through the
+    prepared training module. `layout`: every rank's micro-batches (train.reference_layout; bf16), or None.
     `packing`: the training's packing switches (packing.mode), scored the same way. Returns (tensors, cache path,
-    hit)."""
+    hit). With several processes the main process decides hit or miss for all (each rank may have its own cache
+    folder: a rank that hit would skip the collectives the others fill with)."""
+    from deltalearn import distributed
+
     key = cache_key(encoded, model_fingerprint=model_fingerprint, precision=precision, layout=layout,
                     packing=packing)
     path = Path(cache_dir or default_cache_dir()) / f"{key}.safetensors"
-    hit = load(path, len(encoded))
+    hit = distributed.on_main(accelerator, lambda: load(path, len(encoded)))
     if hit is not None:
         return hit, path, True
     def fill():
-        model = model_loader()
-        rank = accelerator.process_index if accelerator is not None else 0
-        tensors = compute(model, encoded, pad_id=pad_id, precision=precision, batch_size=batch_size,
-                          accelerator=accelerator, progress=progress, layout=layout[rank] if layout else None,
-                          packing=packing)
-        del model
+        if score_prepared is not None:
+            tensors = compute_prepared(score_prepared, encoded, layout, pad_id=pad_id,
+                                       device=accelerator.device if accelerator is not None else "cpu",
+                                       accelerator=accelerator, packing=packing)
+        else:
+            model = model_loader()
+            rank = accelerator.process_index if accelerator is not None else 0
+            tensors = compute(model, encoded, pad_id=pad_id, precision=precision, batch_size=batch_size,
+                              accelerator=accelerator, progress=progress, layout=layout[rank] if layout else None,
+                              packing=packing)
+            del model
         if accelerator is None or accelerator.is_main_process:
             save(path, tensors, {"model": model_fingerprint, "precision": precision, "rows": len(encoded),
                                  "version": CACHE_VERSION})

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deltalearn import cards, models, packing, refcache, speedups, trackers
+from deltalearn import cards, distributed, models, packing, refcache, speedups, trackers
 from deltalearn.io import (DataError, JsonlAppender, as_oserror, ordinary_permissions, read_json, read_table,
-                           sha256_file, write_failed, write_json_atomic)
+                           write_failed, write_json_atomic)
 from deltalearn.locks import artifact_lock
 from deltalearn.logps import ResponseLogProbs, reduce_logps
 from deltalearn.losses import LossType, preference_loss, sft_loss
@@ -175,7 +175,8 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, acceler
             write_json_atomic(tmp / "state.json", {"step": step, "scheduler": scheduler.state_dict(),
                                                    "python_rng": random.getstate(), **opt_json})
             ordinary_permissions(tmp)
-            write_json_atomic(tmp / HASHES, {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()})
+        write_hashes(tmp, accelerator)
+        if accelerator.is_main_process:
             (tmp / "COMPLETE").write_text("ok\n")
     except Exception as e:  # e.g. disk full: the earlier checkpoints are untouched
         shutil.rmtree(tmp, ignore_errors=True)
@@ -233,23 +234,44 @@ class CorruptCheckpoint(DataError):
     """A checkpoint whose files do not match their recorded hashes (truncated, altered, or missing)."""
 
 
-def verify_checkpoint(path: Path) -> None:
-    """Check every file of a checkpoint against hashes.json; CorruptCheckpoint names the file that failed."""
+def write_hashes(path: Path, accelerator=None) -> None:
+    """hashes.json of every file in a checkpoint folder, subfolders too (DeepSpeed's shards sit in pytorch_model/),
+    hashed by all ranks in parallel (every rank calls this); the main process writes it."""
+    names = distributed.on_main(accelerator, lambda: distributed.files_under(path))
+    hashes = distributed.hash_files(path, names, accelerator)
+    if accelerator is None or accelerator.is_main_process:
+        write_json_atomic(path / HASHES, hashes)
+
+
+def _recorded_hashes(path: Path) -> dict | None:
     hashes_path = path / HASHES
     if not hashes_path.exists():
         print(f"warning: {path} has no {HASHES} (written by an older deltalearn): cannot verify it", flush=True)
-        return
+        return None
     try:
         hashes = read_json(hashes_path)
     except DataError as e:
         raise CorruptCheckpoint(hashes_path, f"unreadable ({e})") from None
     if not isinstance(hashes, dict) or not hashes:
         raise CorruptCheckpoint(hashes_path, "expected a JSON object of file name -> sha256")
+    if any(".." in Path(n).parts or Path(n).is_absolute() for n in hashes):
+        raise CorruptCheckpoint(hashes_path, "names a file outside the checkpoint")
+    return hashes
+
+
+def verify_checkpoint(path: Path, accelerator=None) -> None:
+    """Check every file of a checkpoint (subfolders too) against hashes.json; CorruptCheckpoint names the file that
+    failed. With several processes every rank calls it: the files are hashed once, split across the ranks, and
+    every rank reaches the same verdict."""
+    hashes = distributed.on_main(accelerator, lambda: _recorded_hashes(path))
+    if hashes is None:
+        return
+    got_all = distributed.hash_files(path, list(hashes), accelerator)
     for name, want in hashes.items():
         f = path / name
-        if not f.is_file():
+        got = got_all[name]
+        if got is None:
             raise CorruptCheckpoint(f, "missing from the checkpoint")
-        got = sha256_file(f)
         if got != want:
             raise CorruptCheckpoint(f, f"content hash mismatch (recorded {str(want)[:12]}..., file is {got[:12]}...,"
                                     f" {f.stat().st_size} bytes): truncated or altered")
@@ -258,8 +280,7 @@ def verify_checkpoint(path: Path) -> None:
 def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int:
     from safetensors.torch import load_file
 
-    verify_checkpoint(path)  # before anything is copied into the model: a failure leaves it untouched
-    state = read_json(path / "state.json")
+    state = read_json(path / "state.json")  # verified by _resume before anything is copied into the model
     if _uses_engine_state(accelerator):
         accelerator.load_state(str(path))
     else:
@@ -290,9 +311,9 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> in
 
 # Settings that do not change what is trained (only how it is logged, cached or split into micro-batches): a
 # rerun may change them. Every other train_config key must match the folder's, or the runs would mix.
-RERUN_MAY_CHANGE = frozenset({"log_every", "log_with", "save_every", "ref_cache", "ref_cache_dir",
-                              "micro_batch_size", "gradient_checkpointing", "trust_remote_code", "compile",
-                              "tracker_project", "tracker_run_name"})
+RERUN_MAY_CHANGE = frozenset({"log_every", "log_with", "save_every", "keep_checkpoints", "ref_cache",
+                              "ref_cache_dir", "micro_batch_size", "gradient_checkpointing", "trust_remote_code",
+                              "compile", "tracker_project", "tracker_run_name"})
 
 
 def pairs_hash(rows: list[dict]) -> str:
@@ -343,25 +364,45 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return ckpts[0] if ckpts else None
 
 
-def _resume(out: Path, resume, fallback: bool, load) -> tuple[Path | None, int]:
+def _resume(out: Path, resume, fallback: bool, load, accelerator=None) -> tuple[Path | None, int]:
     """Load the checkpoint to resume from: `resume`, else the newest. A corrupt one is an error, unless
-    `fallback`: then it is set aside as corrupt-step-N and the next older good one is used."""
+    `fallback`: then it is set aside as corrupt-step-N and the next older good one is used. With several processes
+    the main process lists the checkpoints and alone renames; every rank verifies together (each file hashed once)
+    and so reaches the same choice, then loads it."""
     if resume is not None:
+        verify_checkpoint(Path(resume), accelerator)
         return Path(resume), load(Path(resume))
-    for ckpt in checkpoints(out):
+    found = distributed.on_main(accelerator, lambda: checkpoints(out))
+    for ckpt in found:
         try:
-            return ckpt, load(ckpt)
+            verify_checkpoint(ckpt, accelerator)  # before anything is copied into the model
         except CorruptCheckpoint as e:
             if not fallback:
-                older = [p.name for p in checkpoints(out) if p != ckpt]
+                older = [p.name for p in found if p != ckpt]
                 raise CorruptCheckpoint(None, f"{e}. Refusing to resume from it. Rerun with --fallback-checkpoint "
                                         "to set it aside and resume from the previous good checkpoint ("
                                         f"{', '.join(older[:3]) or 'none: training restarts from step 0'})") from None
-            aside = ckpt.with_name(f"corrupt-{ckpt.name}")
-            shutil.rmtree(aside, ignore_errors=True)
-            os.replace(ckpt, aside)
-            print(f"warning: {e}; set it aside as {aside.name} and falling back to an older checkpoint", flush=True)
+
+            def set_aside(ckpt=ckpt, e=e):
+                aside = ckpt.with_name(f"corrupt-{ckpt.name}")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(ckpt, aside)
+                print(f"warning: {e}; set it aside as {aside.name} and falling back to an older checkpoint",
+                      flush=True)
+
+            distributed.on_main(accelerator, set_aside)
+            continue
+        return ckpt, load(ckpt)
     return None, 0
+
+
+def prune_checkpoints(out: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (0: keep all); returns what was deleted. Folders set
+    aside as corrupt and unfinished .tmp saves are not counted and not touched."""
+    gone = checkpoints(out)[keep:] if keep > 0 else []
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -425,6 +466,20 @@ def _fsdp_on_cpu(acc) -> None:
     state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* settings the launcher exported
     # both shared states: AcceleratorState() re-copies the process state's type whenever it is constructed again
     PartialState().distributed_type = state.distributed_type = DistributedType.FSDP
+    # the MixedPrecisionPolicy accelerate applies on GPUs (param_dtype and reduce_dtype = mixed_precision), so a CPU
+    # launch of an FSDP bf16 config computes with the GPU config's bf16 weights
+    if state.mixed_precision != "no":
+        state.fsdp_plugin.set_mixed_precision(state.mixed_precision)
+
+
+def deepspeed_settings(dsc: dict, cfg: TrainConfig, n_micro: int) -> dict:
+    """The DeepSpeed config entries the recipe decides, written into accelerate's `dsc`: the micro-batch split, and
+    the clip always from train.grad_clip (the engine clips: accelerate's clip_grad_norm_ leaves it to DeepSpeed, so a
+    value fixed in the launch config, e.g. the shipped `gradient_clipping: 1.0`, would silently override the recipe)."""
+    dsc["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+    dsc["gradient_accumulation_steps"] = n_micro
+    dsc["gradient_clipping"] = cfg.grad_clip
+    return dsc
 
 
 def _apply_lora(model, cfg: TrainConfig):
@@ -488,15 +543,11 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         # DeepSpeed owns accumulation: it steps only at the accumulation boundary and divides each micro-batch's
         # loss by its accumulation count, so tell it our split and undo that division below (untested here:
         # no GPUs on the development machines; the loop's semantics are the same as on CPU).
-        dsc = ds_plugin.deepspeed_config
-        dsc["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
-        dsc["gradient_accumulation_steps"] = n_micro
-        if dsc.get("gradient_clipping", "auto") == "auto":
-            dsc["gradient_clipping"] = cfg.grad_clip
+        deepspeed_settings(ds_plugin.deepspeed_config, cfg, n_micro)
         acc.gradient_accumulation_steps = n_micro
     loss_scale = n_micro if ds_plugin is not None else 1
     t_start = time.time()
-    speedups.keep_freed_memory()
+    speedups.keep_freed_memory(device)  # a no-op when the model lives on a GPU
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
@@ -513,11 +564,16 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     precision = "bf16" if use_bf16(cfg.precision, device) else "fp32"
+    distributed.check_launch_precision(acc, precision, cfg.precision)
+    # the dtype the engine computes in (FSDP/DeepSpeed bf16 cast the weights): the reference must be scored in it
+    param_dtype = distributed.planned_param_dtype(acc)
+    engine_cast = param_dtype != torch.float32
     auto_size = cfg.compile == "auto" and precision == "bf16"  # the size only matters to "auto" under bf16
     epoch_tokens = sum(len(e.prompt) + len(e.chosen) for e in encoded)
     if loss_type.uses_rejected:
         epoch_tokens += sum(len(e.prompt) + len(e.rejected) for e in encoded)
-    n_params = models.parameter_count(cfg.model, trust_remote_code=cfg.trust_remote_code) if auto_size else 0
+    with distributed.outside_zero3():
+        n_params = models.parameter_count(cfg.model, trust_remote_code=cfg.trust_remote_code) if auto_size else 0
     compiled = speedups.should_compile(cfg.compile, bf16=precision == "bf16", n_params=n_params,
                                        train_tokens=epoch_tokens * total_steps // max(steps_per_epoch, 1),
                                        distributed=world > 1 or ds_plugin is not None,
@@ -530,33 +586,45 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     t_ref = time.time()
     ref_name = cfg.reference or cfg.model
     live_ref = None
+    # Under an engine that casts the weights (FSDP/DeepSpeed bf16), the reference of an arm whose reference is its
+    # own starting point is scored through the prepared module itself before step 1: the same weights, dtype,
+    # sharding and micro-batches as the policy, so step 1 is ln 2 exactly. The cache key names the engine's dtype.
+    through_policy = engine_cast and cfg.reference in (None, cfg.model)
+    ref_precision = precision if not engine_cast else \
+        f"{precision}+params-{distributed.dtype_name(param_dtype)}-{acc.distributed_type.value}"
+    reference = None
     if loss_type.needs_reference and cfg.ref_cache:
         fp = f"{ref_name}@{models.resolve(ref_name).fingerprint}"
 
         def loader():
-            m, _ = models.load_model(ref_name, device=device, with_tokenizer=False,
-                                     trust_remote_code=cfg.trust_remote_code)
+            with distributed.outside_zero3():  # the reference is not the trained model: whole, on every rank
+                m, _ = models.load_model(ref_name, device=device, with_tokenizer=False,
+                                         dtype=param_dtype if engine_cast else None,
+                                         trust_remote_code=cfg.trust_remote_code)
             if compiled:  # the policy's own kernels: in bf16 they decide the rounding, and step 1 must be ln 2
                 speedups.compile_layers(m, attention=attention)
             return m
 
         # fp32 is batch-invariant to ~1e-6, so it scores in length-sorted batches (least padding); bf16 is not, so
         # it replays the training's micro-batches (reference_layout) and the first loss is ln 2 exactly
-        layout = reference_layout(encoded, cfg, total_steps, world) if precision == "bf16" else None
-        ref, path, hit = refcache.reference_logps(loader, encoded, model_fingerprint=fp, precision=precision,
-                                                  pad_id=pad_id, batch_size=max(cfg.micro_batch_size * 2, 8),
-                                                  cache_dir=cfg.ref_cache_dir, accelerator=acc if world > 1 else None,
-                                                  progress=progress, layout=layout,
-                                                  packing=packing.mode(cfg.padding_free, cfg.share_prompt))
-        ref_info = {"ref_cache": str(path), "ref_cache_hit": hit}
+        layout = reference_layout(encoded, cfg, total_steps, world) if precision == "bf16" or engine_cast else None
+        reference = functools.partial(refcache.reference_logps, loader, encoded, model_fingerprint=fp,
+                                      precision=ref_precision, pad_id=pad_id,
+                                      batch_size=max(cfg.micro_batch_size * 2, 8), cache_dir=cfg.ref_cache_dir,
+                                      accelerator=acc if world > 1 else None, progress=progress, layout=layout,
+                                      packing=packing.mode(cfg.padding_free, cfg.share_prompt))
+        if not through_policy:
+            ref, path, hit = reference()
+            ref_info = {"ref_cache": str(path), "ref_cache_hit": hit}
     ref_seconds = time.time() - t_ref
 
     # 3. policy, optimizer, schedule
     model, _ = models.load_model(cfg.model, with_tokenizer=False, trust_remote_code=cfg.trust_remote_code)
     disable_dropout(model)  # the reference is scored without dropout; the policy must be too (TRL does the same)
+    use_cache = model.config.use_cache
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        model.config.use_cache = False  # restored before the final save: generation wants its cache
     if compiled:
         speedups.compile_layers(model, attention=attention)
     if cfg.lora:
@@ -565,9 +633,12 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         if cfg.lora and cfg.reference is None:
             live_ref = "adapter-disabled"
         else:
-            live_ref, _ = models.load_model(ref_name, device=device, with_tokenizer=False,
-                                            trust_remote_code=cfg.trust_remote_code)
-            live_ref.eval().requires_grad_(False)
+            with distributed.outside_zero3():  # in the dtype the engine computes in, like the policy
+                live_ref, _ = models.load_model(ref_name, device=device, with_tokenizer=False,
+                                                dtype=param_dtype if engine_cast else None,
+                                                trust_remote_code=cfg.trust_remote_code)
+            # wrapped once: the wrapper checks its lean head on its first forward, not on every micro-batch's
+            live_ref = ResponseLogProbs(live_ref.eval().requires_grad_(False))
     model.train()
     # ZeRO-3 gathers a weight only inside its module's forward; the lean head reads lm_head.weight outside it
     zero3 = ds_plugin is not None and int(ds_plugin.zero_stage or 0) == 3
@@ -583,12 +654,22 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     # clip over the prepared module's own parameters: FSDP replaces them with shards, and accelerate's sharded
     # clip applies only when handed exactly `model.parameters()` (frozen ones have no grad and are skipped)
     clip_params = list(scorer.parameters())
+    if reference is not None and through_policy:  # before any checkpoint is loaded: the policy is its start
+        t_ref = time.time()
+
+        def score_batch(batch):
+            with autocast_context(precision, device):
+                return scorer(batch.input_ids, batch.attention_mask, batch.loss_mask)
+
+        ref, path, hit = reference(score_prepared=score_batch)
+        ref_info = {"ref_cache": str(path), "ref_cache_hit": hit}
+        ref_seconds += time.time() - t_ref
 
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     start_step = 0
     ckpt, start_step = _resume(out, resume, fallback, lambda c: _load_checkpoint(
-        c, acc.unwrap_model(scorer).model, optimizer, scheduler, acc))
+        c, acc.unwrap_model(scorer).model, optimizer, scheduler, acc), acc)
     if ckpt is not None:
         if acc.is_main_process:
             _truncate_metrics(metrics_path, start_step)
@@ -685,6 +766,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
             _save_checkpoint(out / "checkpoints" / f"step-{step + 1}", acc.unwrap_model(scorer).model, optimizer,
                              scheduler, step + 1, acc)
+            if acc.is_main_process:
+                prune_checkpoints(out, cfg.keep_checkpoints)
     if bar is not None:
         bar.close()
     if log is not None:
@@ -696,6 +779,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     # 5. final model + summary
     summary = {"steps": total_steps, "resumed_from": start_step, "pairs": n, "loss": cfg.loss, "beta": cfg.beta,
                "final_loss": loss_value, "precision": precision, "compiled": compiled, "processes": world,
+               "param_dtype": distributed.dtype_name(param_dtype),
                "wall_s": time.time() - t_start, "ref_s": ref_seconds, "train_s": train_seconds,
                "tokens_per_s": tokens_seen / max(train_seconds, 1e-9), "encode_stats": enc_stats.as_dict(),
                "model_dir": str(out / "model"), "metrics_path": str(metrics_path), **ref_info,
@@ -706,14 +790,17 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         final = acc.unwrap_model(scorer).model
         if state is not None:
             state = {k.removeprefix("model."): v for k, v in state.items()}
-            if cfg.lora:  # merge into a plain (unsharded) copy
-                final, _ = models.load_model(cfg.model, with_tokenizer=False, trust_remote_code=cfg.trust_remote_code)
+            if cfg.lora:  # merge into a plain (unsharded) copy, built whole: this runs on the main process alone
+                with distributed.outside_zero3():
+                    final, _ = models.load_model(cfg.model, with_tokenizer=False,
+                                                 trust_remote_code=cfg.trust_remote_code)
                 final = _apply_lora(final, cfg)
                 final.load_state_dict(state)
                 state = None
             else:  # gathered copies no longer share storage, so save_pretrained would write a tied head twice
                 aliases = tied_aliases(final)
                 state = {k: v for k, v in state.items() if k not in aliases}
+        final.config.use_cache = use_cache  # gradient checkpointing's use_cache=False is a training setting
         if cfg.lora:
             final.save_pretrained(out / "adapter")
             ordinary_permissions(out / "adapter")
@@ -781,7 +868,7 @@ def _reference_for(mb, ref, live_ref, scorer, acc, batch, k, reduction, precisio
             with acc.unwrap_model(scorer).model.disable_adapter():
                 s, c = scorer(**batch.as_kwargs())
         else:
-            s, c = ResponseLogProbs(live_ref)(**batch.as_kwargs())
+            s, c = live_ref(**batch.as_kwargs())
     s, c = s.float(), c.float()
     return reduce_logps(s[:k], c[:k], reduction), reduce_logps(s[k:], c[k:], reduction)
 
