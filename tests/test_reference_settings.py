@@ -11,9 +11,9 @@ from deltalearn.recipe import arm_configs, load_recipe
 from deltalearn.reference import markdown, problems, recipe_arms, reference_run, table
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_RECIPES = sorted(p.name for pattern in ("tulu3-8b-*.yaml", "olmo2-7b-*.yaml", "llama3.1-8b-self-over-weaker.yaml",
-                                              "qwen2.5-ladder-sweep.yaml", "sections-llama3.2-3b.yaml")
-                       for p in (ROOT / "recipes").glob(pattern))
+PATTERNS = ("tulu3-8b-*.yaml", "olmo2-7b-*.yaml", "llama3.1-8b-self-over-weaker.yaml", "qwen2.5-ladder-sweep.yaml",
+            "sections-llama3.2-3b.yaml")
+PAPER_RECIPES = sorted(p.name for pattern in PATTERNS for p in (ROOT / "recipes").glob(pattern))
 
 
 def _recipe(name):

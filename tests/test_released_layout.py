@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -91,7 +90,8 @@ def test_released_layout_trains_with_named_columns(tmp_path, tiny_model_dir):
                           "--model", tiny_model_dir, "--chosen-key", CHOSEN, "--rejected-key", REJECTED,
                           "--precision", "fp32", "--no-progress", "--set", "train.batch_size=4",
                           "--set", "train.micro_batch_size=2", "--set", "train.max_steps=2",
-                          "--set", "train.truncation=eos_at_cut", "--set", "train.ref_cache_dir=" + str(tmp_path / "rc")],
+                          "--set", "train.truncation=eos_at_cut",
+                          "--set", "train.ref_cache_dir=" + str(tmp_path / "rc")],
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

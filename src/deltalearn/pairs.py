@@ -86,8 +86,12 @@ def _from_wide(rows: list[dict], source: str, *, models: Optional[list[str]], pr
                             f"(columns: {', '.join(cols)})")
     out: Generations = {m: [] for m in models}
     for i, r in enumerate(rows, start=1):
+        for m in models:
+            if m in r and r[m] is not None and not isinstance(r[m], (str, list, tuple)):
+                raise DataError(source, f"response must be a string or a conversation, got {type(r[m]).__name__}",
+                                row=i, field=m)
         split = {m: split_conversation(r[m], source=source, row=i, field=m) for m in models
-                 if m in r and r[m] is not None and not isinstance(r[m], str)}
+                 if m in r and isinstance(r[m], (list, tuple))}
         if prompt_column in r or not split:
             prompt = check_prompt(r.get(prompt_column), source=source, row=i, field=prompt_column)
         else:

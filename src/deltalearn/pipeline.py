@@ -66,7 +66,8 @@ def _run_pipeline(recipe: Recipe, run_dir: Path, *, progress: bool, fallback_che
             generate_responses(model, prompts, gen_dir / f"{model_slug(model)}.jsonl", max_new_tokens=g.max_new_tokens,
                                temperature=g.temperature, top_p=g.top_p, batch_size=g.batch_size,
                                system_prompt=g.system_prompt, precision=g.precision, seed=g.seed,
-                               backend=g.backend, base_url=g.base_url, progress=progress)
+                               backend=g.backend, base_url=g.base_url, progress=progress,
+                               concurrency=g.concurrency, tensor_parallel_size=g.tensor_parallel_size)
     arms = recipe.arms or [Arm(name="main")]
     # Arms that override nothing in `pair` share one pair set; an arm with pair overrides (e.g. the reversed
     # control) gets its own.

@@ -77,6 +77,10 @@ class GenerateConfig:
     """auto: bf16 where the device has fast bf16 (AMX CPUs, Ampere+ GPUs), else fp32."""
     seed: int = 0
     """Sampling seed."""
+    concurrency: int = 64
+    """backend=openai: requests in flight at once (a served 70B needs dozens to keep its batch full)."""
+    tensor_parallel_size: int = 1
+    """backend=vllm: GPUs per engine (the authors generated with 8)."""
 
 
 @dataclass

@@ -231,7 +231,22 @@ def markdown() -> str:
                    f"{r.get('rejected', '-') if r['kind'] == 'dpo' else '-'} | {_fmt(r['lr'])} | "
                    f"{_fmt(r['beta']) if r['kind'] == 'dpo' else '-'} | {r['max_pairs']} | {r['epochs']} | "
                    f"{r['batch_size']} | {r['micro_batch_size']} | {r['seed']} |")
-    out += ["", "## Paper recipes", "",
+    out += ["", "## The released datasets", "",
+            "Each `scottgeng00/delta_learning_*` dataset holds one column per model (per k for the sections data) "
+            "whose value is a whole conversation, `[{\"role\": \"user\", ...}, {\"role\": \"assistant\", "
+            "...}]`; OpenRLHF takes every message but the last as the prompt and the last as the response. They "
+            "load as they are: `deltalearn pair --generations FILE` (wide tables), prompt columns (`prompts.column: "
+            "3_sections`), the sections experiment's `K_sections` columns, and `deltalearn train` with the columns "
+            "named. To train a paper recipe's settings on the released responses, as the reference did:", "",
+            "```bash",
+            "python -c \"import datasets; datasets.load_dataset('scottgeng00/delta_learning_model_ladder')"
+            ".save_to_disk('ladder')\"",
+            "deltalearn train recipes/tulu3-8b-qwen2.5-3b-over-1.5b.yaml --pairs ladder \\",
+            "    --chosen-key qwen-2.5-3b-instruct --rejected-key qwen-2.5-1.5b-instruct --out runs/qwen3b-released",
+            "```", "",
+            "The released rows carry no truncation flag, so `pair.drop_truncated` cannot act on them; with "
+            "`train.truncation: eos_at_cut` (the paper recipes') they are trained as the reference trained them.",
+            "", "## Paper recipes", "",
             "Each recipe's arms and the reference run each reproduces; every value not listed as a departure equals "
             "the reference.", ""]
     for name, e in t["recipes"].items():

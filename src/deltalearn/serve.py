@@ -33,13 +33,19 @@ class Engine:
         self.worker = threading.Thread(target=self._loop, daemon=True)
         self.worker.start()
 
-    def submit(self, messages: list[dict], *, max_tokens: int, temperature: float, top_p: float, seed: int) -> Future:
+    def submit(self, messages: list[dict], *, max_tokens: int, temperature: float, top_p: float, seed: int,
+               repetition_penalty: float = 1.0, top_k: int = 0, min_p: float = 0.0) -> Future:
         from deltalearn.tokenize import prompt_ids
 
         fut: Future = Future()
         ids = prompt_ids(self.tok, messages)  # raises DataError on bad messages, before queueing
-        self.q.put((ids, (max_tokens, temperature, top_p, seed), fut))
+        self.q.put((ids, (max_tokens, temperature, top_p, seed, repetition_penalty, top_k, min_p), fut))
         return fut
+
+    def default(self, key: str, neutral):
+        """A field the request omits gets the model's generation_config.json value, as a vLLM server does."""
+        value = getattr(self.model.generation_config, key, None)
+        return neutral if value is None else value
 
     def _loop(self) -> None:
         from deltalearn.generate import _decode_batch
@@ -55,10 +61,11 @@ class Engine:
             groups: dict[tuple, list] = {}
             for it in items:  # only requests with the same decoding settings share a batch
                 groups.setdefault(it[1], []).append(it)
-            for (max_tokens, temperature, top_p, seed), group in groups.items():
+            for (max_tokens, temperature, top_p, seed, penalty, top_k, min_p), group in groups.items():
                 try:
                     outs = _decode_batch(self.model, self.tok, [g[0] for g in group], max_new_tokens=max_tokens,
-                                         temperature=temperature, top_p=top_p, precision=self.precision, seed=seed)
+                                         temperature=temperature, top_p=top_p, precision=self.precision, seed=seed,
+                                         repetition_penalty=penalty, top_k=top_k, min_p=min_p)
                     for (ids, _, fut), out in zip(group, outs):
                         fut.set_result((len(ids), *out))
                 except Exception as e:  # noqa: BLE001 - delivered to each waiting request as a 500
@@ -109,8 +116,11 @@ def make_handler(engine: Engine):
                 temperature = float(req.get("temperature", 1.0) if req.get("temperature") is not None else 1.0)
                 top_p = float(req.get("top_p") if req.get("top_p") is not None else 1.0)
                 seed = int(req.get("seed") or 0)
+                extra = {k: float(req[k]) if req.get(k) is not None else engine.default(k, neutral)
+                         for k, neutral in (("repetition_penalty", 1.0), ("min_p", 0.0))}
+                top_k = int(req["top_k"]) if req.get("top_k") is not None else int(engine.default("top_k", 0))
                 fut = engine.submit(req.get("messages"), max_tokens=max_tokens, temperature=temperature,
-                                    top_p=top_p, seed=seed)
+                                    top_p=top_p, seed=seed, top_k=max(top_k, 0), **extra)  # vLLM's -1 = off = 0
             except (TypeError, ValueError) as e:  # DataError is a ValueError
                 return self._error(400, str(e))
             try:

@@ -1,0 +1,73 @@
+"""Greedy is the same greedy on every backend: a model whose generation_config.json ships a repetition penalty
+(Qwen2.5-Instruct ships 1.05) decodes exactly as the same model without it, through the transformers backend and
+through the OpenAI backend against the real `python -m deltalearn.serve` (which, like a vLLM server, fills a
+field a request omits from the model's generation_config.json). The decoding fields are recorded in the sidecar
+and checked on resume."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from deltalearn.generate import chat_completion, decoding_fields, generate_responses, meta_path
+from deltalearn.io import DataError
+
+PROMPTS = [{"id": f"p{i}", "prompt": p} for i, p in enumerate([
+    "List three colors.", "Write a haiku about the sea.", "What is the capital of France? Explain.",
+    "Give me two tips for sleeping well."])]
+N = 40
+
+
+@pytest.fixture(scope="module")
+def penalty_dir(smollm2_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pen") / "smollm2-penalty"
+    shutil.copytree(smollm2_dir, out)
+    cfg = json.loads((out / "generation_config.json").read_text())
+    (out / "generation_config.json").write_text(json.dumps({**cfg, "repetition_penalty": 1.05}))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def penalty_server(penalty_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "deltalearn.serve", "--model", penalty_dir, "--port", "0",
+                             "--batch-size", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("serving"):
+        proc.kill()
+        pytest.fail(f"server did not start: {line}{proc.stderr.read()}")
+    yield line.split(" on ")[1].strip()
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _texts(rows):
+    return [r["response"] for r in rows]
+
+
+@pytest.mark.slow  # ~4 min on the shared 2-core machine (four greedy passes of SmolLM2 + a server)
+def test_a_shipped_repetition_penalty_does_not_change_greedy_on_any_backend(smollm2_dir, penalty_dir,
+                                                                            penalty_server, tmp_path):
+    plain = _texts(generate_responses(smollm2_dir, PROMPTS, max_new_tokens=N, precision="fp32", progress=False))
+    local = generate_responses(penalty_dir, PROMPTS, tmp_path / "local.jsonl", max_new_tokens=N, precision="fp32",
+                               progress=False)
+    assert _texts(local) == plain
+    served = generate_responses(penalty_dir, PROMPTS, tmp_path / "served.jsonl", backend="openai",
+                                base_url=penalty_server, max_new_tokens=N, progress=False, concurrency=4)
+    assert _texts(served) == plain
+    # the server does apply the model's penalty to a request that omits the field (as vLLM's server does), so the
+    # equality above is the explicit neutral fields' doing
+    omitted = [chat_completion(penalty_server, {"model": penalty_dir, "messages": [{"role": "user", "content":
+                                                p["prompt"]}], "max_tokens": N, "temperature": 0})
+               ["choices"][0]["message"]["content"] for p in PROMPTS]
+    assert omitted != plain
+    # recorded, and a resume under other decoding fields is refused
+    meta = json.loads(meta_path(tmp_path / "local.jsonl").read_text())
+    assert meta["decoding"] == decoding_fields(0.0, 1.0) == {"temperature": 0.0, "top_p": 1.0, "top_k": 0,
+                                                             "min_p": 0.0, "repetition_penalty": 1.0}
+    meta["decoding"]["repetition_penalty"] = 1.05
+    meta_path(tmp_path / "local.jsonl").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="decoding: file has .*'repetition_penalty': 1.05"):
+        generate_responses(penalty_dir, PROMPTS + [{"id": "new", "prompt": "One more."}], tmp_path / "local.jsonl",
+                           max_new_tokens=N, precision="fp32", progress=False)
