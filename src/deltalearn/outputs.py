@@ -78,9 +78,11 @@ def _escaping_links(folder: Path) -> list[str]:
     return sorted(bad)
 
 
-def claim(folder: str | os.PathLike, kind: str, *, also: Iterable[str] = (), flag: str = "--out") -> Path:
-    """Check that `folder` may receive a `kind` artifact, create it if new, and mark it. `also`: other kinds this
-    command may add its files to without replacing anything (eval results into a run folder).
+def claim(folder: str | os.PathLike, kind: str, *, also: Iterable[str] = (), flag: str = "--out",
+          write: bool = True) -> Path:
+    """Check that `folder` may receive a `kind` artifact, create it if new, and mark it (`write=False`: only check,
+    as --dry-run does). `also`: other kinds this command may add its files to without replacing anything (eval
+    results into a run folder).
 
     Raises ForeignOutput (nothing written) when the folder is a file, holds someone else's files, is another kind
     of artifact, or has an entry that is a symlink out of it. Returns the folder."""
@@ -107,7 +109,7 @@ def claim(folder: str | os.PathLike, kind: str, *, also: Iterable[str] = (), fla
         if links:
             raise ForeignOutput(folder, f"has entries that are symlinks out of it ({_listing(links)}); writing "
                                 f"a {kind} artifact there ({what}) would write through them. Give a new folder")
-    if found in (None, kind):  # a new or empty folder becomes ours; an older artifact of this kind gets its marker
+    if write and found in (None, kind):  # a new or empty folder becomes ours; an older artifact of this kind gets its marker
         mark(folder, kind)
     return folder
 
