@@ -63,6 +63,21 @@ def pairing_problems(pair_cfg, labels: list[str]) -> list[str]:
             _label(name, labels, key)
         except ConfigError as e:
             errs.append(str(e).replace("is not a generation set", "is not among generate.models"))
+    for rule, names in _RULE_KEYS.items():  # a set named for another rule is ignored by this one: say so
+        for key in names:
+            if rule != pair_cfg.rule and getattr(pair_cfg, key) is not None:
+                errs.append(f"pair.{key} is used only by rule={rule}, and this rule is {pair_cfg.rule}: remove it or "
+                            f"set pair.rule={rule}")
+                try:
+                    _label(getattr(pair_cfg, key), labels, key)
+                except ConfigError as e:
+                    errs.append(str(e).replace("is not a generation set", "is not among generate.models"))
+    for name in pair_cfg.sizes:
+        if name not in labels:
+            try:
+                _label(name, labels, "sizes")
+            except ConfigError as e:
+                errs.append(str(e).replace("is not a generation set", "is not among generate.models"))
     keys = _RULE_KEYS.get(pair_cfg.rule)
     if keys and all(getattr(pair_cfg, k) for k in keys) and getattr(pair_cfg, keys[0]) == getattr(pair_cfg, keys[1]):
         errs.append(f"pair.{keys[0]} and pair.{keys[1]} are the same set '{getattr(pair_cfg, keys[0])}'")
@@ -96,9 +111,14 @@ def lm_eval_problems(tasks: list[str]) -> list[str]:
         return [f"eval.lm_eval_tasks: {e}"]
     names = [t for t in names if not t.startswith("local:")]
     try:
-        from lm_eval.tasks import TaskManager
+        import lm_eval
     except ImportError:
         return []  # not installed: the eval stage says so itself (task names unchecked here)
+    known = _declared_task_names(Path(lm_eval.__file__).parent / "tasks")
+    if all(t in known for t in names):
+        return []
+    from lm_eval.tasks import TaskManager  # the authority, but slow to index: only when a name is not found above
+
     known = set(TaskManager().all_tasks)
     import difflib
 
@@ -109,6 +129,17 @@ def lm_eval_problems(tasks: list[str]) -> list[str]:
             errs.append(f"eval.lm_eval_tasks: '{t}' is not an lm-eval task" + (f"; did you mean '{close[0]}'?"
                                                                                if close else ""))
     return errs
+
+
+def _declared_task_names(root: Path) -> set[str]:
+    """Task, group and tag names (and list items) declared in lm-eval's task YAMLs: a quick superset scan."""
+    import re
+
+    pat = re.compile(r"^\s*(?:-\s*|(?:task|group|tag)\s*:\s*)([A-Za-z0-9_.\-]+)\s*$", re.M)
+    names: set[str] = set()
+    for f in root.rglob("*.yaml"):
+        names.update(pat.findall(f.read_text(encoding="utf-8", errors="replace")))
+    return names
 
 
 def output_problems(recipe: Recipe) -> list[str]:
