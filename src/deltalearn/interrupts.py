@@ -43,6 +43,9 @@ def stop_on_signal() -> Iterator[None]:
     _requested.clear()
     try:
         yield
+        if _requested:  # asked during the last step: training finished and was saved; stop what comes after it
+            raise TrainInterrupted(f"stopped by {signal.Signals(_requested[0]).name} after training finished (its "
+                                   "model is saved); rerun the same command to go on", _requested[0])
     finally:
         for s, h in saved.items():
             signal.signal(s, h)

@@ -2,11 +2,12 @@
 
 A command writes only into a folder that is new, empty, or already one of its own artifacts of the same kind.
 Each artifact folder carries a marker file, `.deltalearn-artifact.json`, naming its kind ("run", "generations",
-"pairs", "train", "eval": the OUT/eval folder of results). Folders written before markers existed are recognised by the files only their kind
-writes (`KNOWN_FILES`: a run's manifest.json, a training run's train_config.json, ...), so resuming an older run
-keeps working; the marker is added on their first reuse. Anything else -- a user's folder, another kind's artifact,
-a file where a folder is expected, an entry that is a symlink leading out of the folder -- is refused with a
-DataError (exit 2) naming the folder and what is in it, before anything is written.
+"pairs", "train", "eval": the OUT/eval folder of results). Folders written before markers existed are recognised
+by the files only their kind writes (`KNOWN_FILES`: a run's manifest.json, a training run's train_config.json,
+...), so resuming an older run keeps working; the marker is added on their first reuse. Anything else -- a
+user's folder, another kind's artifact, a file where a folder is expected, an entry that is a symlink leading out
+of the folder -- is refused with a DataError (exit 2) naming the folder and what is in it, before anything is
+written.
 
 Single-file outputs (a report's HTML, an audit's JSON) go through `claim_file`: the file must be new or one this
 command wrote before (recognised by its content).
@@ -123,7 +124,7 @@ def claim(folder: str | os.PathLike, kind: str, *, also: Iterable[str] = (), fla
         if links:
             raise ForeignOutput(folder, f"has entries that are symlinks out of it ({_listing(links)}); writing "
                                 f"a {kind} artifact there ({what}) would write through them. Give a new folder")
-    if write and found in (None, kind):  # a new or empty folder becomes ours; an older artifact of this kind gets its marker
+    if write and found in (None, kind):  # a new or empty folder becomes ours; an older artifact gets its marker
         mark(folder, kind)
     return folder
 
