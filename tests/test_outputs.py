@@ -121,11 +121,53 @@ def test_generate_refuses_a_users_folder(tmp_path, prompts_file, capsys):
 
 
 def test_eval_refuses_a_users_folder(tmp_path, prompts_file, tiny_model_dir, capsys):
-    d = tmp_path / "mine"
+    """eval writes OUT/eval/<label>.json (+ responses): OUT/eval must be its own. Before: it wrote there."""
+    d = tmp_path / "out" / "eval"
     before = user_folder(d)
-    refused(capsys, ["eval", "--model", tiny_model_dir, "--prompts", str(prompts_file), "--out", str(d),
+    refused(capsys, ["eval", "--model", tiny_model_dir, "--prompts", str(prompts_file), "--out", str(d.parent),
                      "--utilities", "response_words", "--max-new-tokens", "2", "--no-progress"], d)
     assert snapshot(d) == before
+
+
+def test_eval_refuses_to_replace_a_users_json_under_its_label(tmp_path, prompts_file, tiny_model_dir, capsys):
+    from deltalearn.evaluate import default_label
+
+    d = tmp_path / "out" / "eval"
+    d.mkdir(parents=True)
+    (d / "x.responses.jsonl").write_text("")  # an eval folder
+    mine = d / f"{default_label(tiny_model_dir)}.json"
+    mine.write_text('{"mine": 1}')
+    err = refused(capsys, ["eval", "--model", tiny_model_dir, "--prompts", str(prompts_file), "--out",
+                           str(d.parent), "--utilities", "response_words", "--no-progress"], mine,
+                  entry="not an eval result")
+    assert "--label" in err and mine.read_text() == '{"mine": 1}'
+
+
+def test_default_labels_come_from_the_arm_or_run_folder(tmp_path):
+    """Before: every trained model was labelled "model"; two arms collided in one --out."""
+    from deltalearn.evaluate import default_label
+    from deltalearn.generate import model_slug
+
+    for path, label in ((tmp_path / "runs/x/arms/dpo/model", "dpo"), (tmp_path / "runs/api/train/model", "train")):
+        path.mkdir(parents=True)
+        assert default_label(str(path)) == label and model_slug(str(path)) == label
+    assert default_label("smollm2-135m") == "smollm2-135m"
+
+
+def test_generate_of_two_trained_models_names_each_by_its_folder(tmp_path, prompts_file, capsys):
+    """Before: `generate --models runs/x/arms/dpo/model runs/api/train/model` refused ("would both write
+    model.jsonl"); now they are dpo.jsonl and train.jsonl, and a real collision names --label."""
+    a, b, c = (tmp_path / "runs/x/arms/dpo/model", tmp_path / "runs/api/train/model",
+               tmp_path / "runs/y/arms/dpo/model")
+    for p in (a, b, c):
+        p.mkdir(parents=True)
+    rc = main(["generate", "--models", str(a), str(c), "--prompts", str(prompts_file), "--out",
+               str(tmp_path / "g")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "would both write dpo.jsonl" in err and "--label" in err, err
+    from deltalearn.generate import model_slug
+
+    assert {model_slug(str(a)), model_slug(str(b))} == {"dpo", "train"}
 
 
 def test_eval_refuses_another_models_result_under_the_same_label(tmp_path, prompts_file, tiny_model_dir, capsys):
@@ -194,7 +236,7 @@ def test_new_empty_and_own_folders_are_accepted_and_marked(tmp_path):
 
 @pytest.mark.parametrize("kind,files", [("run", ["manifest.json"]), ("train", ["train_config.json", "COMPLETED"]),
                                         ("pairs", ["state.json", "dataset_info.json"]),
-                                        ("generations", ["m.jsonl", "m.meta.json"]), ("eval", ["eval/base.json"])])
+                                        ("generations", ["m.jsonl", "m.meta.json"]), ("eval", ["base.responses.jsonl"])])
 def test_artifacts_from_before_markers_are_recognised(tmp_path, kind, files):
     """Runs written before the marker existed resume: recognised by their own files, then marked."""
     d = tmp_path / "old"
@@ -224,7 +266,7 @@ KIND = {"pair": "pairs", "train": "train", "generate": "generations", "eval": "e
 
 
 def _hostile(tmp_path: Path, case: str, cmd: str) -> Path:
-    p = tmp_path / "target"
+    p = tmp_path / ("eval" if cmd == "eval" else "target")
     if case == "file":
         p.write_text("a file of mine\n")
         return p
@@ -250,6 +292,8 @@ def _argv(cmd: str, p: Path, tmp: Path, wide: Path, pairs: Path, prompts: Path) 
     recipe = tmp / "r.yaml"
     recipe.write_text(f"name: r\noutput_dir: {p}\nprompts:\n  path: {tmp / 'absent.jsonl'}\n"
                       "generate:\n  models: [smollm2-135m]\ntrain:\n  model: smollm2-135m\n")
+    if cmd == "eval":  # eval writes OUT/eval: the hostile target is that folder
+        p = p.parent
     return {
         "pair": ["pair", "--generations", str(wide), "--rule", "columns", "--chosen", "a", "--rejected", "b",
                  "--out", str(p)],

@@ -27,12 +27,17 @@ def _config(cls, settings: dict, where: str):
     return cls(**settings)
 
 
-def load_prompts(source: PathLike, **kw) -> list[dict]:
-    """Prompt rows {"id", "prompt", ...} from a file, a `save_to_disk` folder or `builtin:NAME`
-    (see `deltalearn.prompts.load_prompts` for column, id_column, limit, dedupe)."""
+def load_prompts(source: PathLike, *, split: Optional[str] = None, **kw) -> list[dict]:
+    """Prompt rows {"id", "prompt", ...} from a file, a `save_to_disk` folder or `builtin:NAME` (see
+    `deltalearn.prompts.load_prompts` for column, id_column, limit, dedupe).
+
+    split: as `deltalearn generate --split`: which rows of a file with a `split` column (default "train", so the
+    held-out "eval" rows stay out of what a script generates from and trains on; `dl.evaluate` takes "eval");
+    a file without that column gives every row."""
     from deltalearn.prompts import load_prompts as _load
 
-    return _load(source, **kw)
+    kw.setdefault("default_split", "train")
+    return _load(source, split=split, **kw)
 
 
 def generate(model: str, prompts: Union[PathLike, list[dict]], out: Optional[PathLike] = None, *,

@@ -173,11 +173,23 @@ def _run_subcommand(name: str, argv: list[str]) -> int:
     except (DataError, ConfigError) as e:
         print(f"deltalearn {name}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ndeltalearn {name}: interrupted; rerun the same command to resume.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"\ndeltalearn {name}: {_interrupted(name, e)}", file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)
     finally:
         warnings.showwarning = showwarning
+
+
+def _interrupted(name: str, e: KeyboardInterrupt) -> str:
+    """What a rerun will do. Training says itself when it saved a checkpoint on the signal; stopped anywhere else
+    (a second Ctrl-C, or before the first step), only checkpoints saved earlier (train.save_every) survive."""
+    if str(e):
+        return str(e)
+    if name in ("train", "run", "lab", "demo", "sweep"):
+        return ("interrupted before a checkpoint could be saved: a rerun of the same command resumes training from "
+                "the newest checkpoint saved earlier (train.save_every), or restarts the arm from step 0 if none "
+                "was; finished stages are kept")
+    return "interrupted; rerun the same command to resume."
 
 
 if __name__ == "__main__":

@@ -66,10 +66,14 @@ def same_label_other_model(result: Path, model: str) -> None:
     if not result.exists():
         return
     try:
-        prev = read_json(result).get("model")
-    except (DataError, AttributeError):
-        return
-    if prev is None or _same_model(prev, model):
+        prev = read_json(result)
+    except DataError:
+        prev = None
+    if not isinstance(prev, dict) or "model" not in prev:
+        raise DataError(result, "is not an eval result (no \"model\" field); refusing to replace it. Give --label "
+                        "NAME or another --out")
+    prev = prev["model"]
+    if _same_model(prev, model):
         return
     raise DataError(result, f"holds the result of another model ({prev}); refusing to replace it with {model}'s. "
                     "Give --label NAME to keep both, or another --out")
@@ -290,9 +294,7 @@ def evaluate_model(model: str, cfg: EvalConfig, out_dir: str | Path, *, label: O
     label = label or default_label(model)
     from deltalearn.outputs import claim
 
-    claim(out_dir, "eval", also=("run",))  # eval/ goes into an eval folder or a run folder, nothing else
-    eval_dir = Path(out_dir) / "eval"
-    eval_dir.mkdir(parents=True, exist_ok=True)
+    eval_dir = claim(Path(out_dir) / "eval", "eval")  # OUT/eval holds results only; OUT itself is not touched
     with artifact_lock(eval_dir / f"{label}.json", what="eval result"):
         same_label_other_model(eval_dir / f"{label}.json", model)
         return _evaluate_model(model, cfg, eval_dir, label, reference=reference, beta=beta, reduction=reduction,
@@ -602,7 +604,7 @@ def run_cli(args) -> int:
     out = Path(args.out or "runs/eval")
     from deltalearn.outputs import claim
 
-    claim(out, "eval", also=("run",))
+    claim(out / "eval", "eval")
     baseline = None
     if cfg.judge:
         check_utilities(cfg.utilities)  # before the base model's answers, not after them

@@ -111,8 +111,8 @@ def check_meta(out_path: Path, meta: dict, n_done: int) -> None:
     diffs = [f"{k}: file has {was[k]!r}, this run {meta.get(k)!r}" for k in MUST_MATCH if was[k] != meta.get(k)]
     if diffs:
         raise DataError(out_path, "was generated with different settings; refusing to mix them in one file ("
-                        + "; ".join(diffs) + "). Use another --out, or --label NAME to give this run a file of its own, or delete the file to "
-                        "start over")
+                        + "; ".join(diffs) + "). Use another --out, or --label NAME to give this run a file of its "
+                        "own, or delete the file to start over")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -2,11 +2,12 @@
 
 A command writes only into a folder that is new, empty, or already one of its own artifacts of the same kind.
 Each artifact folder carries a marker file, `.deltalearn-artifact.json`, naming its kind ("run", "generations",
-"pairs", "train", "eval"). Folders written before markers existed are recognised by the files only their kind
-writes (`KNOWN_FILES`: a run's manifest.json, a training run's train_config.json, ...), so resuming an older run
-keeps working; the marker is added on their first reuse. Anything else -- a user's folder, another kind's artifact,
-a file where a folder is expected, an entry that is a symlink leading out of the folder -- is refused with a
-DataError (exit 2) naming the folder and what is in it, before anything is written.
+"pairs", "train", "eval": the OUT/eval folder of results). Folders written before markers existed are recognised
+by the files only their kind writes (`KNOWN_FILES`: a run's manifest.json, a training run's train_config.json,
+...), so resuming an older run keeps working; the marker is added on their first reuse. Anything else -- a
+user's folder, another kind's artifact, a file where a folder is expected, an entry that is a symlink leading out
+of the folder -- is refused with a DataError (exit 2) naming the folder and what is in it, before anything is
+written.
 
 Single-file outputs (a report's HTML, an audit's JSON) go through `claim_file`: the file must be new or one this
 command wrote before (recognised by its content).
@@ -29,7 +30,7 @@ KNOWN_FILES: dict[str, tuple[str, ...]] = {
     "generations": ("*.meta.json",),
     "pairs": ("state.json", "pair_summary.json"),
     "train": ("train_config.json", "COMPLETED"),
-    "eval": ("eval/*.json",),
+    "eval": ("*.responses.jsonl",),
 }
 
 # Folders (and lock files) that carry nothing of the user's: a folder holding only these counts as empty.
@@ -62,7 +63,18 @@ def read_kind(folder: str | os.PathLike) -> str | None:
     for kind, patterns in KNOWN_FILES.items():
         if any(next(folder.glob(p), None) is not None for p in patterns):
             return kind
+    if any(_is_eval_result(p) for p in folder.glob("*.json")):  # an eval folder of results without responses
+        return "eval"
     return None
+
+
+def _is_eval_result(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.lstrip().startswith("{") and '"metrics"' in head
 
 
 def _escaping_links(folder: Path) -> list[str]:
@@ -78,14 +90,19 @@ def _escaping_links(folder: Path) -> list[str]:
     return sorted(bad)
 
 
-def claim(folder: str | os.PathLike, kind: str, *, also: Iterable[str] = (), flag: str = "--out") -> Path:
-    """Check that `folder` may receive a `kind` artifact, create it if new, and mark it. `also`: other kinds this
-    command may add its files to without replacing anything (eval results into a run folder).
+def claim(folder: str | os.PathLike, kind: str, *, also: Iterable[str] = (), flag: str = "--out",
+          write: bool = True) -> Path:
+    """Check that `folder` may receive a `kind` artifact, create it if new, and mark it (`write=False`: only check,
+    as --dry-run does). `also`: other kinds this command may add its files to without replacing anything (eval
+    results into a run folder).
 
     Raises ForeignOutput (nothing written) when the folder is a file, holds someone else's files, is another kind
     of artifact, or has an entry that is a symlink out of it. Returns the folder."""
     folder = Path(folder)
     what = f"{flag} {folder}" if flag else str(folder)
+    for above in folder.parents:  # OUT/eval with OUT a file
+        if above.exists() and not above.is_dir():
+            raise ForeignOutput(above, f"is a file, not a folder; cannot create {folder} for a {kind} artifact")
     if folder.exists() and not folder.is_dir():
         raise ForeignOutput(folder, f"is a file, not a folder; {what} expects a folder for a {kind} artifact: "
                             "give a new or empty folder")
@@ -107,7 +124,7 @@ def claim(folder: str | os.PathLike, kind: str, *, also: Iterable[str] = (), fla
         if links:
             raise ForeignOutput(folder, f"has entries that are symlinks out of it ({_listing(links)}); writing "
                                 f"a {kind} artifact there ({what}) would write through them. Give a new folder")
-    if found in (None, kind):  # a new or empty folder becomes ours; an older artifact of this kind gets its marker
+    if write and found in (None, kind):  # a new or empty folder becomes ours; an older artifact gets its marker
         mark(folder, kind)
     return folder
 

@@ -40,7 +40,7 @@ def run_pipeline(recipe: Recipe, *, progress: bool = True, fallback_checkpoint: 
 
     from deltalearn.outputs import claim
 
-    run_dir = claim(recipe.run_dir, "run", flag="run.dir")
+    run_dir = claim(recipe.run_dir, "run", flag="output_dir")
     # One `deltalearn run` per run folder; each stage below also locks its own artifact (re-entrant here).
     with artifact_lock(run_dir, what="run folder"):
         return _run_pipeline(recipe, run_dir, progress=progress, fallback_checkpoint=fallback_checkpoint)

@@ -46,6 +46,9 @@ def run_cli(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     try:
+        from deltalearn.dryrun import check_recipe
+
+        check_recipe(recipe)  # what would fail after generating or training fails now (and in --dry-run)
         if args.dry_run:
             from deltalearn.plan import format_plan, plan
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deltalearn import cards, distributed, models, packing, refcache, speedups, trackers
+from deltalearn import cards, distributed, interrupts, models, packing, refcache, speedups, trackers
 from deltalearn.io import (DataError, JsonlAppender, as_oserror, ordinary_permissions, read_json, read_table,
                            write_failed, write_json_atomic)
 from deltalearn.locks import artifact_lock
@@ -497,9 +497,12 @@ def _one_writer(fn):
 
     @functools.wraps(fn)
     def locked(cfg, pairs, out_dir, **kw):
+        from deltalearn.interrupts import stop_on_signal
+
         if os.environ.get("RANK", "0") != "0":
-            return fn(cfg, pairs, out_dir, **kw)
-        with artifact_lock(out_dir, what="training run folder"):
+            with stop_on_signal():
+                return fn(cfg, pairs, out_dir, **kw)
+        with artifact_lock(out_dir, what="training run folder"), stop_on_signal():
             return fn(cfg, pairs, out_dir, **kw)
 
     return locked
@@ -763,11 +766,19 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
             bar.set_postfix(loss=f"{loss_value:.4f}", **({"acc": f"{row['rewards/accuracy']:.2f}"}
                                                          if "rewards/accuracy" in row else {}))
             bar.update(1)
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
+        saved = cfg.save_every and (step + 1) % cfg.save_every == 0
+        stop = step + 1 < total_steps and interrupts.requested(acc)  # SIGINT/SIGTERM: checkpoint here, then stop
+        if (saved or stop) and step + 1 < total_steps:
             _save_checkpoint(out / "checkpoints" / f"step-{step + 1}", acc.unwrap_model(scorer).model, optimizer,
                              scheduler, step + 1, acc)
             if acc.is_main_process:
                 prune_checkpoints(out, cfg.keep_checkpoints)
+        if stop:
+            if bar is not None:
+                bar.close()
+            if log is not None:
+                log.close()
+            raise interrupts.interrupted(step + 1, total_steps, out / "checkpoints" / f"step-{step + 1}")
     if bar is not None:
         bar.close()
     if log is not None:

@@ -734,7 +734,7 @@ def run_sections(recipe: Recipe, *, progress: bool = True, print_table: bool = T
     columns = needed_columns(recipe, settings)
     from deltalearn.outputs import claim
 
-    run_dir = claim(recipe.run_dir, "run", flag="run.dir")
+    run_dir = claim(recipe.run_dir, "run", flag="output_dir")
     gen, ev = recipe.generate, recipe.eval
     system_prompt = gen.system_prompt
     original = recipe.train.model
