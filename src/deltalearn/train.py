@@ -512,6 +512,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         def loader():
             m, _ = models.load_model(ref_name, device=device, with_tokenizer=False,
                                      trust_remote_code=cfg.trust_remote_code)
+            packing.use_varlen_attention(m, device, precision, cfg.padding_free, cfg.share_prompt)
             if compiled:  # the policy's own kernels: in bf16 they decide the rounding, and step 1 must be ln 2
                 speedups.compile_layers(m, attention=attention)
             return m
@@ -533,6 +534,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    packing.use_varlen_attention(model, device, precision, cfg.padding_free, cfg.share_prompt)
     if compiled:
         speedups.compile_layers(model, attention=attention)
     if cfg.lora:
@@ -544,6 +546,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
             live_ref, _ = models.load_model(ref_name, device=device, with_tokenizer=False,
                                             trust_remote_code=cfg.trust_remote_code)
             live_ref.eval().requires_grad_(False)
+            packing.use_varlen_attention(live_ref, device, precision, cfg.padding_free, cfg.share_prompt)
     model.train()
     # ZeRO-3 gathers a weight only inside its module's forward; the lean head reads lm_head.weight outside it
     zero3 = ds_plugin is not None and int(ds_plugin.zero_stage or 0) == 3
