@@ -106,12 +106,14 @@ def synthetic_pairs(job: dict, seed: int = 0) -> list[dict]:
 
 
 def matmul_rate(device, dry: bool) -> float:
-    """Dense bf16 matmul FLOP/s measured on `device` (8192^2; 512^2 in the dry run)."""
+    """Dense bf16 matmul FLOP/s measured on `device` (8192^2); the dry run trains in fp32, so it measures fp32
+    (512^2: on CPUs without native bf16, bf16 is emulated ~100x slower and every MFU would read above 100%)."""
     import torch
 
     n = 512 if dry else 8192
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    dtype = torch.float32 if dry else torch.bfloat16
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(3):
         a @ b

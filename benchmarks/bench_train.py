@@ -311,7 +311,7 @@ def report(results: dict, mm: dict) -> None:
     print("   x TRL: against TRL at the same precision (trl-bf16 for bf16 runs, trl for fp32); x TRL RSS: against "
           "TRL's default (trl); MFU: of the matmul rate of the run's precision, from the first probe / from the "
           "probe just before the configuration")
-    head = (f"| {'configuration':<16} | precision | pairs | ref s | train s | tokens/s | x TRL | later steps tokens/s "
+    head = (f"| {'configuration':<21} | precision | pairs | ref s | train s | tokens/s | x TRL | later steps tokens/s "
             f"| peak RSS GB | x TRL RSS | probe GFLOP/s | MFU | MFU (own probe) | load after |")
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
@@ -323,7 +323,7 @@ def report(results: dict, mm: dict) -> None:
         x_tps = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
         x_rss = f"{r['peak_rss_gb'] / rss_base['peak_rss_gb']:.2f}" if rss_base else "-"
         later = f"{r['later_steps_tokens_per_s']:.1f}" if "later_steps_tokens_per_s" in r else "-"
-        print(f"| {name:<16} | {r['precision']:<9} | {r['pairs']:>5} | {r['ref_s']:>5.1f} | {r['train_s']:>7.1f} | "
+        print(f"| {name:<21} | {r['precision']:<9} | {r['pairs']:>5} | {r['ref_s']:>5.1f} | {r['train_s']:>7.1f} | "
               f"{r['tokens_per_s']:>8.1f} | {x_tps:>5} | {later:>20} | {r['peak_rss_gb']:>11.2f} | {x_rss:>9} | "
               f"{r['probe'][key]:>13.0f} | {achieved / mm[key]:>3.0%} | {achieved / r['probe'][key]:>15.0%} | "
               f"{r['load_after']:>10} |")
