@@ -2,6 +2,8 @@
 
     python benchmarks/bench_train.py                 # the full benchmark: 64 pairs, 8 configurations, ~32 min
     python benchmarks/bench_train.py --pairs 16 --bf16-pairs 8 --configs dl-fp32,trl   # a quick check
+    python benchmarks/bench_train.py --pairs 32 \
+        --configs trl,dl-fp32,dl-fp32-packed,dl-fp32-shared,dl-fp32-packed-shared   # the packing levers, fp32
 
 The job (issue 2's "Speed and memory" and issue 8): SmolLM2-135M-Instruct, 64 preference pairs of ~200-token
 responses, DPO (sigmoid, beta 0.1, summed log-probs), batch 4 x gradient accumulation 2, max length 512, fp32,
@@ -18,6 +20,8 @@ Configurations, each in its own subprocess (peak RSS is that child's `ru_maxrss`
              so it (and every bf16 configuration) runs on the first --bf16-pairs pairs only (the table says how many).
 - dl-bf16-eager / dl-bf16-compiled   bf16 with `compile: false` / `compile: true` (the lever alone).
 - dl-bf16-gc bf16 with gradient checkpointing (the memory configuration).
+- dl-fp32-packed / dl-fp32-shared / dl-fp32-packed-shared   dl-fp32 with `padding_free`, `share_prompt`, or both
+             (the levers of packing.py); dl-bf16-packed / -shared / -packed-shared the same on dl-bf16.
 - trl        TRL DPOTrainer defaults: a live reference model scored on every micro-batch.
 - trl-pre    TRL DPOTrainer with precompute_ref_log_probs=True (its reference pass is timed inside end-to-end).
 - trl-bf16   TRL DPOTrainer with bf16=True.
@@ -28,10 +32,13 @@ each configuration's MFU against its own probe beside the MFU against the run's 
 
 End-to-end tokens/s = (prompt+response tokens of both sides of every pair, counted once with deltalearn's
 tokenization, identical for every configuration) / (reference pass + training loop seconds); model loading and
-tokenization are outside it. Model FLOPs = 6 N T for training plus 2 N T for the reference forward (N = parameters
-taking part in matrix products, the tied LM head included; T = those tokens), the same for every configuration, so
-MFU = achieved FLOP/s over the matrix-product rate of this machine measured in this run (2048^2 matmuls of fp32 and
-of bf16 operands, on the same threads).
+tokenization are outside it. These are the real tokens, as TRL counts them: no padding, the prompt once per sequence
+(prompt + chosen and prompt + rejected), so a lever that skips padding or the second prompt is not credited for the
+tokens it skips, only for the time it saves; the same holds for the per-step `tokens` of deltalearn's metrics.
+Model FLOPs = 6 N T for training plus 2 N T for the reference forward (N = parameters taking part in matrix products,
+the tied LM head included; T = those tokens), the same for every configuration, so MFU = achieved FLOP/s over the
+matrix-product rate of this machine measured in this run (2048^2 matmuls of fp32 and of bf16 operands, on the same
+threads).
 """
 
 from __future__ import annotations
@@ -49,9 +56,12 @@ import time
 from pathlib import Path
 
 THREADS = 2
+LEVERS = {"packed": dict(padding_free=True), "shared": dict(share_prompt=True),
+          "packed-shared": dict(padding_free=True, share_prompt=True)}
 CONFIGS = ("dl-fp32", "dl-gc", "dl-auto", "dl-bf16", "dl-bf16-eager", "dl-bf16-compiled", "dl-bf16-gc", "trl",
-           "trl-bf16", "trl-pre")
-BF16_CONFIGS = ("dl-bf16", "dl-bf16-eager", "dl-bf16-compiled", "dl-bf16-gc", "trl-bf16")
+           "trl-bf16", "trl-pre", *(f"dl-{p}-{lever}" for p in ("fp32", "bf16") for lever in LEVERS))
+BF16_CONFIGS = ("dl-bf16", "dl-bf16-eager", "dl-bf16-compiled", "dl-bf16-gc", "trl-bf16",
+                *(f"dl-bf16-{lever}" for lever in LEVERS))
 # the README's run: each library's bf16 and fp32 side by side (dl-bf16 / dl-bf16-eager repeat dl-auto on native-bf16
 # CPUs and stay selectable with --configs)
 DEFAULT_CONFIGS = ("trl-bf16", "dl-auto", "dl-bf16-compiled", "dl-bf16-gc", "trl", "dl-fp32", "dl-gc", "trl-pre")
@@ -144,8 +154,21 @@ def matmul_params() -> int:
     return n if head.data_ptr() == emb.data_ptr() else n - emb.numel()
 
 
+def dl_settings(name: str) -> dict:
+    """run_deltalearn's settings of a dl-* configuration."""
+    base, lever = name, {}
+    for suffix, switches in sorted(LEVERS.items(), key=lambda kv: -len(kv[0])):
+        if name.endswith("-" + suffix):
+            base, lever = name[: -len(suffix) - 1], switches
+            break
+    precision = "fp32" if base in ("dl-fp32", "dl-gc") else "auto" if base == "dl-auto" else "bf16"
+    return dict(precision=precision, checkpointing=base in ("dl-gc", "dl-bf16-gc"),
+                compile={"dl-bf16-eager": False, "dl-bf16-compiled": True}.get(base, "auto"), **lever)
+
+
 def run_deltalearn(precision: str, path: Path, n_pairs: int, checkpointing: bool = False,
-                   compile: bool | str = "auto", epochs: int = 1) -> dict:
+                   compile: bool | str = "auto", epochs: int = 1, padding_free: bool = False,
+                   share_prompt: bool = False) -> dict:
     from deltalearn.recipe import TrainConfig
     from deltalearn.train import train
 
@@ -156,6 +179,7 @@ def run_deltalearn(precision: str, path: Path, n_pairs: int, checkpointing: bool
                           batch_size=JOB["batch"] * JOB["accum"], micro_batch_size=JOB["batch"],
                           max_len=JOB["max_len"], precision=precision, shuffle=False, seed=JOB["seed"],
                           gradient_checkpointing=checkpointing, compile=compile, epochs=epochs,
+                          padding_free=padding_free, share_prompt=share_prompt,
                           ref_cache_dir=str(Path(tmp) / "refcache"))  # cold cache: the reference pass is timed
         s = train(cfg, rows, Path(tmp) / "run", progress=False)
         steps = [json.loads(ln) for ln in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -224,10 +248,7 @@ def child(args) -> None:
     elif args.child == "params":
         result = {"params": matmul_params()}
     elif args.child.startswith("dl-"):
-        precision = "fp32" if args.child in ("dl-fp32", "dl-gc") else "auto" if args.child == "dl-auto" else "bf16"
-        compile_setting = {"dl-bf16-eager": False, "dl-bf16-compiled": True}.get(args.child, "auto")
-        result = run_deltalearn(precision, path, args.pairs, checkpointing=args.child in ("dl-gc", "dl-bf16-gc"),
-                                compile=compile_setting)
+        result = run_deltalearn(path=path, n_pairs=args.pairs, **dl_settings(args.child))
     else:
         result = run_trl(args.child == "trl-pre", path, args.pairs, bf16=args.child == "trl-bf16")
     Path(args.result).write_text(json.dumps(result))
@@ -290,7 +311,7 @@ def report(results: dict, mm: dict) -> None:
     print("   x TRL: against TRL at the same precision (trl-bf16 for bf16 runs, trl for fp32); x TRL RSS: against "
           "TRL's default (trl); MFU: of the matmul rate of the run's precision, from the first probe / from the "
           "probe just before the configuration")
-    head = (f"| {'configuration':<16} | precision | pairs | ref s | train s | tokens/s | x TRL | later steps tokens/s "
+    head = (f"| {'configuration':<21} | precision | pairs | ref s | train s | tokens/s | x TRL | later steps tokens/s "
             f"| peak RSS GB | x TRL RSS | probe GFLOP/s | MFU | MFU (own probe) | load after |")
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
@@ -302,7 +323,7 @@ def report(results: dict, mm: dict) -> None:
         x_tps = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
         x_rss = f"{r['peak_rss_gb'] / rss_base['peak_rss_gb']:.2f}" if rss_base else "-"
         later = f"{r['later_steps_tokens_per_s']:.1f}" if "later_steps_tokens_per_s" in r else "-"
-        print(f"| {name:<16} | {r['precision']:<9} | {r['pairs']:>5} | {r['ref_s']:>5.1f} | {r['train_s']:>7.1f} | "
+        print(f"| {name:<21} | {r['precision']:<9} | {r['pairs']:>5} | {r['ref_s']:>5.1f} | {r['train_s']:>7.1f} | "
               f"{r['tokens_per_s']:>8.1f} | {x_tps:>5} | {later:>20} | {r['peak_rss_gb']:>11.2f} | {x_rss:>9} | "
               f"{r['probe'][key]:>13.0f} | {achieved / mm[key]:>3.0%} | {achieved / r['probe'][key]:>15.0%} | "
               f"{r['load_after']:>10} |")

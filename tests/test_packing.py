@@ -277,3 +277,51 @@ def test_dry_run_counts_the_flops_of_the_layout_it_will_run():
     assert shared["total_flops"] < padded["total_flops"]
     assert "(padding-free, shared prompt)" in format_plan(runs[(True, True)])
     assert "(padded)" in format_plan(runs[(False, False)])
+
+
+@pytest.mark.slow
+def test_compiled_layers_with_both_levers_match_the_padded_run(tiny_model_dir, toy_pairs, tmp_path):
+    """Compiled decoder layers call the block attention between their graphs (it is a Python loop over blocks)."""
+    train(_cfg(tiny_model_dir, tmp_path), toy_pairs, tmp_path / "padded", progress=False)
+    s = train(_cfg(tiny_model_dir, tmp_path, compile=True, padding_free=True, share_prompt=True), toy_pairs,
+              tmp_path / "compiled", progress=False)
+    assert s["compiled"]
+    for a, b in zip(_metrics(tmp_path / "padded"), _metrics(tmp_path / "compiled")):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_with_both_levers_match_one_padded(tiny_model_dir, toy_pairs, tmp_path):
+    """Under data parallel (2 CPU processes, gloo) the packed batch goes through DDP's forward as a keyword."""
+    import os
+    import subprocess
+    import sys
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pairs))
+    common = ["--pairs", str(pairs), "--model", tiny_model_dir, "--no-progress", "--loss", "dpo",
+              "--set", "train.lr=0.001", "--set", "train.batch_size=4", "--set", "train.micro_batch_size=2",
+              "--set", "train.max_len=128", "--set", f"train.ref_cache_dir={tmp_path / 'refcache'}",
+              "--set", "train.precision=fp32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "deltalearn.cli", "train", "--out", str(tmp_path / "one"), *common],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537",
+                          "-m", "deltalearn.cli", "train", "--out", str(tmp_path / "two"), *common,
+                          "--set", "train.padding_free=true", "--set", "train.share_prompt=true"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for a, b in zip(_metrics(tmp_path / "one"), _metrics(tmp_path / "two")):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+
+def test_flash_varlen_is_chosen_only_where_it_can_run():
+    """flash-attention kernels take bf16 on CUDA and express one causal block per sequence: never on CPU, fp32, or
+    with a shared prompt (whose rejected block attends to a prefix it is not contiguous with)."""
+    assert packing.varlen_attention("cpu", "bf16", True, False) is None
+    assert packing.varlen_attention("cuda", "fp32", True, False) is None
+    assert packing.varlen_attention("cuda", "bf16", True, True) is None
+    assert packing.varlen_attention("cuda", "bf16", False, False) is None

@@ -131,6 +131,14 @@ def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
     assert res["first_loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at step 1
     assert len(res["losses"]) == 2 and res["tokens"] > 0 and res["matmul_params"] > 0
     assert 0 < res["mfu_end_to_end"] < 1 and res["tokens_per_s"] > 0
+    # the padded / packed / packed + shared-prompt rows: the same losses and the same real-token count
+    rows = res["rows"]
+    assert list(rows) == ["padded", "packed", "packed-shared"]
+    for name, row in rows.items():
+        assert row["first_loss"] == pytest.approx(math.log(2), abs=1e-6), name
+        assert row["losses"] == pytest.approx(rows["padded"]["losses"], abs=1e-5), name
+        assert row["tokens"] == rows["padded"]["tokens"] and 0 < row["mfu_end_to_end"] < 1, name
+    assert "| packed-shared |" in r.stdout
 
 
 def test_train_benchmark_runs_both_libraries_on_a_tiny_model(tmp_path, tiny_model_dir):
@@ -141,19 +149,22 @@ def test_train_benchmark_runs_both_libraries_on_a_tiny_model(tmp_path, tiny_mode
     env = {**os.environ, "BENCH_MODEL": tiny_model_dir, "BENCH_OUT": str(out),
            "BENCH_MATMUL_SECONDS": "0.05"}
     script = str(ROOT / "benchmarks" / "bench_train.py")
-    r = subprocess.run([sys.executable, script, "--pairs", "8", "--configs", "dl-fp32,trl"], env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, script, "--pairs", "8", "--configs", "dl-fp32,dl-fp32-packed-shared,trl"],
+                       env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     saved = json.loads(out.read_text())
     res = saved["results"]
-    assert set(res) == {"dl-fp32", "trl"}
+    assert set(res) == {"dl-fp32", "dl-fp32-packed-shared", "trl"}
+    # both levers: the same losses, and the same (real) token count, so tokens/s credits only the time saved
+    assert res["dl-fp32-packed-shared"]["losses"] == pytest.approx(res["dl-fp32"]["losses"], abs=1e-5)
+    assert res["dl-fp32-packed-shared"]["tokens"] == res["dl-fp32"]["tokens"]
     for name, x in res.items():
         assert x["losses"][0] == pytest.approx(math.log(2), abs=1e-4), name
         assert x["tokens_per_s"] > 0 and x["peak_rss_gb"] > 0.1 and x["probe"]["fp32_gflops"] > 0
     again = subprocess.run([sys.executable, script, "--from-json", str(out)], capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0, again.stderr[-2000:]
-    rows = [ln for ln in again.stdout.splitlines() if ln.startswith("| dl-fp32") or ln.startswith("| trl ")]
+    rows = [ln for ln in again.stdout.splitlines() if ln.startswith("| dl-fp32 ") or ln.startswith("| trl ")]
     assert len(rows) == 2 and " 1.00 " in rows[1]  # TRL against itself
 
 
@@ -170,3 +181,21 @@ def test_train_benchmark_refuses_a_bad_saved_run_naming_file_and_field(tmp_path,
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--from-json", str(path)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and f"--from-json {path}: " in r.stderr and message in r.stderr, r.stderr[-2000:]
+
+
+def test_train_benchmark_configurations_select_the_levers():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.dl_settings("dl-fp32") == dict(precision="fp32", checkpointing=False, compile="auto")
+    assert bench.dl_settings("dl-fp32-packed") == dict(precision="fp32", checkpointing=False, compile="auto",
+                                                       padding_free=True)
+    assert bench.dl_settings("dl-bf16-shared") == dict(precision="bf16", checkpointing=False, compile="auto",
+                                                       share_prompt=True)
+    assert bench.dl_settings("dl-bf16-packed-shared") == dict(precision="bf16", checkpointing=False, compile="auto",
+                                                              padding_free=True, share_prompt=True)
+    assert bench.dl_settings("dl-bf16-eager")["compile"] is False and bench.dl_settings("dl-gc")["checkpointing"]
+    for lever in ("packed", "shared", "packed-shared"):
+        assert f"dl-fp32-{lever}" in bench.CONFIGS and f"dl-bf16-{lever}" in bench.BF16_CONFIGS

@@ -245,6 +245,28 @@ def _configs(model) -> list:
     return [x for x in (c, getattr(c, "text_config", None)) if x is not None]
 
 
+def varlen_attention(device, precision: str, padding_free: bool, share_prompt: bool) -> str | None:
+    """The flash-attention implementation a padding-free run switches its models to: on CUDA, under bf16 (flash
+    kernels take no fp32), without a shared prompt (its second response attends to a prefix that is not contiguous
+    with it, which varlen cannot express), when flash-attention 3 or 2 is installed; else None (block attention)."""
+    import importlib.util
+
+    if torch.device(device).type != "cuda" or precision != "bf16" or not padding_free or share_prompt:
+        return None
+    for module, name in (("flash_attn_interface", "flash_attention_3"), ("flash_attn", "flash_attention_2")):
+        if importlib.util.find_spec(module) is not None:
+            return name
+    return None
+
+
+def use_varlen_attention(model, device, precision: str, padding_free: bool, share_prompt: bool) -> str | None:
+    """Switch `model` to `varlen_attention(...)` when there is one; returns its name."""
+    name = varlen_attention(device, precision, padding_free, share_prompt)
+    if name is not None:
+        model.set_attn_implementation(name)
+    return name
+
+
 def attention_plan(model, batch: PackedBatch) -> str:
     """'varlen': transformers' flash-attention varlen path (flash-attention 2/3 in use, no shared prompt: every
     block is a plain causal one); 'blocks': `block_attention`."""
@@ -337,4 +359,4 @@ def score_pair_groups(model, encoded, groups: list[list[int]], *, pad_id: int, p
 
 __all__ = ["Unit", "Block", "PackedBatch", "units_for_pairs", "units_for_sequences", "pack", "pack_pairs",
            "sequences", "renumbered", "dense_mask", "block_attention", "attention_plan", "attending", "micro_batch",
-           "mode", "score_pair_groups"]
+           "mode", "score_pair_groups", "varlen_attention", "use_varlen_attention"]

@@ -604,6 +604,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                 m, _ = models.load_model(ref_name, device=device, with_tokenizer=False,
                                          dtype=param_dtype if engine_cast else None,
                                          trust_remote_code=cfg.trust_remote_code)
+            packing.use_varlen_attention(m, device, precision, cfg.padding_free, cfg.share_prompt)
             if compiled:  # the policy's own kernels: in bf16 they decide the rounding, and step 1 must be ln 2
                 speedups.compile_layers(m, attention=attention)
             return m
@@ -628,6 +629,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False  # restored before the final save: generation wants its cache
+    packing.use_varlen_attention(model, device, precision, cfg.padding_free, cfg.share_prompt)
     if compiled:
         speedups.compile_layers(model, attention=attention)
     if cfg.lora:
@@ -640,6 +642,7 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
                 live_ref, _ = models.load_model(ref_name, device=device, with_tokenizer=False,
                                                 dtype=param_dtype if engine_cast else None,
                                                 trust_remote_code=cfg.trust_remote_code)
+            packing.use_varlen_attention(live_ref, device, precision, cfg.padding_free, cfg.share_prompt)
             # wrapped once: the wrapper checks its lean head on its first forward, not on every micro-batch's
             live_ref = ResponseLogProbs(live_ref.eval().requires_grad_(False))
     model.train()
