@@ -170,5 +170,6 @@ def verdict_for_run(audits: list[dict], eval_warn: list[str], problems: list[str
     if warnings:
         what = (f"{len(problems)} problem{'s' if len(problems) > 1 else ''}, " if problems else "") + \
             f"{len(warnings) - len(problems)} warning sign{'s' if len(warnings) - len(problems) != 1 else ''}"
-        return what + " (listed below)", "read the problems and warnings first; " + step, warnings
+        return what + " (listed below)", f"read the {'problems and ' if problems else ''}warnings first; " + step, \
+            warnings
     return "no warning sign", step, warnings
