@@ -97,8 +97,8 @@ def audit_glance(a: dict) -> dict:
         warnings.append("the chosen side is far below the student: expect less gain than the delta suggests")
     if warnings:
         verdict = f"{len(warnings)} warning sign{'s' if len(warnings) > 1 else ''}: read them before training"
-        next_step = ("check each warning below: fix the pairs and re-run `deltalearn audit`, or train knowing what the "
-                     "pairs also teach")
+        next_step = ("check each warning below: fix the pairs and re-run `deltalearn audit`, or train knowing what "
+                     "the pairs also teach")
     elif scored:
         verdict = f"looks trainable: positive delta ({s['delta_mean']:+.3g} {s['quality']}) and no warning sign"
         next_step = f"train: deltalearn train --pairs {a.get('pairs_path', 'PAIRS')} --out runs/NAME ..."
