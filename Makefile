@@ -24,7 +24,8 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 $(VENV)/.installed: pyproject.toml
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
-	  (echo "deltalearn needs Python >= 3.10; $(PY) is $$($(PY) --version 2>&1). Run: make PY=python3.11 ..."; exit 1)
+	  (echo "deltalearn needs Python >= 3.10; $(PY) is $$($(PY) --version 2>&1). Pick another: make PY=python3.12"; \
+	   exit 1)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@if $(BIN)/python -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/', timeout=5)" 2>/dev/null; \

@@ -65,9 +65,11 @@ def audit_glance(a: dict) -> dict:
         if t and t / n >= TRUNCATED_SHARE:
             warnings.append(f"{t / n:.0%} of {side} responses were cut at the token limit: the pairs compare "
                             "unfinished answers (generate with a larger max_new_tokens)")
-    ident = h["identical"]["count"] + h["near_identical"]["count"]
-    if ident / n >= DEGENERATE_SHARE:
-        warnings.append(f"{ident / n:.0%} of pairs have (nearly) identical sides: they teach nothing")
+    if h["identical"]["count"] / n >= DEGENERATE_SHARE:
+        warnings.append(f"{h['identical']['count'] / n:.0%} of pairs have identical sides: they teach nothing")
+    if h["near_identical"]["count"] / n >= DEGENERATE_SHARE:
+        warnings.append(f"{h['near_identical']['count'] / n:.0%} of pairs have nearly identical sides (a few words "
+                        "differ): check that those words are the difference you mean to teach")
     empty = h["empty_chosen"] + h["empty_rejected"]
     if empty:
         warnings.append(f"{empty} pairs have an empty side")
@@ -94,8 +96,9 @@ def audit_glance(a: dict) -> dict:
     if w.get("chosen_far_below"):
         warnings.append("the chosen side is far below the student: expect less gain than the delta suggests")
     if warnings:
-        verdict = f"{len(warnings)} warning sign{'s' if len(warnings) > 1 else ''}: fix before training"
-        next_step = "fix the first warning below, pair again, and re-run `deltalearn audit`"
+        verdict = f"{len(warnings)} warning sign{'s' if len(warnings) > 1 else ''}: read them before training"
+        next_step = ("check each warning below: fix the pairs and re-run `deltalearn audit`, or train knowing what "
+                     "the pairs also teach")
     elif scored:
         verdict = f"looks trainable: positive delta ({s['delta_mean']:+.3g} {s['quality']}) and no warning sign"
         next_step = f"train: deltalearn train --pairs {a.get('pairs_path', 'PAIRS')} --out runs/NAME ..."
@@ -167,5 +170,6 @@ def verdict_for_run(audits: list[dict], eval_warn: list[str], problems: list[str
     if warnings:
         what = (f"{len(problems)} problem{'s' if len(problems) > 1 else ''}, " if problems else "") + \
             f"{len(warnings) - len(problems)} warning sign{'s' if len(warnings) - len(problems) != 1 else ''}"
-        return what + " (listed below)", "read the problems and warnings first; " + step, warnings
+        return what + " (listed below)", f"read the {'problems and ' if problems else ''}warnings first; " + step, \
+            warnings
     return "no warning sign", step, warnings
