@@ -11,6 +11,7 @@ PKG = SRC / "deltalearn"
 # Drivers that run stages; they may import stages and each other downwards, never the reverse.
 ORCHESTRATION = {"deltalearn", "deltalearn.runner", "deltalearn.pipeline", "deltalearn.sweep", "deltalearn.plan",
                  "deltalearn.api", "deltalearn.cli", "deltalearn.experiments.sections", "deltalearn.lab.experiments",
+                 "deltalearn.lab.corrupt",
                  "deltalearn.lab.cli", "deltalearn.configdoc", "deltalearn.reference"}
 
 

@@ -31,7 +31,8 @@ FILTERS = ("missing", "empty", "truncated", "unchanged")
 
 def pair_seed(seed: int, pid: str) -> int:
     """The per-prompt seed: a stable hash of (seed, prompt id), the same on every machine and Python run."""
-    return int.from_bytes(hashlib.sha256(f"corrupt:{seed}:{pid}".encode()).digest()[:7], "big")  # < 2**56: fits int64 columns
+    # 7 bytes (< 2**56): the seed fits the int64 column of a saved dataset
+    return int.from_bytes(hashlib.sha256(f"corrupt:{seed}:{pid}".encode()).digest()[:7], "big")
 
 
 def _last_user_text(prompt) -> str:
@@ -41,15 +42,62 @@ def _last_user_text(prompt) -> str:
     return users[-1] if users else ""
 
 
+def _index(label: str, rows: list[dict]) -> dict[str, dict]:
+    from deltalearn.io import DataError
+
+    out: dict[str, dict] = {}
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r.get("response"), str) or "id" not in r:
+            raise DataError(label, "generation row without 'id' or a string 'response'", row=i)
+        if r["id"] in out:
+            raise DataError(label, f"duplicate id '{r['id']}'", row=i, field="id")
+        out[r["id"]] = r
+    return out
+
+
+def _label(name: str, labels: list[str], what: str) -> str:
+    if name in labels:
+        return name
+    import difflib
+
+    close = difflib.get_close_matches(name, labels, n=1)
+    raise ConfigError(f"pair.{what}: '{name}' is not a generation set (have: {', '.join(labels)})"
+                      + (f"; did you mean '{close[0]}'?" if close else ""))
+
+
+def _bad(row: dict, drop_truncated: bool) -> str | None:
+    if not row["response"].strip():
+        return "empty"
+    if drop_truncated and row.get("truncated"):
+        return "truncated"
+    return None
+
+
+def _row(pid: str, c: dict, r: dict, text: str, chosen: str, rejected: str) -> dict:
+    """A pair row as `pairs.make_pairs` writes them; the corrupted copy is a finished answer unless its source
+    was cut at max_new_tokens."""
+    from deltalearn.tokenize import as_messages
+
+    row = {"id": pid, "prompt_id": pid, "prompt": as_messages(c["prompt"]),
+           "chosen": [{"role": "assistant", "content": c["response"]}],
+           "rejected": [{"role": "assistant", "content": text}],
+           "chosen_model": chosen, "rejected_model": rejected, "rule": "corrupt",
+           "chosen_score": None, "rejected_score": None, "chosen_size": None, "rejected_size": None,
+           "chosen_truncated": bool(c.get("truncated")), "rejected_truncated": bool(r.get("truncated"))}
+    ref = c.get("reference", r.get("reference"))
+    if ref is not None:
+        row["reference"] = ref
+    return row
+
+
 def rejected_label(source: str, corruption: str, strength: float) -> str:
     """The rejected side's set label: `SOURCE~CORRUPTION@STRENGTH`."""
     return f"{source}~{corruption}@{strength:g}"
 
 
 def corrupt_pairs(generations: dict[str, list[dict]], cfg: PairConfig) -> tuple[list[dict], dict]:
-    """Pairs (chosen, corrupted copy) by `cfg` (rule 'corrupt'), and a summary counting every dropped prompt."""
-    from deltalearn.pairs import _bad, _index, _label, _pair_row
-
+    """Pairs (chosen, corrupted copy) by `cfg` (rule 'corrupt'), and a summary counting every dropped prompt.
+    Rows have the columns of `pairs.make_pairs`'s rows, plus the corruption's provenance."""
     labels = list(generations)
     if not labels:
         raise ConfigError("rule 'corrupt' needs a generation set")
@@ -64,7 +112,7 @@ def corrupt_pairs(generations: dict[str, list[dict]], cfg: PairConfig) -> tuple[
                           f"(generation sets: {', '.join(labels)})")
     chosen = _label(cfg.chosen, labels, "chosen") if cfg.chosen else labels[0]
     source = _label(cfg.rejected, labels, "rejected") if cfg.rejected else chosen
-    idx = _index(generations)
+    idx = {lab: _index(lab, rows) for lab, rows in generations.items()}
     rej_label = rejected_label(source, name, strength)
     dropped = Counter({k: 0 for k in FILTERS})
     pairs: list[dict] = []
@@ -84,7 +132,7 @@ def corrupt_pairs(generations: dict[str, list[dict]], cfg: PairConfig) -> tuple[
         if strength > 0 and text.strip() == r["response"].strip():
             dropped["unchanged"] += 1
             continue
-        row = _pair_row(pid, c["prompt"], c, {**r, "response": text}, chosen, rej_label, "corrupt", None, None, {})
+        row = _row(pid, c, r, text, chosen, rej_label)
         row.update(corruption=name, corruption_strength=strength, corruption_seed=seed, corruption_source=source,
                    corruption_info=info)
         pairs.append(row)

@@ -48,6 +48,9 @@ class CorruptSettings:
     """Natural pairs beside the corrupted ones: chosen rung k over each of its `natural` nearest lower rungs."""
     student_samples: int = 2
     """Temperature-1 samples of the student per pref prompt, for its most likely wrong value per key."""
+    self_lr: str = "dev"
+    """The self experiment's lr: `dev` (its own grid on dev) or `main` (the lr chosen on dev for the main
+    experiment; saves the grid's dev arms on a loaded machine)."""
     chosen_rung: str = ""
     """A fixed chosen rung instead of the dev choice (empty: chosen on dev; set for tests or a rerun)."""
 
@@ -57,6 +60,8 @@ class CorruptSettings:
         if not s.m or any(m < 1 for m in s.m):
             raise ConfigError(f"experiment.corrupt.m: item counts >= 1, got {s.m} (strength 0 is run as the "
                               "zero-delta control anyway)")
+        if s.self_lr not in ("dev", "main"):
+            raise ConfigError(f"experiment.corrupt.self_lr: 'dev' or 'main', got {s.self_lr!r}")
         if not s.lr_grid or s.student_samples < 1:
             raise ConfigError("experiment.corrupt: lr_grid needs at least one lr and student_samples >= 1")
         return s
@@ -192,6 +197,9 @@ def run_corrupt_lab(recipe: Recipe, run_dir: str | Path, *, progress: bool = Tru
     for key, chosen in (("lr_main", k), ("lr_self", "student")):
         if key in choices:
             continue
+        if key == "lr_self" and cs.self_lr == "main":
+            choices.update(lr_self=choices["lr_main"], lr_self_rows=[])
+            continue
         who = "own" if chosen == "student" else chosen
         arms = [ArmSpec(f"{key}-{lr:g}", "dev", chosen, corrupt_label(chosen, "wrong_items", M), "dpo_norm",
                         note=f"{who} > {who}~wrong_items@{M}, lr {lr:g}") for lr in cs.lr_grid]
@@ -247,6 +255,8 @@ def corrupt_results(lab: CorruptLab, arms, info, choices, wrong, cs, lrs) -> dic
                              else ""] for r in choices["sft_rows"]],
                    "note": "Chosen: the highest rung whose SFT does not raise the student on dev."})
     for key, what in (("lr_main", "main"), ("lr_self", "self")):
+        if not choices.get(f"{key}_rows"):  # self_lr: main (the main experiment's dev choice)
+            continue
         tables.append({"title": f"Dev: lr of the {what} experiment",
                        "columns": ["arm", "lr", "dev gain (pts, paired)", "fixed/broken", "chosen"],
                        "rows": [[r["note"], f"{r['lr']:g}", _pm(r["dev_gain"], r["se"]), f"{r['fixed']}/{r['broken']}",
