@@ -233,8 +233,8 @@ def test_live_reference_is_packed_too(tiny_model_dir, toy_pairs, tmp_path):
 def test_bf16_packed_run_starts_at_ln2_and_resumes_exactly(tiny_model_dir, toy_pairs, tmp_path):
     """bf16 rounds differently in a packed row than in a padded batch: the reference is scored in the same packed
     micro-batches, so step 1 is still ln 2 exactly, and a resumed run replays the same shapes bit for bit."""
-    c = _cfg(tiny_model_dir, tmp_path, precision="bf16", compile=False, save_every=1, keep_checkpoints=0, epochs=2, padding_free=True,
-             share_prompt=True)
+    c = _cfg(tiny_model_dir, tmp_path, precision="bf16", compile=False, save_every=1, keep_checkpoints=0, epochs=2,
+             padding_free=True, share_prompt=True)
     full, cut = tmp_path / "full", tmp_path / "cut"
     train(c, toy_pairs, full, progress=False)
     want = _metrics(full)
