@@ -24,11 +24,13 @@ def cfg(model, tmp_path, **kw):
 
 
 def test_bf16_is_autocast_over_fp32_master_weights(tiny_model_dir, toy_pairs, tmp_path):
-    s = train(cfg(tiny_model_dir, tmp_path), toy_pairs, tmp_path / "bf16", progress=False)
+    # save_dtype fp32: the saved weights are the master weights themselves (the default, auto, saves bf16 after
+    # bf16 training: tests/test_cards.py)
+    s = train(cfg(tiny_model_dir, tmp_path, save_dtype="fp32"), toy_pairs, tmp_path / "bf16", progress=False)
     f = train(cfg(tiny_model_dir, tmp_path, precision="fp32"), toy_pairs, tmp_path / "fp32", progress=False)
     assert s["precision"] == "bf16" and f["precision"] == "fp32"
     assert json.loads((tmp_path / "bf16" / "train_config.json").read_text())["precision_resolved"] == "bf16"
-    # master weights stay fp32: what is saved (and what Adam updated) is fp32
+    # master weights stay fp32: what Adam updated is fp32
     assert all(t.dtype == torch.float32 for t in weights(tmp_path / "bf16").values())
     # the matmuls really ran in bf16: the curves differ (fp32 would reproduce itself exactly) ...
     lb, lf = metrics(tmp_path / "bf16"), metrics(tmp_path / "fp32")
