@@ -97,11 +97,6 @@ def units_for_pairs(pairs: list[tuple[list[int], list[int], list[int]]], *, shar
     return units
 
 
-def units_for_sequences(seqs: list[tuple[list[int], list[int]]]) -> list[Unit]:
-    """(prompt, response) sequences, one unit each, slot = position in the list."""
-    return [Unit(tuple(p), (tuple(r),), (i,)) for i, (p, r) in enumerate(seqs)]
-
-
 def pack(units: list[Unit], *, pad_id: int, one_row: bool) -> PackedBatch:
     """Lay units out in one row (padding-free) or one right-padded row each; see the module docstring."""
     rows: list[list[Unit]] = [units] if one_row else [[u] for u in units]
@@ -123,9 +118,9 @@ def pack(units: list[Unit], *, pad_id: int, one_row: bool) -> PackedBatch:
                 n = len(resp)
                 ids[r, col:col + n] = torch.tensor(resp, dtype=torch.long)
                 pos[r, col:col + n] = torch.arange(p, p + n)
-                if j == 0:
+                if j == 0 and p + n:
                     blocks.append(Block(r, s, p + n))
-                elif n:
+                elif j and n:
                     blocks.append(Block(r, col, n, s, p))
                 # token i of the response is predicted by the token before it in its own sequence: the previous
                 # response token, or for the first one the prompt's last (none when the prompt is empty)
@@ -357,6 +352,6 @@ def score_pair_groups(model, encoded, groups: list[list[int]], *, pad_id: int, p
     return out
 
 
-__all__ = ["Unit", "Block", "PackedBatch", "units_for_pairs", "units_for_sequences", "pack", "pack_pairs",
+__all__ = ["Unit", "Block", "PackedBatch", "units_for_pairs", "pack", "pack_pairs",
            "sequences", "renumbered", "dense_mask", "block_attention", "attention_plan", "attending", "micro_batch",
            "mode", "score_pair_groups", "varlen_attention", "use_varlen_attention"]
