@@ -336,5 +336,55 @@ def full_logits_reference(model: nn.Module, batch: SeqBatch, reduction: str = "s
     return sequence_logps(logits, batch.input_ids, batch.loss_mask, reduction)
 
 
+
+
+# Micro-batches of the training loop and of the reference pass (padded, or packed: deltalearn.packing)
+
+
+def micro_batch(encoded, idx: list[int], *, pad_id: int, with_rejected: bool = True, padding_free: bool = False,
+                share_prompt: bool = False):
+    """The forward batch of pairs `idx` (encoded: tokenize.EncodedPair): chosen sides in slots 0..k-1, rejected
+    sides in k..2k-1. Both switches off: the right-padded SeqBatch; else a packing.PackedBatch."""
+    from deltalearn import packing
+
+    if not (padding_free or share_prompt):
+        seqs = [(encoded[i].prompt, encoded[i].chosen) for i in idx]
+        if with_rejected:
+            seqs += [(encoded[i].prompt, encoded[i].rejected) for i in idx]
+        return collate(seqs, pad_id)
+    return packing.pack_pairs([(encoded[i].prompt, encoded[i].chosen, encoded[i].rejected) for i in idx], pad_id=pad_id,
+                      padding_free=padding_free, share_prompt=share_prompt, with_rejected=with_rejected)
+
+
+@torch.no_grad()
+def score_pair_groups(model, encoded, groups: list[list[int]], *, pad_id: int, padding_free: bool,
+                      share_prompt: bool, precision: str = "fp32", progress: bool = False,
+                      desc: str = "log-probs") -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """No-grad log-prob sums and counts of pairs, one forward per group laid out as `micro_batch` lays it out:
+    [(group, sums [2k], counts [2k])] (chosen sides first), on the CPU. The reference pass of a packed run."""
+    from deltalearn.precision import autocast_context
+
+    device = next(model.parameters()).device
+    scorer = ResponseLogProbs(model)
+    it = groups
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(groups, desc=desc, unit="batch")
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for g in it:
+            b = micro_batch(encoded, g, pad_id=pad_id, padding_free=padding_free, share_prompt=share_prompt)
+            with autocast_context(precision, device):
+                s, c = scorer(**b.to(device).as_kwargs())
+            out.append((list(g), s.float().cpu(), c.cpu()))
+    finally:
+        model.train(was_training)
+    return out
+
+
 __all__ = ["SeqBatch", "collate", "sequence_logps", "reduce_logps", "ResponseLogProbs", "batched_logps",
-           "pair_logps", "supports_lean_head", "logit_transforms", "full_logits_reference"]
+           "pair_logps", "supports_lean_head", "logit_transforms", "full_logits_reference", "micro_batch",
+           "score_pair_groups"]

@@ -115,7 +115,7 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
 def _score_packed(model, encoded: list[EncodedPair], groups, out: dict, *, pad_id: int, precision: str,
                   progress: bool, packing: dict) -> None:
     """Score pairs in `groups` [(micro-batch, pairs to keep)] packed as the training packs them (packing.py)."""
-    from deltalearn.packing import score_pair_groups
+    from deltalearn.logps import score_pair_groups
 
     scored = score_pair_groups(model, encoded, [mb for mb, _ in groups], pad_id=pad_id, precision=precision,
                                progress=progress, desc="reference log-probs", **packing)
@@ -185,7 +185,7 @@ def compute_prepared(score_batch, encoded: list[EncodedPair], layout, *, pad_id:
     the weights, dtype and sharding the policy trains with (FSDP's bf16 MixedPrecisionPolicy, DeepSpeed's bf16
     engine), in the training's micro-batches (`layout`: every rank's). Each forward of a sharded module is a
     collective, so every rank runs as many as the rank with the most (the extra ones repeat a batch, unkept)."""
-    from deltalearn import packing as packing_mod
+    from deltalearn.logps import micro_batch
 
     switches = packing or {}
     n = len(encoded)
@@ -198,9 +198,9 @@ def compute_prepared(score_batch, encoded: list[EncodedPair], layout, *, pad_id:
             mb, keep = mine[j]
         else:  # this rank is done: a forward the other ranks' collectives need, its values not kept
             mb, keep = (mine[-1] if mine else layout[0][0])[0], []
-        batch = packing_mod.micro_batch(encoded, mb, pad_id=pad_id,
-                                        padding_free=bool(switches.get("padding_free")),
-                                        share_prompt=bool(switches.get("share_prompt")))
+        batch = micro_batch(encoded, mb, pad_id=pad_id,
+                            padding_free=bool(switches.get("padding_free")),
+                            share_prompt=bool(switches.get("share_prompt")))
         with torch.no_grad():
             sums, counts = score_batch(batch.to(device))
         sums, counts, k, wanted = sums.float().cpu(), counts.float().cpu(), len(mb), set(keep)

@@ -36,7 +36,7 @@ from deltalearn import cards, distributed, interrupts, models, packing, refcache
 from deltalearn.io import (DataError, JsonlAppender, as_oserror, ordinary_permissions, read_json, read_table,
                            write_failed, write_json_atomic)
 from deltalearn.locks import artifact_lock
-from deltalearn.logps import ResponseLogProbs, reduce_logps
+from deltalearn.logps import ResponseLogProbs, micro_batch, reduce_logps
 from deltalearn.losses import LossType, preference_loss, sft_loss
 from deltalearn.precision import autocast_context, use_bf16
 from deltalearn.recipe import ConfigError, TrainConfig, hf_name_hint, resolve_train
@@ -707,8 +707,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         sft_tokens = sum(len(encoded[i].chosen) for i in gidx)  # trained tokens in the whole global batch
         agg = torch.zeros(7, dtype=torch.float64)  # loss, r_c, r_r, acc, lp_c, lp_r, tokens
         for j, mb in enumerate(micro):
-            batch = packing.micro_batch(encoded, mb, pad_id=pad_id, with_rejected=loss_type.uses_rejected,
-                                        padding_free=cfg.padding_free, share_prompt=cfg.share_prompt).to(device)
+            batch = micro_batch(encoded, mb, pad_id=pad_id, with_rejected=loss_type.uses_rejected,
+                                padding_free=cfg.padding_free, share_prompt=cfg.share_prompt).to(device)
             k = len(mb)
             last = j == len(micro) - 1
             # DeepSpeed steps its optimizer on every backward flagged sync_gradients (accelerate's default: True);
