@@ -24,8 +24,7 @@ def _recipe(tmp_path, smollm2_dir):
     recipe = {
         "name": "tiny", "output_dir": str(tmp_path / "run"), "seed": 0,
         "prompts": {"path": str(tmp_path / "prompts.jsonl")},
-        "generate": {"models": [big, small], "max_new_tokens": 6, "batch_size": 4, "temperature": 1.0,
-                     "top_p": 0.5},  # nucleus: the two near-uniform random models sample apart
+        "generate": {"models": [big, small], "max_new_tokens": 6, "batch_size": 4, "temperature": 1.0},
         "pair": {"rule": "ladder", "sizes": {big: 2, small: 1}, "drop_truncated": False},
         "train": {"model": big, "loss": "dpo_norm", "lr": 1e-3, "batch_size": 4, "micro_batch_size": 2,
                   "max_len": 96, "max_steps": 2, "ref_cache_dir": str(tmp_path / "refcache")},
