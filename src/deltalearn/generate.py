@@ -42,16 +42,19 @@ MUST_MATCH = ("max_new_tokens", "temperature", "top_p", "system_prompt", "seed",
 MUST_MATCH_DEFAULTS = {"no_repeat_ngram_size": 0}
 # vLLM's "top_k off" (-1 is accepted by every vLLM version; 0 only by newer ones); transformers' is 0
 VLLM_TOP_K_OFF = -1
+SAMPLING_TOP_K = 50  # transformers' default, which every sampled generation here has used
 
 
 def decoding_fields(temperature: float, top_p: float) -> dict:
     """Every field that shapes the next-token choice, explicit and neutral, as all three backends send it and the
     sidecar records it. Unset fields are not neutral: transformers fills them from the model's
     generation_config.json and a vLLM server from the model's defaults (Qwen2.5-Instruct ships repetition_penalty
-    1.05, top_k 20, top_p 0.8), while in-process vLLM does not; so "greedy" would differ by backend. top_k 0 = off."""
+    1.05, top_k 20, top_p 0.8), while in-process vLLM does not; so "greedy" would differ by backend. top_k 0 = off;
+    sampling keeps the top-k 50 transformers always used here (the lab's sampled results were measured so), now
+    sent to every backend."""
     sample = temperature > 0
-    return {"temperature": temperature, "top_p": top_p if sample else 1.0, "top_k": 0, "min_p": 0.0,
-            "repetition_penalty": 1.0}
+    return {"temperature": temperature, "top_p": top_p if sample else 1.0, "top_k": SAMPLING_TOP_K if sample else 0,
+            "min_p": 0.0, "repetition_penalty": 1.0}
 
 
 def model_slug(name: str) -> str:
@@ -153,7 +156,8 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 
 def _decode_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_tokens: int, temperature: float,
                   top_p: float, precision: str, seed: int, no_repeat_ngram_size: int = 0,
-                  repetition_penalty: float = 1.0, top_k: int = 0, min_p: float = 0.0) -> list[tuple[str, int, bool]]:
+                  repetition_penalty: float | None = None, top_k: int | None = None,
+                  min_p: float | None = None) -> list[tuple[str, int, bool]]:
     """Generate for one batch of prompt ids. Returns (text, n_tokens incl. EOS, truncated) per prompt. The
     sampling fields default to neutral (`decoding_fields`); deltalearn.serve passes a request's own."""
     import torch
@@ -168,8 +172,8 @@ def _decode_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_token
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch_ids], device=device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch_ids], device=device)
     sample = temperature > 0
-    d = {**decoding_fields(temperature, top_p), "repetition_penalty": repetition_penalty, "top_k": top_k,
-         "min_p": min_p}
+    given = {"repetition_penalty": repetition_penalty, "top_k": top_k, "min_p": min_p}
+    d = {**decoding_fields(temperature, top_p), **{k: v for k, v in given.items() if v is not None}}
     # Every field set explicitly: an unset one is filled from the model's generation_config.json (transformers 5)
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else 1.0,
@@ -227,6 +231,12 @@ def _transformers_backend(model, tokenizer, todo: list[dict], all_prompts: list[
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _vllm_fields(temperature: float, top_p: float) -> dict:
+    """`decoding_fields` in vLLM's terms (its server and its engine): top_k off is -1."""
+    d = decoding_fields(temperature, top_p)
+    return {**d, "top_k": d["top_k"] or VLLM_TOP_K_OFF}
+
+
 def chat_completion(base_url: str, payload: dict, *, retries: int = 4, timeout: float = 600.0) -> dict:
     """POST /chat/completions with retries (connection errors, 429, 5xx), exponential backoff."""
     url = base_url.rstrip("/") + "/chat/completions"
@@ -257,7 +267,7 @@ def _openai_backend(model_name: str, todo: list[dict], write: Callable, *, base_
         payload = {"model": model_name, "messages": as_messages(row["prompt"], system_prompt=system_prompt),
                    "max_tokens": max_new_tokens, "seed": seed,
                    # explicit: a vLLM server fills omitted fields from the model's defaults
-                   **decoding_fields(temperature, top_p), "top_k": VLLM_TOP_K_OFF}
+                   **_vllm_fields(temperature, top_p)}
         out = chat_completion(base_url, payload)
         try:
             choice = out["choices"][0]
@@ -307,7 +317,7 @@ def _vllm_backend(model_name: str, tokenizer, todo: list[dict], write: Callable,
         engine_args["tensor_parallel_size"] = tensor_parallel_size
     llm = LLM(model=local_folder(model_name), seed=seed, **engine_args)
     params = SamplingParams(max_tokens=max_new_tokens, seed=seed,
-                            **{**decoding_fields(temperature, top_p), "top_k": VLLM_TOP_K_OFF})
+                            **_vllm_fields(temperature, top_p))
     try:
         for s in range(0, len(todo), chunk):
             rows = todo[s:s + chunk]
