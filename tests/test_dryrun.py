@@ -89,7 +89,7 @@ def test_output_folder_that_is_not_a_run_folder(tmp_path, capsys):
                         "  sizes: {a-model: 2, b-model: 1}\ntrain:\n  model: smollm2-135m\n")
     rc, err = dry(capsys, r)
     assert rc == 2 and "notes.txt" in err, err
-    assert not (tmp_path / "runs" / "r" / ".deltalearn-artifact.json").exists()  # a dry run writes nothing
+    assert not (tmp_path / "runs" / "r" / ".deltalearn-artifact").exists()  # a dry run writes nothing
 
 
 def test_a_good_recipe_still_dry_runs(capsys):

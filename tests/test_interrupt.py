@@ -27,7 +27,7 @@ def _losses(out):
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow  # three (two) fresh processes: 187 s (120 s) on the shared 2-core machine under load
+@pytest.mark.slow  # three (two) fresh processes: 46 s (32 s) to 187 s (120 s) on the shared 2-core machine
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_checkpoints_and_the_rerun_resumes_exactly(tiny_model_dir, toy_pairs, tmp_path, sig):
     """Before: train.save_every defaults to 0, so Ctrl-C left no checkpoint and the rerun restarted from step 0

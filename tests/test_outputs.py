@@ -236,7 +236,8 @@ def test_new_empty_and_own_folders_are_accepted_and_marked(tmp_path):
 
 @pytest.mark.parametrize("kind,files", [("run", ["manifest.json"]), ("train", ["train_config.json", "COMPLETED"]),
                                         ("pairs", ["state.json", "dataset_info.json"]),
-                                        ("generations", ["m.jsonl", "m.meta.json"]), ("eval", ["base.responses.jsonl"])])
+                                        ("generations", ["m.jsonl", "m.meta.json"]),
+                                        ("eval", ["base.responses.jsonl"])])
 def test_artifacts_from_before_markers_are_recognised(tmp_path, kind, files):
     """Runs written before the marker existed resume: recognised by their own files, then marked."""
     d = tmp_path / "old"
@@ -277,6 +278,9 @@ def _hostile(tmp_path: Path, case: str, cmd: str) -> Path:
         (outside / "precious.txt").write_text("precious\n")
         (p / MARKER).write_text(json.dumps({"kind": KIND[cmd]}))
         os.symlink(outside, p / "model")
+        if cmd == "eval-run":  # a trained arm, so that eval gets as far as writing
+            (p / "arms" / "a" / "model").mkdir(parents=True)
+            (p / "arms" / "a" / "model" / "config.json").write_text("{}")
     elif case == "other-kind":  # a finished training run (for train itself: a run folder)
         if cmd == "train":
             (p / "manifest.json").write_text("{}")
@@ -301,7 +305,7 @@ def _argv(cmd: str, p: Path, tmp: Path, wide: Path, pairs: Path, prompts: Path) 
         "generate": ["generate", "--models", "smollm2-135m", "--prompts", str(prompts), "--out", str(p),
                      "--merge", "1"],
         "eval": ["eval", "--model", "smollm2-135m", "--prompts", str(prompts), "--out", str(p)],
-        "eval-run": ["eval", "--run", str(p), "--prompts", str(prompts)],
+        "eval-run": ["eval", "--run", str(p), "--prompts", str(prompts), "--base", "smollm2-135m"],
         "run": ["run", str(recipe)],
         "lab": ["lab", "--out", str(p)],
     }[cmd]

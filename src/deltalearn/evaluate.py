@@ -457,9 +457,6 @@ def evaluate_run(run_dir: str | Path, cfg: Optional[EvalConfig] = None, *, base:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(run_dir, "run folder not found")
-    from deltalearn.outputs import claim
-
-    claim(run_dir, "run", flag="--run")  # results go to RUN/eval: a run folder only
     rec = _manifest_recipe(run_dir)
     if cfg is None:
         cfg = from_dict(EvalConfig, rec.get("eval") or {}, "manifest.json: recipe.eval")
@@ -470,6 +467,9 @@ def evaluate_run(run_dir: str | Path, cfg: Optional[EvalConfig] = None, *, base:
         raise DataError(run_dir / "arms", "no trained arm (no arms/<name>/model/config.json): train first")
     if base is None:
         raise DataError(run_dir / "manifest.json", "no base model recorded (recipe.train.model); pass --base MODEL")
+    from deltalearn.outputs import claim
+
+    claim(run_dir, "run", flag="--run")  # results go to RUN/eval: a run folder only
     kw.setdefault("beta", train.get("beta") or 5.0)
     kw.setdefault("reduction", "mean" if train.get("loss", "dpo_norm") in ("dpo_norm", "simpo") else "sum")
     kw.setdefault("max_len", train.get("max_len") or 1024)

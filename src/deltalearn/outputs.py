@@ -1,7 +1,7 @@
 """Where a command may write: the one guard every writing command calls before it touches its output.
 
 A command writes only into a folder that is new, empty, or already one of its own artifacts of the same kind.
-Each artifact folder carries a marker file, `.deltalearn-artifact.json`, naming its kind ("run", "generations",
+Each artifact folder carries a marker file, `.deltalearn-artifact`, naming its kind ("run", "generations",
 "pairs", "train", "eval": the OUT/eval folder of results). Folders written before markers existed are recognised
 by the files only their kind writes (`KNOWN_FILES`: a run's manifest.json, a training run's train_config.json,
 ...), so resuming an older run keeps working; the marker is added on their first reuse. Anything else -- a
@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 from deltalearn.io import DataError
 
-MARKER = ".deltalearn-artifact.json"
+MARKER = ".deltalearn-artifact"  # JSON inside, but no .json suffix: code that globs an artifact's *.json skips it
 
 # Files (glob patterns, relative to the folder) by which an artifact from before markers is recognised.
 KNOWN_FILES: dict[str, tuple[str, ...]] = {
