@@ -744,6 +744,12 @@ def run_cli(args) -> int:
 
     from deltalearn.locks import artifact_lock
 
+    if args.push_to_hub:  # before the output folder is claimed: a refusal leaves nothing behind
+        from deltalearn import hub
+
+        if not args.out:
+            raise ConfigError("--push-to-hub needs --out (the folder that is uploaded)")
+        hub.check_push(args.push_to_hub)
     # One writer per pairs folder: refused before the (possibly long) judge pass, not after it.
     try:
         with artifact_lock(args.out, what="pairs folder") if args.out else contextlib.nullcontext():
@@ -756,13 +762,6 @@ def run_cli(args) -> int:
 
 def _run_cli(args) -> int:
     from deltalearn.generate import model_slug
-
-    if args.push_to_hub:
-        from deltalearn import hub
-
-        if not args.out:
-            raise ConfigError("--push-to-hub needs --out (the folder that is uploaded)")
-        hub.check_push(args.push_to_hub)
 
     cfg = PairConfig(rule=args.rule, chosen=args.chosen, rejected=args.rejected, sizes=_parse_sizes(args.sizes),
                      adjacent=not args.all_pairs, student=args.student, weaker=args.weaker, utility=args.utility,

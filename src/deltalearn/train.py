@@ -518,9 +518,9 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     out = Path(out_dir)
     from deltalearn.outputs import claim
 
-    claim(out, "train")  # a user's folder or another artifact is refused before anything is written
     if cfg.log_with:
         trackers.check_trackers(cfg.log_with)  # accelerate would only warn, then log nowhere
+    claim(out, "train")  # a user's folder or another artifact is refused before anything is written
     rows, source = load_pair_rows(pairs, LossType(cfg.loss), pairs_split, chosen_key=cfg.chosen_key,
                                   rejected_key=cfg.rejected_key)
     if cfg.max_pairs:
@@ -918,9 +918,10 @@ def add_cli_args(p) -> None:
                    help="upload model/ (with its model card) to this Hub repository when training ends; checked "
                         "before training starts (logged in, Hub reachable); default: no upload")
     p.add_argument("--chosen-key", default=None, help="a pairs file in the authors' released layout (one "
-                   "conversation column per model): the chosen column, e.g. qwen-2.5-3b-instruct (train.chosen_key)")
+                   "conversation column per model): the chosen column, e.g. qwen-2.5-3b-instruct (train.chosen_key; "
+                   "default: the recipe's, else a `chosen` column)")
     p.add_argument("--rejected-key", default=None, help="its rejected column, e.g. qwen-2.5-1.5b-instruct "
-                   "(train.rejected_key)")
+                   "(train.rejected_key; default: the recipe's, else a `rejected` column)")
     p.add_argument("--fallback-checkpoint", action="store_true",
                    help="if the latest checkpoint is corrupt, set it aside and resume from the previous good one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
