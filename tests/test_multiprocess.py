@@ -54,7 +54,11 @@ def launch(config, args, *, settings=SETTINGS, script=None, env=None, extra=()):
     try:
         out, _ = p.communicate(timeout=LAUNCH_TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, 9)  # the launcher and both ranks
+        import psutil
+
+        # the launcher and the ranks (torchrun starts each rank in a session of its own, so killpg would miss them)
+        for proc in [*psutil.Process(p.pid).children(recursive=True), psutil.Process(p.pid)]:
+            proc.kill()
         out, _ = p.communicate()
         pytest.fail(f"hung: killed after {LAUNCH_TIMEOUT} s\n{out[-3000:]}")
     return p.returncode, out, time.time() - t0
