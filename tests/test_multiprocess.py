@@ -54,7 +54,11 @@ def launch(config, args, *, settings=SETTINGS, script=None, env=None, extra=()):
     try:
         out, _ = p.communicate(timeout=LAUNCH_TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, 9)  # the launcher and both ranks
+        import psutil
+
+        # the launcher and the ranks (torchrun starts each rank in a session of its own, so killpg would miss them)
+        for proc in [*psutil.Process(p.pid).children(recursive=True), psutil.Process(p.pid)]:
+            proc.kill()
         out, _ = p.communicate()
         pytest.fail(f"hung: killed after {LAUNCH_TIMEOUT} s\n{out[-3000:]}")
     return p.returncode, out, time.time() - t0
@@ -91,7 +95,6 @@ def test_cpu_configs_differ_from_the_gpu_ones_only_in_device_lines(cpu, gpu, cha
     assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == changed
 
 
-@pytest.mark.slow
 def test_per_rank_caches_hit_or_miss_is_decided_once(tiny_model_dir, pairs_file, tmp_path):
     """Rank 0's cache holds the entry, rank 1's does not (each rank its own DELTALEARN_CACHE): rank 0 decides, the
     other follows. Before, rank 0 went on to training while rank 1 waited in the fill's all-reduce: a hang."""
@@ -112,7 +115,6 @@ def test_per_rank_caches_hit_or_miss_is_decided_once(tiny_model_dir, pairs_file,
     assert metrics(tmp_path / "b")[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
 
 
-@pytest.mark.slow
 def test_fallback_past_a_corrupt_newest_checkpoint_with_two_processes(tiny_model_dir, pairs_file, tmp_path):
     """The newest checkpoint is corrupt; with --fallback-checkpoint rank 0 verifies, sets it aside and picks the
     previous one, the other rank waits and loads the same. Before, both ranks hashed and renamed it: rank 1 moved it
@@ -138,7 +140,6 @@ def test_fallback_past_a_corrupt_newest_checkpoint_with_two_processes(tiny_model
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in full], abs=1e-6)
 
 
-@pytest.mark.slow
 def test_fsdp_bf16_step_one_is_ln2_and_param_dtype_recorded(tiny_model_dir, pairs_file, tmp_path):
     """FSDP with the GPU config's mixed precision (param_dtype bf16, reduce_dtype bf16) on 2 CPU processes: the
     reference is scored by the same bf16 weights and layout the policy trains with, so step 1 is ln 2 exactly.

@@ -159,3 +159,13 @@ def test_gpu_check_dry_run_prints_its_table(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [row.get("ref_cache_hit") for row in rows[:2]] == [False, True]
     assert all(row["step1"] == pytest.approx(math.log(2), abs=1e-6) for row in rows), rows
+
+
+def test_paper_scale_plans_state_checkpoint_disk_and_host_ram():
+    from deltalearn.plan import dry_run
+
+    root = Path(__file__).resolve().parent.parent
+    text = dry_run(str(root / "recipes" / "tulu3-8b-llama3.2-3b-over-1b.yaml"))
+    line = next(x for x in text.splitlines() if "disk:" in x)
+    # 8B: 12 B per parameter (fp32 weights + Adam's two moments) per checkpoint, 2 kept; 4 B/param per rank
+    assert "2 checkpoint(s) kept x 96" in line and "host RAM per rank ~32" in line, line

@@ -110,7 +110,7 @@ def check_launch_precision(acc, precision: str, recipe_precision: str) -> None:
         return
     raise ConfigError(f"the accelerate launch config has mixed_precision: {launch} but train.precision is "
                       f"{recipe_precision} (resolved: {precision} here); they must agree, or accelerate would "
-                      f"silently train in {launch}: set train.precision={launch if launch == 'bf16' else 'bf16'} "
+                      f"silently train in {launch}: set train.precision=bf16 "
                       "(bf16 is the only reduced precision deltalearn trains in), or launch with mixed_precision: no "
                       "(e.g. --mixed_precision no, or configs/accelerate/*_cpu.yaml)")
 

@@ -536,6 +536,8 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
         _check_launch_devices()
     acc = accelerator or _make_accelerator(cfg, out)
     rank, world, device = acc.process_index, acc.num_processes, acc.device
+    # before anything loads: accelerate's mixed precision must not silently replace the recipe's
+    distributed.check_launch_precision(acc, "bf16" if use_bf16(cfg.precision, device) else "fp32", cfg.precision)
     per_rank = cfg.batch_size // world if cfg.batch_size % world == 0 else 0
     if per_rank == 0 or per_rank % cfg.micro_batch_size:
         raise ConfigError(f"train.batch_size ({cfg.batch_size}) must be a multiple of micro_batch_size "
@@ -567,7 +569,6 @@ def train(cfg: TrainConfig, pairs, out_dir, *, progress: bool = True, resume: st
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     precision = "bf16" if use_bf16(cfg.precision, device) else "fp32"
-    distributed.check_launch_precision(acc, precision, cfg.precision)
     # the dtype the engine computes in (FSDP/DeepSpeed bf16 cast the weights): the reference must be scored in it
     param_dtype = distributed.planned_param_dtype(acc)
     engine_cast = param_dtype != torch.float32
