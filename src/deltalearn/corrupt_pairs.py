@@ -96,7 +96,8 @@ def rejected_label(source: str, corruption: str, strength: float) -> str:
 
 
 def corrupt_pairs(generations: dict[str, list[dict]], cfg: PairConfig) -> tuple[list[dict], dict]:
-    """Pairs (chosen, corrupted copy) by `cfg` (rule 'corrupt'), and a summary counting every dropped prompt.
+    """Pairs (chosen, corrupted copy) by `cfg` (rule 'corrupt'), and a summary counting every dropped prompt;
+    `pairs.make_pairs` applies the control.
     Rows have the columns of `pairs.make_pairs`'s rows, plus the corruption's provenance."""
     labels = list(generations)
     if not labels:
@@ -136,12 +137,6 @@ def corrupt_pairs(generations: dict[str, list[dict]], cfg: PairConfig) -> tuple[
         row.update(corruption=name, corruption_strength=strength, corruption_seed=seed, corruption_source=source,
                    corruption_info=info)
         pairs.append(row)
-    if cfg.control == "reverse":
-        for p in pairs:
-            for k in ("", "_model", "_score", "_size", "_truncated"):
-                p["chosen" + k], p["rejected" + k] = p["rejected" + k], p["chosen" + k]
-    for p in pairs:
-        p["control"] = cfg.control
     summary = {"rule": "corrupt", "control": cfg.control, "generation_sets": labels, "prompts": len(idx[chosen]),
                "pairs": len(pairs), "dropped": dict(dropped), "corruption": name, "strength": strength,
                "chosen": chosen, "source": source, "seed": cfg.seed,

@@ -348,6 +348,15 @@ def tie_swaps(key: Any, seed: int) -> bool:
     return hashlib.sha256(f"{seed}:{key}".encode()).digest()[0] & 1 == 1
 
 
+def apply_control(pairs: list[dict], control: str) -> None:
+    """The control in place: `reverse` swaps every chosen/rejected field; each pair records its control."""
+    for p in pairs:
+        if control == "reverse":
+            for k in ("", "_model", "_score", "_size", "_truncated"):
+                p["chosen" + k], p["rejected" + k] = p["rejected" + k], p["chosen" + k]
+        p["control"] = control
+
+
 def make_pairs(generations: Generations, cfg: PairConfig, *,
                scores: Optional[dict[tuple[str, str], Optional[float]]] = None) -> tuple[list[dict], dict]:
     """Pairs by `cfg.rule` + `cfg.control`, and a summary counting every filtered candidate.
@@ -358,7 +367,9 @@ def make_pairs(generations: Generations, cfg: PairConfig, *,
     if cfg.rule == "corrupt":  # one generation set is enough: its own module (deltalearn.corrupt_pairs)
         from deltalearn.corrupt_pairs import corrupt_pairs
 
-        return corrupt_pairs(generations, cfg)
+        pairs, summary = corrupt_pairs(generations, cfg)
+        apply_control(pairs, cfg.control)
+        return pairs, summary
     labels = list(generations)
     if len(labels) < 2:
         raise ConfigError(f"pairing needs at least two generation sets, got {labels}")
@@ -464,12 +475,7 @@ def make_pairs(generations: Generations, cfg: PairConfig, *,
     else:
         raise ConfigError(f"unknown pair.rule '{cfg.rule}'")
 
-    if cfg.control == "reverse":
-        for p in pairs:
-            for k in ("", "_model", "_score", "_size", "_truncated"):
-                p["chosen" + k], p["rejected" + k] = p["rejected" + k], p["chosen" + k]
-    for p in pairs:
-        p["control"] = cfg.control
+    apply_control(pairs, cfg.control)
     summary = {"rule": cfg.rule, "control": cfg.control, "generation_sets": labels, "prompts": len(order),
                "pairs": len(pairs), "dropped": dict(dropped), "responses_excluded": dict(excluded),
                "model_pairs": dict(Counter(f"{p['chosen_model']} > {p['rejected_model']}" for p in pairs))}
