@@ -234,6 +234,16 @@ def test_new_empty_and_own_folders_are_accepted_and_marked(tmp_path):
     claim(tmp_path / "empty", "pairs")  # its own kind again
 
 
+def test_a_rank_that_claims_while_another_writes_the_marker_is_not_refused(tmp_path):
+    """Every rank of a launch claims the training folder at once: the temporary file of another rank's marker
+    (mark() writes it, then renames it into place) is not a user's file."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / f".{MARKER}.12345.tmp").write_text('{"kind": "tr', encoding="utf-8")  # rank 0, mid-write
+    assert claim(folder, "train") == folder
+    assert read_kind(folder) == "train"
+
+
 @pytest.mark.parametrize("kind,files", [("run", ["manifest.json"]), ("train", ["train_config.json", "COMPLETED"]),
                                         ("pairs", ["state.json", "dataset_info.json"]),
                                         ("generations", ["m.jsonl", "m.meta.json"]),

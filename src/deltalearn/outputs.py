@@ -42,8 +42,10 @@ class ForeignOutput(DataError):
 
 
 def _entries(folder: Path) -> list[str]:
+    # another process's marker being written (`mark`'s temporary file) is not the user's: ranks mark at once
     return sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in folder.iterdir()
-                  if p.name not in _IGNORABLE and not (p.name.startswith(".") and p.name.endswith(".lock")))
+                  if p.name not in _IGNORABLE and not (p.name.startswith(".") and p.name.endswith(".lock"))
+                  and not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp")))
 
 
 def _listing(names: list[str], n: int = 5) -> str:
