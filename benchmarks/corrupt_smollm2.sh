@@ -8,14 +8,15 @@ OUT=${1:-runs/corrupt-smollm2}
 N_TRAIN=${N_TRAIN:-32}
 N_EVAL=${N_EVAL:-32}
 TOKENS=${TOKENS:-96}
-DL="python -m deltalearn.cli"
+PY=${PY:-python}
+DL="$PY -m deltalearn.cli"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 mkdir -p "$OUT"
 # 1. own answers on train-split prompts (greedy)
 $DL generate --models smollm2-135m --prompts builtin:sections_prompts --split train --limit "$N_TRAIN" \
   --id-column id --max-new-tokens "$TOKENS" --batch-size 16 --precision fp32 --out "$OUT/gens" --no-progress
-# 2. own > own cut short (half the words removed); truncated answers are dropped (counted)
-$DL pair --generations "$OUT/gens" --rule corrupt --corruption truncate --strength 0.5 --seed 0 \
+# 2. own > own cut short (half the words removed); answers cut at TOKENS are kept (most answers are longer)
+$DL pair --generations "$OUT/gens" --rule corrupt --corruption truncate --strength 0.5 --seed 0 --keep-truncated \
   --out "$OUT/pairs" --export jsonl --no-progress
 # 3. dpo_norm on the pairs (fp32: bf16 is emulated on AVX2-only CPUs)
 $DL train --pairs "$OUT/pairs" --out "$OUT/dpo" --model smollm2-135m --loss dpo_norm --precision fp32 \
@@ -29,7 +30,7 @@ for m in base dpo; do
     --label $m --no-progress
 done
 # 5. paired difference (tuned - base) on the same prompts
-python - "$OUT" <<'EOF'
+$PY - "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path
 from deltalearn.stats import paired_diff
@@ -37,7 +38,7 @@ out = Path(sys.argv[1])
 def scores(label):
     r = json.loads((out / "eval" / f"{label}.json").read_text())
     k = "utility/response_words"
-    return dict(zip(r["items"]["ids"][k], r["items"]["scores"][k]))
+    return dict(zip(r["items"]["ids"], r["items"]["scores"][k]))
 b, d = scores("base"), scores("dpo")
 ids = sorted(b)
 diff, se = paired_diff([b[i] for i in ids], [d[i] for i in ids])
