@@ -38,7 +38,7 @@ out = Path(sys.argv[1])
 def scores(label):
     r = json.loads((out / "eval" / f"{label}.json").read_text())
     k = "utility/response_words"
-    return dict(zip(r["items"]["ids"], r["items"]["scores"][k]))
+    return dict(zip(r["items"]["ids"][k], r["items"]["scores"][k]))
 b, d = scores("base"), scores("dpo")
 ids = sorted(b)
 diff, se = paired_diff([b[i] for i in ids], [d[i] for i in ids])

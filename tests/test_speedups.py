@@ -141,6 +141,7 @@ def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
     assert "| packed-shared |" in r.stdout
 
 
+@pytest.mark.slow  # 88 s idle on a 2-core AVX2 CPU: the benchmark script end to end, TRL included
 def test_train_benchmark_runs_both_libraries_on_a_tiny_model(tmp_path, tiny_model_dir):
     """benchmarks/bench_train.py end to end on the tiny Llama (BENCH_MODEL): deltalearn and TRL each in their own
     process on the same 8 pairs, a matmul probe before each, one saved run that --from-json prints again; both start
