@@ -374,3 +374,20 @@ def test_read_only_folder_as_root_is_reported_honestly(tmp_path):
             claim(d, "pairs")
     finally:
         subprocess.run(["chattr", "-i", str(d)])
+
+
+def test_a_sections_arm_folder_is_a_train_artifact(tmp_path):
+    """The sections experiment writes an arm's fingerprint (and pairs) into the folder train() then trains into;
+    train's guard must take that folder as its own (make demo failed at its habit stage when it did not)."""
+    from deltalearn.experiments.sections import _check_arm_dir
+
+    arm = tmp_path / "arms" / "habit"
+    _check_arm_dir(arm, {"lr": 1e-4})
+    (arm / "pairs.jsonl").write_text("{}\n", encoding="utf-8")
+    assert claim(arm, "train") == arm
+    older = tmp_path / "arms" / "older"  # an arm folder from before markers: fingerprint and pairs, no marker
+    older.mkdir()
+    (older / "sections_arm.json").write_text('{"lr": 0.0001}\n', encoding="utf-8")
+    (older / "pairs.jsonl").write_text("{}\n", encoding="utf-8")
+    _check_arm_dir(older, {"lr": 1e-4})
+    assert claim(older, "train") == older

@@ -681,7 +681,12 @@ def _log(msg: str) -> None:
 
 def _check_arm_dir(arm_dir: Path, fingerprint: dict) -> None:
     """An arm folder trained under other settings must not be reused silently (train() skips COMPLETED runs)."""
+    from deltalearn.outputs import claim, mark, read_kind
+
     f = arm_dir / "sections_arm.json"
+    if f.exists() and read_kind(arm_dir) is None:
+        mark(arm_dir, "train")  # an arm folder from before markers: its fingerprint and pairs are this experiment's
+    claim(arm_dir, "train", flag="")  # the arm's pairs and fingerprint live in the train folder train() writes next
     if f.exists():
         old = read_json(f)
         if old != fingerprint:
