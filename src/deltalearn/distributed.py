@@ -51,10 +51,11 @@ def on_main(acc, fn):
     return value
 
 
-def hash_files(root: Path, names: list[str], acc=None) -> dict[str, str | None]:
+def hash_files(root: Path, names: list[str], acc=None, with_size: bool = False) -> dict:
     """sha256 of each file `root/name` (None: missing), the files split across ranks (each rank hashes every
     world-th, largest first) and the results shared: every rank returns the same dict. At 8B a checkpoint is ~100 GB,
-    which one process hashes in minutes while the others wait in a barrier against NCCL's timeout."""
+    which one process hashes in minutes while the others wait in a barrier against NCCL's timeout. `with_size`:
+    each value is (sha256, bytes), so a caller reporting a bad file need not touch it again."""
     def size(name):
         f = root / name
         return f.stat().st_size if f.is_file() else 0
@@ -65,7 +66,12 @@ def hash_files(root: Path, names: list[str], acc=None) -> dict[str, str | None]:
         torch.distributed.broadcast_object_list(box, src=0)
         order = box[0]
     rank, world = (acc.process_index, acc.num_processes) if distributed(acc) else (0, 1)
-    mine = {n: (sha256_file(root / n) if (root / n).is_file() else None) for n in order[rank::world]}
+    def digest(f: Path):
+        if not f.is_file():
+            return None
+        return (sha256_file(f), f.stat().st_size) if with_size else sha256_file(f)
+
+    mine = {n: digest(root / n) for n in order[rank::world]}
     if not distributed(acc):
         return mine
     parts: list = [None] * world

@@ -266,15 +266,16 @@ def verify_checkpoint(path: Path, accelerator=None) -> None:
     hashes = distributed.on_main(accelerator, lambda: _recorded_hashes(path))
     if hashes is None:
         return
-    got_all = distributed.hash_files(path, list(hashes), accelerator)
+    got_all = distributed.hash_files(path, list(hashes), accelerator, with_size=True)
     for name, want in hashes.items():
         f = path / name
         got = got_all[name]
         if got is None:
             raise CorruptCheckpoint(f, "missing from the checkpoint")
-        if got != want:
-            raise CorruptCheckpoint(f, f"content hash mismatch (recorded {str(want)[:12]}..., file is {got[:12]}...,"
-                                    f" {f.stat().st_size} bytes): truncated or altered")
+        digest, size = got  # the size read while hashing: another rank may move the file right after
+        if digest != want:
+            raise CorruptCheckpoint(f, f"content hash mismatch (recorded {str(want)[:12]}..., file is "
+                                    f"{digest[:12]}..., {size} bytes): truncated or altered")
 
 
 def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int:
@@ -390,6 +391,10 @@ def _resume(out: Path, resume, fallback: bool, load, accelerator=None) -> tuple[
                 print(f"warning: {e}; set it aside as {aside.name} and falling back to an older checkpoint",
                       flush=True)
 
+            if distributed.distributed(accelerator):
+                # every rank has its verdict before the main process moves the folder (rank 1 still reading
+                # step-N while rank 0 renamed it failed 1 launch in ~6)
+                accelerator.wait_for_everyone()
             distributed.on_main(accelerator, set_aside)
             continue
         return ckpt, load(ckpt)
