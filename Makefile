@@ -60,7 +60,7 @@ demo: install
 # precision 'auto' means there). DELTALEARN_NATIVE_BF16=1|0 runs the suite as a native-bf16 / AVX2-only machine would.
 test: setup chromium
 	$(BIN)/deltalearn doctor
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 $(VLLM_VENV)/bin/vllm:
 	$(PY) -m venv $(VLLM_VENV)
