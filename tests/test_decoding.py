@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from deltalearn.generate import chat_completion, decoding_fields, generate_responses, meta_path
+from deltalearn.generate import (chat_completion, decoding_fields, generate_responses, generation_config_fields,
+                                 meta_path)
 from deltalearn.io import DataError
 
 PROMPTS = [{"id": f"p{i}", "prompt": p} for i, p in enumerate([
@@ -71,3 +72,16 @@ def test_a_shipped_repetition_penalty_does_not_change_greedy_on_any_backend(smol
     with pytest.raises(DataError, match="decoding: file has .*'repetition_penalty': 1.05"):
         generate_responses(penalty_dir, PROMPTS + [{"id": "new", "prompt": "One more."}], tmp_path / "local.jsonl",
                            max_new_tokens=N, precision="fp32", progress=False)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_the_generation_config_is_valid_for_transformers(temperature):
+    """Greedy once set the sampling-only warpers (top_k 0, min_p 0.0), which transformers refuses in strict
+    validation and warns about ("not valid and may be ignored") on every greedy call. Sampling keeps them all."""
+    from transformers import GenerationConfig
+
+    fields = generation_config_fields(decoding_fields(temperature, 0.9), max_new_tokens=8, pad=0, eos=1)
+    GenerationConfig(**fields).validate(strict=True)
+    sampled = {"top_p", "top_k", "min_p"} <= fields.keys()
+    assert sampled == (temperature > 0) and fields["do_sample"] == (temperature > 0)
+    assert fields["repetition_penalty"] == 1.0  # acts in greedy too, so always explicit

@@ -57,6 +57,18 @@ def decoding_fields(temperature: float, top_p: float) -> dict:
             "min_p": 0.0, "repetition_penalty": 1.0}
 
 
+def generation_config_fields(d: dict, *, max_new_tokens: int, pad, eos, no_repeat_ngram_size: int = 0) -> dict:
+    """transformers' GenerationConfig fields for the decoding fields `d` (`decoding_fields`). Every field that acts is
+    set explicitly: an unset one is filled from the model's generation_config.json (transformers 5). The warpers
+    (top_p, top_k, min_p) act only when sampling, so greedy leaves them out: setting them there changes nothing and
+    transformers warns on every call that they "are not valid and may be ignored"."""
+    sample = d["temperature"] > 0
+    warpers = {"top_p": d["top_p"], "top_k": d["top_k"], "min_p": d["min_p"]} if sample else {}
+    return {"max_new_tokens": max_new_tokens, "do_sample": sample, "temperature": d["temperature"] if sample else 1.0,
+            **warpers, "repetition_penalty": d["repetition_penalty"], "pad_token_id": pad, "eos_token_id": eos,
+            "use_cache": True, "no_repeat_ngram_size": no_repeat_ngram_size}
+
+
 def model_slug(name: str) -> str:
     """A file-system-safe name for a model's output file: `lab:s` -> `lab_s`, `/a/b/model.gguf` -> `model`."""
     base = name
@@ -174,13 +186,9 @@ def _decode_batch(model, tokenizer, batch_ids: list[list[int]], *, max_new_token
     sample = temperature > 0
     given = {"repetition_penalty": repetition_penalty, "top_k": top_k, "min_p": min_p}
     d = {**decoding_fields(temperature, top_p), **{k: v for k, v in given.items() if v is not None}}
-    # Every field set explicitly: an unset one is filled from the model's generation_config.json (transformers 5)
-    gen_cfg = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else 1.0,
-        top_p=d["top_p"], top_k=d["top_k"], min_p=d["min_p"], repetition_penalty=d["repetition_penalty"],
-        pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-    )
+    gen_cfg = GenerationConfig(**generation_config_fields(d, max_new_tokens=max_new_tokens, pad=pad,
+                                                          eos=tokenizer.eos_token_id,
+                                                          no_repeat_ngram_size=no_repeat_ngram_size))
     if sample:
         torch.manual_seed(seed)
     # a model already in bf16 needs no autocast (it would only add casts)
