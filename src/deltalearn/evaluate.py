@@ -523,15 +523,16 @@ def add_cli_args(p) -> None:
                    help="lm-evaluation-harness tasks, `preset:tulu3-dev`, or `local:tiny_facts` (needs [eval])")
     from deltalearn.cliargs import positive_int
 
-    p.add_argument("--lm-eval-limit", type=positive_int, help="lm-eval: at most N documents per task")
+    p.add_argument("--lm-eval-limit", type=positive_int, help="lm-eval: at most N documents per task (default: all)")
     p.add_argument("--lm-eval-include", help="lm-eval: a folder of your own YAML tasks")
-    p.add_argument("--limit", type=positive_int, help="at most N prompts (of the split) / pairs")
+    p.add_argument("--limit", type=positive_int, help="at most N prompts (of the split) / pairs (default: all)")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="longest greedy response (default: eval.max_new_tokens, 256)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="prompts per generation batch (default: eval.batch_size, 16)")
-    p.add_argument("--max-len", type=int, default=None, help="max tokens of prompt + response for eval pairs")
-    p.add_argument("--system-prompt", help="a system message put before every prompt")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="max tokens of prompt + response for eval pairs (default: the run's train.max_len, else 1024)")
+    p.add_argument("--system-prompt", help="a system message put before every prompt (default: none)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 where the device has fast bf16 (AMX CPUs, Ampere+ GPUs), else fp32")
     from deltalearn.cliargs import add_no_progress

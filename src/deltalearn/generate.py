@@ -620,7 +620,8 @@ def add_cli_args(p) -> None:
     p.add_argument("--dedupe", action="store_true", help="drop repeated prompts (counted) instead of failing")
     from deltalearn.cliargs import positive_int
 
-    p.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (of the split)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="only the first N prompts (of the split; default: all)")
     p.add_argument("--out", required=True, help="folder for <model-slug>.jsonl + .meta.json")
     p.add_argument("--label", default=None, help="one model only: write <label>.jsonl instead of <model-slug>.jsonl "
                    "(e.g. a second, sampled run of the same model beside the greedy one)")
@@ -630,7 +631,7 @@ def add_cli_args(p) -> None:
                    "setting)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature > 0)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per generation batch")
-    p.add_argument("--system-prompt", default=None, help="a system message put before every prompt")
+    p.add_argument("--system-prompt", default=None, help="a system message put before every prompt (default: none)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 where the device has fast bf16 (AMX CPUs, Ampere+ GPUs), else fp32")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")

@@ -704,7 +704,8 @@ def _parse_kv(items: list[str], flag: str) -> dict[str, str]:
 def add_cli_args(p) -> None:
     p.add_argument("--generations", nargs="+", required=True,
                    help="generation folders/files from `deltalearn generate`, or a wide table/dataset")
-    p.add_argument("--models", nargs="*", default=None, help="use only these generation sets / wide columns")
+    p.add_argument("--models", nargs="*", default=None,
+                   help="use only these generation sets / wide columns (default: all)")
     p.add_argument("--prompt-column", default="prompt", help="wide tables: the prompt column")
     p.add_argument("--id-column", default=None, help="wide tables: a stable id column (default: content hash)")
     p.add_argument("--rule", choices=["ladder", "self_vs_weaker", "utility", "judge", "columns", "corrupt"],
