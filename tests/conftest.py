@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,17 @@ def render_in_chromium(page: Path) -> tuple[str, int, int]:
     m = re.search(r'data-images-total="(\d+)"[^>]*data-images-decoded="(\d+)"', dom)
     assert m, dom[:2000]
     return dom, int(m.group(1)), int(m.group(2))
+
+
+def serve(model: str, python: str = sys.executable):
+    """A real OpenAI-compatible server (deltalearn.serve) for `model` on 127.0.0.1 in its own process: a generator
+    for a fixture, yielding its base URL and stopping it afterwards."""
+    proc = subprocess.Popen([python, "-m", "deltalearn.serve", "--model", model, "--port", "0", "--batch-size", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("serving"):
+        proc.kill()
+        pytest.fail(f"server did not start: {line}{proc.stderr.read()}")
+    yield line.split(" on ")[1].strip()
+    proc.terminate()
+    proc.wait(timeout=30)

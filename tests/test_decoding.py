@@ -6,10 +6,9 @@ and checked on resume."""
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
+from conftest import serve
 
 from deltalearn.generate import (chat_completion, decoding_fields, generate_responses, generation_config_fields,
                                  meta_path)
@@ -32,15 +31,7 @@ def penalty_dir(smollm2_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def penalty_server(penalty_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "deltalearn.serve", "--model", penalty_dir, "--port", "0",
-                             "--batch-size", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if not line.startswith("serving"):
-        proc.kill()
-        pytest.fail(f"server did not start: {line}{proc.stderr.read()}")
-    yield line.split(" on ")[1].strip()
-    proc.terminate()
-    proc.wait(timeout=30)
+    yield from serve(penalty_dir)
 
 
 def _texts(rows):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import serve
 
 from deltalearn.generate import (_decode_batch, chat_completion, generate_responses, length_sorted_batches,
                                  meta_path, model_slug, read_generations)
@@ -239,15 +240,7 @@ def test_cli_errors_are_clear(tmp_path):
 @pytest.fixture(scope="module")
 def server():
     """A real OpenAI-compatible server (deltalearn.serve) on 127.0.0.1, in its own process."""
-    proc = subprocess.Popen([PY, "-m", "deltalearn.serve", "--model", "smollm2-135m", "--port", "0",
-                             "--batch-size", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if not line.startswith("serving"):
-        proc.kill()
-        pytest.fail(f"server did not start: {line}{proc.stderr.read()}")
-    yield line.split(" on ")[1].strip()
-    proc.terminate()
-    proc.wait(timeout=30)
+    yield from serve("smollm2-135m", PY)
 
 
 def test_openai_backend_against_local_server(server, smol, tmp_path):

@@ -88,16 +88,12 @@ class CorruptLab(Lab):
     def build_pairs(self, arm: ArmSpec) -> tuple[Path, dict]:
         if not arm.rejected or "~" not in arm.rejected:
             return super().build_pairs(arm)
-        from deltalearn.lab.experiments import _check_cached_pairs
         from deltalearn.pairs import make_pairs
         from deltalearn.recipe import PairConfig
 
-        path = self.dir / "pairs" / f"{arm.name}.jsonl"
-        stats_path = path.with_suffix(".stats.json")
-        if path.exists() and stats_path.exists():
-            _check_cached_pairs(path, arm)
-            return path, read_json(stats_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path, stats = self.cached_pairs(arm)
+        if stats is not None:
+            return path, stats
         src, name, m = _parse(arm.rejected)
         if src != arm.chosen:
             raise ConfigError(f"arm {arm.name}: the lab corrupts the chosen side's own samples ({arm.chosen})")
@@ -115,7 +111,7 @@ class CorruptLab(Lab):
                  "rejected_acc": mean_se([r["rejected_score"] for r in rows])[0],
                  "fallback_items": sum((r["corruption_info"] or {}).get("fallback", 0) for r in rows)}
         write_jsonl_atomic(path, rows)
-        write_json_atomic(stats_path, stats)
+        write_json_atomic(path.with_suffix(".stats.json"), stats)
         return path, stats
 
     def write_wrong_values(self, samples: int) -> dict:

@@ -338,13 +338,20 @@ class Lab:
     def gen_path(self, rung: str, temp: float, seed: int) -> Path:
         return self.dir / "generations" / f"{_gen_key(self.s.model(rung), temp, seed)}.jsonl"
 
-    def build_pairs(self, arm: ArmSpec) -> tuple[Path, dict]:
+    def cached_pairs(self, arm: ArmSpec) -> tuple[Path, dict | None]:
+        """The arm's pairs file, with its stats when it was built already (checked to be this arm's pairs)."""
         path = self.dir / "pairs" / f"{arm.name}.jsonl"
         stats_path = path.with_suffix(".stats.json")
         if path.exists() and stats_path.exists():
             _check_cached_pairs(path, arm)
             return path, read_json(stats_path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        return path, None
+
+    def build_pairs(self, arm: ArmSpec) -> tuple[Path, dict]:
+        path, stats = self.cached_pairs(arm)
+        if stats is not None:
+            return path, stats
         if arm.chosen == "gold":
             rows = sft_rows(str(self.dir / "prompts.jsonl"), self.s.task)
             stats = {"pairs": len(rows), "chosen_acc": 1.0}
@@ -357,7 +364,7 @@ class Lab:
                                          rule=arm.group, reverse=arm.reverse,
                                          drop_truncated=self.s.drop_truncated, task_name=self.s.task)
         write_jsonl_atomic(path, rows)
-        write_json_atomic(stats_path, stats)
+        write_json_atomic(path.with_suffix(".stats.json"), stats)
         return path, stats
 
     def responses(self, spec: str, side: int = 0) -> dict[str, dict]:
