@@ -190,6 +190,7 @@ def _cli(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow  # three SmolLM2 CLI runs; the default suite's kill -9 chain (test_kill9.py) kills generation too
 def test_cli_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
     """kill -9 mid-run, rerun: nothing lost, nothing duplicated, data identical to an uninterrupted run."""
     prompts = _write_prompts(tmp_path / "p.jsonl", 12)
