@@ -208,3 +208,31 @@ def test_mini_corrupt_lab_end_to_end(tmp_path, monkeypatch):
     assert all(r["corruption_info"]["items_changed"] == 1 and r["rule"] == "corrupt" for r in m1)
     assert (tmp_path / "run" / "wrong_values.json").exists()
     assert res["choices"]["chosen_rung"] == "r2" and res["choices"]["lr_main"] == 3e-6
+    assert res["plots"][0]["path"] == "plots/corrupt.png" and (tmp_path / "run" / "plots" / "corrupt.png").exists()
+
+
+def test_lab_corrupt_plot_is_drawn_from_results_json(tmp_path):
+    """`lab --corrupt --render` redraws plots/corrupt.png from a finished run's results.json (here the saved
+    lookups run), and `python -m deltalearn.lab.report` draws the two-task figure from the saved files."""
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text((root / "docs/data/lab-lookups-corrupt-results.json").read_text())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "deltalearn.cli", "lab", "--recipe",
+                        str(root / "recipes/lab-lookups.yaml"), "--corrupt", "--render", "--out", str(run)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    png = run / "plots" / "corrupt.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    res = json.loads((run / "results.json").read_text())
+    assert res["plots"] == [{"title": "Gain vs the number of corrupted items, with the controls",
+                             "path": "plots/corrupt.png"}]
+    assert res["arms"]["m1"]["gain"] > 0 and "Main: weak chosen rung r2" in r.stdout  # the run's numbers kept
+    both = tmp_path / "both.png"
+    r = subprocess.run([sys.executable, "-m", "deltalearn.lab.report",
+                        f"lookups={root / 'docs/data/lab-lookups-corrupt-results.json'}",
+                        f"digit sums={root / 'docs/data/lab-items-corrupt-results.json'}", str(both)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert both.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and both.stat().st_size > png.stat().st_size

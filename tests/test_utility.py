@@ -100,3 +100,29 @@ def test_item_accuracy_grades_each_item_at_its_position():
     assert get_utility("item_accuracy") is item_accuracy
     with pytest.raises(ValueError):
         item_accuracy("618")
+
+
+def test_sentences_count_as_the_sentence_corruptions_split():
+    import random
+
+    from deltalearn.corruptions import drop_sentence
+    from deltalearn.utility import sentences
+
+    text = "**Plan**\nBuy bread. Slice it! Toast it?\n\n- serve warm"
+    assert sentences(text) == 5.0
+    cut, _ = drop_sentence(text, 1, random.Random(0), {})
+    assert sentences(cut) == 4.0  # one dropped sentence is one fewer
+    assert sentences("") == 0.0
+    assert get_utility("sentences") is sentences
+
+
+def test_repeated_ngrams_is_the_share_of_repeated_word_4grams():
+    from deltalearn.utility import repeated_ngrams
+
+    assert repeated_ngrams("the cat sat on the mat and slept") == 0.0
+    assert repeated_ngrams("a b c d") == 0.0 and repeated_ngrams("") == 0.0  # one 4-gram: nothing can repeat
+    loop = "I'm not a helpful AI. " * 10
+    assert repeated_ngrams(loop) > 0.85  # 47 4-grams, 5 distinct
+    assert repeated_ngrams("a b c d a b c d") == pytest.approx(0.2)  # 5 grams, (a b c d) once again
+    assert repeated_ngrams("A b c d a B c d") == pytest.approx(0.2)  # case-insensitive
+    assert get_utility("repeated_ngrams") is repeated_ngrams

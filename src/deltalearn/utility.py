@@ -16,6 +16,11 @@
 - `item_accuracy(y, reference)`: the fraction of the reference's comma-separated items that the response has,
   exactly, at the same position (a graded utility for responses made of many independent items, e.g. the tiny
   lab's `lookups` task: `374=6,512=3` against `374=6,512=4` scores 0.5). Extra items in the response earn nothing.
+- `response_words(y)`: words (whitespace-separated); `sentences(y)`: non-blank sentences, split as the sentence
+  corruptions split them (at . ! ? and line breaks), so a dropped sentence is one fewer.
+- `repeated_ngrams(y)`: the share of the response's word 4-grams that repeat an earlier 4-gram of it (0 for a
+  text with no repeats or under 5 words; "I'm not a helpful AI. I'm not a helpful AI. ..." approaches 1): a cheap
+  sign of a degenerate, looping answer.
 
 Each takes (response, reference=None) and returns a float; `UTILITIES` names them for recipes.
 """
@@ -95,6 +100,20 @@ def response_words(response: str, reference: Optional[str] = None) -> float:
     return float(len((response or "").split()))
 
 
+def sentences(response: str, reference: Optional[str] = None) -> float:
+    from deltalearn.corruptions import sentences as split  # one sentence rule for corrupting and measuring
+
+    return float(len(split(response or "")))
+
+
+def repeated_ngrams(response: str, reference: Optional[str] = None, n: int = 4) -> float:
+    words = (response or "").lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if len(grams) < 2:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
 UTILITIES: dict[str, Callable[..., float]] = {
     "bold_sections": bold_sections,
     "bold_spans": bold_spans,
@@ -102,6 +121,8 @@ UTILITIES: dict[str, Callable[..., float]] = {
     "exact_answer": exact_answer,
     "item_accuracy": item_accuracy,
     "response_words": response_words,
+    "sentences": sentences,
+    "repeated_ngrams": repeated_ngrams,
 }
 
 

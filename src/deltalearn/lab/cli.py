@@ -77,6 +77,14 @@ def run_cli(args) -> int:
         print(f"ladder: {how} (load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end)")
         return 0
     out = Path(args.out or f"runs/{recipe.name}{'-sweep' if args.sweep else '-corrupt' if args.corrupt else ''}")
+    if args.corrupt and args.render:  # redraw the plot of a finished run from its results.json
+        from deltalearn.io import write_json_atomic
+        from deltalearn.lab.report import draw_corrupt_plot
+
+        results = draw_corrupt_plot(out, recipe.name)
+        write_json_atomic(out / "results.json", results)
+        _print_tables(results)
+        return 0
     if args.corrupt:
         from deltalearn.lab.corrupt import run_corrupt_lab
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from deltalearn.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 from deltalearn.lab import task
 from deltalearn.lab.experiments import ArmSpec, Lab, _cached_choice
-from deltalearn.lab.report import PTS, _acc, _pm, eval_metric, kappa_analog, load_gen
+from deltalearn.lab.report import PTS, _acc, _pm, draw_corrupt_plot, eval_metric, kappa_analog, load_gen
 from deltalearn.recipe import ConfigError, Recipe, from_dict
 from deltalearn.stats import mean_se, paired_diff
 
@@ -233,6 +233,8 @@ def run_corrupt_lab(recipe: Recipe, run_dir: str | Path, *, progress: bool = Tru
     results = corrupt_results(lab, arms, info, choices, wrong, cs, lrs)
     results["arms_without_pairs"] = empty
     results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    write_json_atomic(lab.dir / "results.json", results)
+    results = draw_corrupt_plot(lab.dir, recipe.name)  # plots/corrupt.png, from the results.json just written
     write_json_atomic(lab.dir / "results.json", results)
     return results
 

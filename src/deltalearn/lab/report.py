@@ -417,6 +417,57 @@ def _plot_curves(sft_pts, dpo_pts, student: float, path: Path, root: Path) -> st
     return _save(plt, fig, ax, path, root)
 
 
+def plot_corrupt(panels: list[tuple[str, dict]], path: Path) -> Path:
+    """`deltalearn lab --corrupt`: one panel per (title, results.json dict). The weak rung over its copies with m
+    random wrong items (m = 0 is the strength-0 control), the student-directed m = 8 arm beside m = 8, and the
+    rung's natural pair and SFT on the rung as horizontal bands (no m); gains ± 1 s.e., paired against the base."""
+    plt = _fig()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, (title, res) in zip(axes[0], panels):
+        arms, k = res["arms"], res["choices"]["chosen_rung"]
+        ms = sorted(int(a[1:]) for a in arms if a[0] == "m" and a[1:].isdigit())
+        xs = (["zero"] if "zero" in arms else []) + [f"m{m}" for m in ms]
+        pos = {a: i for i, a in enumerate(xs)}
+        pts = [arms[a] for a in xs]
+        ax.errorbar(range(len(xs)), [a["gain"] * PTS for a in pts], yerr=[a["se"] * PTS for a in pts], fmt="o-",
+                    capsize=3, color="tab:blue", label=f"{k} > {k} with m random wrong items")
+        directed = [a for a in arms if a.startswith("student-m")]
+        for a in directed:
+            x = pos.get(a[len("student-"):], len(xs) - 1) + 0.12
+            ax.errorbar([x], [arms[a]["gain"] * PTS], yerr=[arms[a]["se"] * PTS], fmt="D", capsize=3,
+                        color="tab:purple", label=f"{k} > {k} with {a[len('student-m'):]} items = the student's "
+                                                  "most likely wrong value")
+        for a, color, label in ([(n, "tab:orange", f"{k} > {arms[n]['spec']['rejected']} (natural pair)")
+                                 for n in arms if n.startswith("natural-")] + [("sft", "tab:red", f"SFT on {k}")]):
+            if a in arms:
+                g, se = arms[a]["gain"] * PTS, arms[a]["se"] * PTS
+                ax.axhline(g, color=color, ls="--", lw=1.2, label=label)
+                ax.axhspan(g - se, g + se, color=color, alpha=0.12)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(xs)), ["0\n(identical)" if a == "zero" else a[1:] for a in xs])
+        ax.set_xlabel("m: items of the chosen answer corrupted in the rejected copy")
+        ax.set_ylabel("gain over the base student (points, ± 1 s.e.)")
+        base = res.get("student_base")
+        ax.set_title(title + (f" (base {base['mean'] * PTS:.1f}%)" if base else ""), fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_corrupt_plot(run_dir: str | Path, title: str) -> dict:
+    """A `lab --corrupt` run folder's results.json -> plots/corrupt.png, listed in the returned results' plots."""
+    d = Path(run_dir)
+    res = read_json(d / "results.json")
+    (d / "plots").mkdir(exist_ok=True)
+    path = plot_corrupt([(title, res)], d / "plots" / "corrupt.png")
+    res["plots"] = [{"title": "Gain vs the number of corrupted items, with the controls",
+                     "path": str(path.relative_to(d))}]
+    return res
+
+
 def _save(plt, fig, ax, path: Path, root: Path) -> str:
     """Legend, grid, save as PNG, close; the path relative to the run folder (for results.json)."""
     ax.legend(fontsize=8)
@@ -425,3 +476,12 @@ def _save(plt, fig, ax, path: Path, root: Path) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path.relative_to(root))
+
+
+if __name__ == "__main__":  # redraw the corruption figure from saved results: TITLE=RESULTS.json ... OUT.png
+    import sys
+
+    *specs, out = sys.argv[1:]
+    if not specs or not out.endswith(".png"):
+        sys.exit("usage: python -m deltalearn.lab.report TITLE=RESULTS.json [TITLE=RESULTS.json ...] OUT.png")
+    print(plot_corrupt([(t, read_json(f)) for t, _, f in (s.partition("=") for s in specs)], Path(out)))
