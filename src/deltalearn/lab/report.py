@@ -482,6 +482,6 @@ if __name__ == "__main__":  # redraw the corruption figure from saved results: T
     import sys
 
     *specs, out = sys.argv[1:]
-    if not specs or not out.endswith(".png"):
+    if not specs or not out.endswith(".png") or not all("=" in s for s in specs):
         sys.exit("usage: python -m deltalearn.lab.report TITLE=RESULTS.json [TITLE=RESULTS.json ...] OUT.png")
     print(plot_corrupt([(t, read_json(f)) for t, _, f in (s.partition("=") for s in specs)], Path(out)))
